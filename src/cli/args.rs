@@ -1,0 +1,102 @@
+//! The command-line contract. `qwen3-mpi` with no subcommand means `run`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::device::{DTypeArg, DeviceArg};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qwen3-mpi",
+    version,
+    about = "Qwen3 inference as an MPI job: pipelined chunked prefill with per-layer KV sync, redundant decode",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prefill a prompt and generate (the default).
+    Run(RunArgs),
+}
+
+impl Cli {
+    /// The run arguments, whether `run` was typed or not.
+    pub fn into_run_args(self) -> RunArgs {
+        match self.command {
+            Some(Command::Run(args)) => args,
+            None => self.run,
+        }
+    }
+}
+
+pub const DEFAULT_PROMPT: &str =
+    "Pipeline parallelism splits a language model's layers across GPUs. Explain how the KV cache is shared.";
+
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct RunArgs {
+    /// Hugging Face Qwen3 model directory, or `tiny` for the built-in toy model.
+    #[arg(long, default_value = "tiny", value_name = "DIR|tiny")]
+    pub model: String,
+
+    /// Prompt text (default: a short built-in prompt).
+    #[arg(long, group = "prompt_source")]
+    pub prompt: Option<String>,
+
+    /// Read the prompt text from a file.
+    #[arg(long, group = "prompt_source", value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// A deterministic prompt of N token ids, for benchmarks.
+    #[arg(long, group = "prompt_source", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub synthetic_prompt: Option<u64>,
+
+    /// Apply the model's chat template to the prompt (one user message).
+    #[arg(long)]
+    pub chat: bool,
+
+    /// Tokens to generate (the first comes from the prefill).
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+
+    /// Prompt tokens per pipeline chunk (default: from prompt length and rank count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_size: Option<u64>,
+
+    /// Compute precision (default: f32 on CPU, bf16 on GPU).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+
+    /// Sample only among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Sample only among the most likely tokens whose probabilities sum to P.
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f64>,
+
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 299_792_458)]
+    pub seed: u64,
+
+    /// HDF5 trace file to write.
+    #[arg(long, value_name = "FILE.h5")]
+    pub trace: Option<PathBuf>,
+
+    /// Print one JSON object with the results as the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,5 @@
+//! Command line: what a user types, parsed and checked.
+
+pub mod args;
+
+pub use args::{Cli, Command, RunArgs};

@@ -1,0 +1,58 @@
+//! Decode: one token at a time on a process that holds every layer and the whole KV cache.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::sampling::Sampler;
+use crate::model::{KvCache, Qwen3};
+
+/// What decoding produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeOutcome {
+    /// Generated ids, starting with the first token (chosen from the prefill logits); an EOS
+    /// token that ended generation is included, as transformers' `generate` does.
+    pub generated: Vec<u32>,
+    /// Wall seconds of each decode step after the first token.
+    pub step_seconds: Vec<f64>,
+}
+
+/// Generates after a prefill of `prompt_len` positions whose logits gave `first_token`, until an
+/// EOS id or `max_new_tokens` tokens. `on_token` sees each token as it is chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn decode(
+    model: &Qwen3,
+    kv: &KvCache,
+    first_token: u32,
+    prompt_len: usize,
+    max_new_tokens: usize,
+    sampler: &mut Sampler,
+    eos_token_ids: &[u32],
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<DecodeOutcome> {
+    let mut outcome = DecodeOutcome {
+        generated: Vec::new(),
+        step_seconds: Vec::new(),
+    };
+    if max_new_tokens == 0 {
+        return Ok(outcome);
+    }
+    let all_layers = 0..model.config().num_hidden_layers;
+    let mut token = first_token;
+    loop {
+        outcome.generated.push(token);
+        on_token(token)?;
+        if eos_token_ids.contains(&token) || outcome.generated.len() >= max_new_tokens {
+            return Ok(outcome);
+        }
+        let step_start = Instant::now();
+        let position = prompt_len + outcome.generated.len() - 1;
+        let hidden = model.embed(&[token])?; // (1, hidden)
+        let hidden = model.forward_layers(all_layers.clone(), hidden, position, kv)?;
+        let logits = model.logits_last(&hidden)?; // (vocab)
+        token = sampler.next_token(&logits)?;
+        outcome
+            .step_seconds
+            .push(step_start.elapsed().as_secs_f64());
+    }
+}

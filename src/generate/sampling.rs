@@ -1,0 +1,67 @@
+//! Choosing the next token from logits: greedy or seeded sampling (temperature, top-k, top-p),
+//! with candle-transformers' `LogitsProcessor`.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+            bail!(
+                "--temperature must be a number >= 0, got {}",
+                self.temperature
+            );
+        }
+        if self.top_k == Some(0) {
+            bail!("--top-k must be at least 1");
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                bail!("--top-p must be in (0, 1], got {p}");
+            }
+        }
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        let temperature = self.temperature;
+        if temperature == 0.0 {
+            return Sampling::ArgMax;
+        }
+        match (self.top_k, self.top_p) {
+            (None, None) => Sampling::All { temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature },
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+        }
+    }
+}
+
+/// Picks tokens one after another; the same params and logits give the same tokens on every
+/// rank.
+pub struct Sampler {
+    inner: LogitsProcessor,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        Self {
+            inner: LogitsProcessor::from_sampling(params.seed, params.sampling()),
+        }
+    }
+
+    /// logits: (vocab), f32
+    pub fn next_token(&mut self, logits: &Tensor) -> Result<u32> {
+        Ok(self.inner.sample(logits)?)
+    }
+}

@@ -1,0 +1,13 @@
+//! qwen3-mpi: Qwen3 inference across GPUs as an MPI job.
+//!
+//! Data flows one way: [`cli`] → job setup → schedule → stage loop (compute ↔ kv sync) →
+//! decode → [`trace`].
+
+pub mod cli;
+pub mod device;
+pub mod generate;
+pub mod model;
+pub mod prompt;
+pub mod run;
+pub mod tokenize;
+pub mod trace;

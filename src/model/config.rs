@@ -1,0 +1,253 @@
+//! `config.json` of a dense Qwen3 checkpoint, in the transformers 4.x and 5.x spellings.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The architecture hyper-parameters this implementation reads and supports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Qwen3Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub vocab_size: usize,
+    /// Checkpoint dtype as written (`torch_dtype` or `dtype`), e.g. "bfloat16".
+    pub checkpoint_dtype: Option<String>,
+    /// EOS ids from config.json (generation_config.json may add more).
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Qwen3Config {
+    /// Reads and validates `config.json`; every error names the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_json(&json).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses a config object; errors name the offending field.
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let obj = json.as_object().context("config is not a JSON object")?;
+        check_supported(obj)?;
+        let usize_field = |name: &str| -> Result<usize> {
+            let v = obj
+                .get(name)
+                .with_context(|| format!("missing field `{name}`"))?;
+            let n = v.as_u64().with_context(|| {
+                format!("field `{name}` must be a non-negative integer, got {v}")
+            })?;
+            if n == 0 {
+                bail!("field `{name}` must be positive");
+            }
+            Ok(n as usize)
+        };
+        let f64_field = |name: &str| -> Result<f64> {
+            let v = obj
+                .get(name)
+                .with_context(|| format!("missing field `{name}`"))?;
+            v.as_f64()
+                .with_context(|| format!("field `{name}` must be a number, got {v}"))
+        };
+        let cfg = Self {
+            hidden_size: usize_field("hidden_size")?,
+            intermediate_size: usize_field("intermediate_size")?,
+            num_hidden_layers: usize_field("num_hidden_layers")?,
+            num_attention_heads: usize_field("num_attention_heads")?,
+            num_key_value_heads: usize_field("num_key_value_heads")?,
+            head_dim: usize_field("head_dim")?,
+            rms_norm_eps: f64_field("rms_norm_eps")?,
+            rope_theta: rope_theta(obj)?,
+            max_position_embeddings: usize_field("max_position_embeddings")?,
+            tie_word_embeddings: match obj.get("tie_word_embeddings") {
+                None | Some(Value::Null) => false,
+                Some(v) => v.as_bool().with_context(|| {
+                    format!("field `tie_word_embeddings` must be a bool, got {v}")
+                })?,
+            },
+            vocab_size: usize_field("vocab_size")?,
+            checkpoint_dtype: obj
+                .get("dtype")
+                .or_else(|| obj.get("torch_dtype"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            eos_token_ids: token_ids(obj.get("eos_token_id")).context("field `eos_token_id`")?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            bail!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("head_dim ({}) must be even for RoPE", self.head_dim);
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            bail!(
+                "field `rms_norm_eps` must be positive, got {}",
+                self.rms_norm_eps
+            );
+        }
+        if !(self.rope_theta > 0.0) {
+            bail!("RoPE theta must be positive, got {}", self.rope_theta);
+        }
+        Ok(())
+    }
+
+    /// Query heads per KV head (GQA group size).
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Parameters outside the embedding table(s): what FLOP counts use.
+    pub fn non_embedding_params(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let attn = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads) + 2 * d;
+        let mlp = 3 * h * i;
+        self.num_hidden_layers * (attn + mlp + 2 * h) + h
+    }
+}
+
+/// Rejects configs whose features this implementation does not have, instead of running them
+/// with silently wrong output.
+fn check_supported(obj: &serde_json::Map<String, Value>) -> Result<()> {
+    match obj.get("model_type").and_then(Value::as_str) {
+        Some("qwen3") => {}
+        Some(other) => bail!("unsupported model_type `{other}` (only dense `qwen3` is supported)"),
+        None => bail!("missing field `model_type` (expected \"qwen3\")"),
+    }
+    for key in [
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+    ] {
+        if obj.get(key).is_some_and(|v| !v.is_null() && v != 0) {
+            bail!("unsupported feature: mixture-of-experts (`{key}` is set)");
+        }
+    }
+    if obj.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        bail!("unsupported feature: sliding-window attention (`use_sliding_window` is true)");
+    }
+    if obj.get("attention_bias").and_then(Value::as_bool) == Some(true) {
+        bail!("unsupported feature: `attention_bias` is true");
+    }
+    if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
+        if act != "silu" {
+            bail!("unsupported `hidden_act` `{act}` (only silu)");
+        }
+    }
+    for key in ["rope_scaling", "rope_parameters"] {
+        if let Some(Value::Object(rope)) = obj.get(key) {
+            let kind = rope
+                .get("rope_type")
+                .or_else(|| rope.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if kind != "default" {
+                bail!("unsupported RoPE scaling `{kind}` in `{key}` (only default RoPE)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RoPE theta: top-level `rope_theta` (transformers 4.x) or `rope_parameters.rope_theta` (5.x);
+/// transformers' default 10000 when neither is written.
+fn rope_theta(obj: &serde_json::Map<String, Value>) -> Result<f64> {
+    let nested = obj.get("rope_parameters").and_then(|p| p.get("rope_theta"));
+    match nested.or_else(|| obj.get("rope_theta")) {
+        None | Some(Value::Null) => Ok(10_000.0),
+        Some(v) => v
+            .as_f64()
+            .with_context(|| format!("RoPE theta must be a number, got {v}")),
+    }
+}
+
+/// A token id or list of ids (`eos_token_id` is written both ways).
+pub fn token_ids(v: Option<&Value>) -> Result<Vec<u32>> {
+    let as_id = |v: &Value| -> Result<u32> {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .with_context(|| format!("expected a token id, got {v}"))
+    };
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(items)) => items.iter().map(as_id).collect(),
+        Some(v) => Ok(vec![as_id(v)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 32, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "max_position_embeddings": 512, "tie_word_embeddings": true, "vocab_size": 151936,
+            "torch_dtype": "bfloat16", "eos_token_id": 151645
+        })
+    }
+
+    #[test]
+    fn reads_4x_and_5x_rope_theta() {
+        let v4 = Qwen3Config::from_json(&base()).unwrap();
+        let mut j5 = base();
+        let o = j5.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("torch_dtype");
+        o.insert("dtype".into(), json!("bfloat16"));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "default", "rope_theta": 1000000.0}),
+        );
+        let v5 = Qwen3Config::from_json(&j5).unwrap();
+        assert_eq!(v4, v5);
+        assert_eq!(v4.head_dim, 32);
+    }
+
+    #[test]
+    fn rejects_unsupported_features_with_their_name() {
+        for (key, value, needle) in [
+            ("use_sliding_window", json!(true), "sliding-window"),
+            (
+                "rope_scaling",
+                json!({"rope_type": "yarn", "factor": 4.0}),
+                "yarn",
+            ),
+            ("model_type", json!("qwen3_moe"), "qwen3_moe"),
+            ("num_experts", json!(8), "mixture-of-experts"),
+        ] {
+            let mut j = base();
+            j.as_object_mut().unwrap().insert(key.into(), value);
+            let err = format!("{:#}", Qwen3Config::from_json(&j).unwrap_err());
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut j = base();
+        j.as_object_mut().unwrap().remove("head_dim");
+        let err = format!("{:#}", Qwen3Config::from_json(&j).unwrap_err());
+        assert!(err.contains("head_dim"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! Qwen3: configuration, weights and the layer-range model the pipeline stages run.
+
+pub mod attention;
+pub mod config;
+pub mod decoder_layer;
+pub mod kv_cache;
+pub mod layer_weights;
+pub mod mlp;
+pub mod qwen3;
+pub mod rope;
+pub mod source;
+pub mod synthetic;
+pub mod tiny;
+pub mod weight_names;
+pub mod weights;
+
+pub use config::Qwen3Config;
+pub use kv_cache::KvCache;
+pub use qwen3::Qwen3;
+pub use weight_names::StageParts;

@@ -1,0 +1,123 @@
+//! `--model`: the built-in `tiny` model or a Hugging Face checkpoint directory, resolved into
+//! config, weights and tokenizer files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::config::{token_ids, Qwen3Config};
+use super::tiny;
+use super::weights::{Checkpoint, SyntheticWeights, WeightSource};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The built-in toy model (`--model tiny`).
+    Tiny,
+    /// A Hugging Face model directory.
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// `tiny` means the built-in model (write `./tiny` for a directory of that name).
+    pub fn from_arg(arg: &str) -> Self {
+        if arg == "tiny" {
+            Self::Tiny
+        } else {
+            Self::Dir(PathBuf::from(arg))
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tiny => "tiny (built-in)".into(),
+            Self::Dir(dir) => dir.display().to_string(),
+        }
+    }
+
+    /// Everything but the weights, read and checked; weights open lazily.
+    pub fn open(&self) -> Result<ModelFiles> {
+        match self {
+            Self::Tiny => {
+                let config_json: Value =
+                    serde_json::from_str(tiny::CONFIG_JSON).context("built-in tiny config")?;
+                Ok(ModelFiles {
+                    config: Qwen3Config::from_json(&config_json).context("built-in tiny config")?,
+                    weights: Arc::new(SyntheticWeights { seed: tiny::SEED }),
+                    tokenizer_json: tiny::TOKENIZER_JSON.to_vec(),
+                    tokenizer_config: Some(serde_json::from_str(tiny::TOKENIZER_CONFIG_JSON)?),
+                    generation_eos: tiny::EOS_TOKEN_IDS.to_vec(),
+                })
+            }
+            Self::Dir(dir) => open_dir(dir),
+        }
+    }
+}
+
+/// A resolved model: what every rank needs to build its stage and tokenizer.
+pub struct ModelFiles {
+    pub config: Qwen3Config,
+    pub weights: Arc<dyn WeightSource>,
+    pub tokenizer_json: Vec<u8>,
+    /// `tokenizer_config.json` (chat template), if the directory has one.
+    pub tokenizer_config: Option<Value>,
+    /// EOS ids from `generation_config.json`.
+    pub generation_eos: Vec<u32>,
+}
+
+impl ModelFiles {
+    /// EOS ids from config.json and generation_config.json together.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        let mut ids = self.config.eos_token_ids.clone();
+        for id in &self.generation_eos {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        ids
+    }
+}
+
+fn open_dir(dir: &Path) -> Result<ModelFiles> {
+    if !dir.is_dir() {
+        bail!("model directory {} does not exist", dir.display());
+    }
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        bail!("{}: not found", config_path.display());
+    }
+    let config = Qwen3Config::from_file(&config_path)?;
+    let weights = Arc::new(Checkpoint::open(dir)?);
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer_json = std::fs::read(&tokenizer_path)
+        .with_context(|| format!("{}: cannot read", tokenizer_path.display()))?;
+    let tokenizer_config = read_optional_json(&dir.join("tokenizer_config.json"))?;
+    let generation_eos = match read_optional_json(&dir.join("generation_config.json"))? {
+        Some(gen) => token_ids(gen.get("eos_token_id")).with_context(|| {
+            format!(
+                "{}: field `eos_token_id`",
+                dir.join("generation_config.json").display()
+            )
+        })?,
+        None => vec![],
+    };
+    Ok(ModelFiles {
+        config,
+        weights,
+        tokenizer_json,
+        tokenizer_config,
+        generation_eos,
+    })
+}
+
+fn read_optional_json(path: &Path) -> Result<Option<Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(Some(value))
+}

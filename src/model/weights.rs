@@ -1,0 +1,161 @@
+//! Where weights come from: a Hugging Face checkpoint directory (memory-mapped safetensors,
+//! single file or sharded) or the deterministic synthetic generator.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use super::synthetic;
+use super::weight_names::TensorSpec;
+
+/// A source of checkpoint tensors by name. Loading checks the shape and dtype.
+pub trait WeightSource: Send + Sync {
+    /// Loads one tensor, converted to `dtype`, on `device`.
+    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+/// Weights generated in memory from a seed (the built-in `tiny` model, test checkpoints).
+pub struct SyntheticWeights {
+    pub seed: u64,
+}
+
+impl WeightSource for SyntheticWeights {
+    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
+        let values = synthetic::tensor_values(self.seed, &spec.name, &spec.shape);
+        Ok(Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?)
+    }
+}
+
+/// A checkpoint directory: `model.safetensors`, or the shards named in
+/// `model.safetensors.index.json`. Shards are memory-mapped when first needed, so a stage maps
+/// only the files that hold its tensors.
+pub struct Checkpoint {
+    dir: PathBuf,
+    /// tensor name → file name (None: single-file checkpoint).
+    weight_map: Option<HashMap<String, String>>,
+    open_files: Mutex<HashMap<String, Arc<MmapedSafetensors>>>,
+}
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join(INDEX_FILE);
+        let weight_map = if index_path.exists() {
+            Some(read_index(&index_path)?)
+        } else if dir.join(SINGLE_FILE).exists() {
+            None
+        } else {
+            bail!("{}: no {SINGLE_FILE} or {INDEX_FILE}", dir.display());
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            weight_map,
+            open_files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The file that holds tensor `name`.
+    fn file_of(&self, name: &str) -> Result<String> {
+        match &self.weight_map {
+            None => Ok(SINGLE_FILE.to_owned()),
+            Some(map) => map.get(name).cloned().with_context(|| {
+                format!(
+                    "{}: tensor {name} is not in the weight map",
+                    self.dir.join(INDEX_FILE).display()
+                )
+            }),
+        }
+    }
+
+    fn mapped(&self, file: &str) -> Result<Arc<MmapedSafetensors>> {
+        let mut open = self
+            .open_files
+            .lock()
+            .map_err(|_| anyhow::anyhow!("weight file lock poisoned"))?;
+        if let Some(st) = open.get(file) {
+            return Ok(st.clone());
+        }
+        let path = self.dir.join(file);
+        if !path.exists() {
+            bail!(
+                "{}: file named in {INDEX_FILE} does not exist",
+                path.display()
+            );
+        }
+        // SAFETY: the file is mapped read-only; a checkpoint changed on disk while the job runs
+        // is outside what any safetensors reader can guard against.
+        let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
+        })?;
+        let st = Arc::new(st);
+        open.insert(file.to_owned(), st.clone());
+        Ok(st)
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
+        let file = self.file_of(&spec.name)?;
+        let st = self.mapped(&file)?;
+        let path = self.dir.join(&file);
+        let view = st
+            .get(&spec.name)
+            .map_err(|_| anyhow::anyhow!("{}: tensor {} is missing", path.display(), spec.name))?;
+        let found_dtype = view.dtype();
+        use safetensors::Dtype as D;
+        if !matches!(found_dtype, D::F32 | D::BF16 | D::F16) {
+            bail!(
+                "{}: tensor {} has dtype {found_dtype:?}, expected F32, BF16 or F16",
+                path.display(),
+                spec.name
+            );
+        }
+        if view.shape() != spec.shape.as_slice() {
+            bail!(
+                "{}: tensor {} has shape {:?}, expected {:?}",
+                path.display(),
+                spec.name,
+                view.shape(),
+                spec.shape
+            );
+        }
+        let tensor = view
+            .load(device)
+            .with_context(|| format!("{}: cannot load tensor {}", path.display(), spec.name))?;
+        Ok(tensor.to_dtype(dtype)?)
+    }
+}
+
+fn read_index(path: &Path) -> Result<HashMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: missing object `weight_map`", path.display()))?;
+    map.iter()
+        .map(|(name, file)| {
+            let file = file.as_str().with_context(|| {
+                format!(
+                    "{}: weight_map entry {name} is not a file name",
+                    path.display()
+                )
+            })?;
+            if file.contains('/') || file.contains("..") {
+                bail!(
+                    "{}: weight_map entry {name} points outside the model directory",
+                    path.display()
+                );
+            }
+            Ok((name.clone(), file.to_owned()))
+        })
+        .collect()
+}
