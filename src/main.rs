@@ -1,32 +1,61 @@
+//! `qwen3-mpi`: parse the command line, start MPI, run the job, report.
+//!
+//! Exit codes: 0 success; 1 an error (printed as one line); 2 a command-line error; 3 the
+//! watchdog ended a job stuck in an MPI call (see README).
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use qwen3_mpi::cli::Cli;
+use qwen3_mpi::job::failure::JobError;
+use qwen3_mpi::job::run_job;
+use qwen3_mpi::transport::mpi_env::{launcher_rank, MpiEnv};
 
 fn main() -> ExitCode {
-    let args = Cli::parse().into_run_args();
+    let args = match Cli::try_parse() {
+        Ok(cli) => cli.into_run_args(),
+        Err(e) => {
+            // Every rank parses the same line: only rank 0 prints the message.
+            if launcher_rank() == 0 || !e.use_stderr() {
+                let _ = e.print();
+            }
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
-    match qwen3_mpi::run::run(&args) {
+    let env = match MpiEnv::init() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
+            return ExitCode::FAILURE;
+        }
+    };
+    match run_job(&args, &env) {
         Ok(report) => {
-            if args.json {
-                match serde_json::to_string(&report) {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => {
-                        eprintln!("qwen3-mpi: error: cannot write the JSON report: {e}");
-                        return ExitCode::FAILURE;
+            if env.rank == 0 {
+                print!("{}", report.summary());
+                if args.json {
+                    match serde_json::to_string(&report) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => eprintln!("qwen3-mpi: error: cannot write the JSON report: {e}"),
                     }
                 }
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("qwen3-mpi: error: {e:#}");
+        Err(JobError::Failed { error, report }) => {
+            if report {
+                if env.size > 1 {
+                    eprintln!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
+                } else {
+                    eprintln!("qwen3-mpi: error: {error:#}");
+                }
+            }
             ExitCode::FAILURE
         }
+        Err(JobError::PeerFailed) => ExitCode::FAILURE,
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::device::{DTypeArg, DeviceArg};
+use crate::sync::SyncStrategy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +70,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_size: Option<u64>,
 
+    /// Decoder layers per rank, e.g. `12,12,12` (default: as even as possible).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub layers: Option<Vec<usize>>,
+
+    /// How each layer's K/V reaches the other ranks.
+    #[arg(long, value_enum, default_value = "allgather")]
+    pub sync: SyncStrategy,
+
+    /// Seconds any rank may wait in one MPI call before the job is aborted.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: f64,
+
     /// Compute precision (default: f32 on CPU, bf16 on GPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
@@ -96,7 +109,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE.h5")]
     pub trace: Option<PathBuf>,
 
+    /// Write each rank's KV cache after prefill to DIR/kv-rank<R>.safetensors (verification).
+    #[arg(long, value_name = "DIR")]
+    pub dump_kv: Option<PathBuf>,
+
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t > 0.0 && t.is_finite() => Ok(t),
+        _ => Err(format!("must be a positive number of seconds, got `{text}`")),
+    }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::chunks::split_prompt;
+use crate::schedule::split_prompt;
 use crate::model::{KvCache, Qwen3};
 
 /// Runs the prompt through all layers in chunks of `chunk_size`, filling `kv` for positions

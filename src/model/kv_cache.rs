@@ -75,6 +75,19 @@ impl KvCache {
         Ok(())
     }
 
+    /// Saves K and V of positions `[0, end)` of every layer as safetensors
+    /// (`layers.<l>.k`, `layers.<l>.v`), for comparing caches across runs.
+    pub fn save_prefix(&self, path: &std::path::Path, end: usize) -> Result<()> {
+        let mut tensors = std::collections::HashMap::new();
+        for layer in 0..self.layers.len() {
+            let (k, v) = self.prefix(layer, end)?;
+            tensors.insert(format!("layers.{layer}.k"), k.contiguous()?);
+            tensors.insert(format!("layers.{layer}.v"), v.contiguous()?);
+        }
+        candle_core::safetensors::save(&tensors, path)
+            .map_err(|e| anyhow::anyhow!("--dump-kv {}: cannot write ({e})", path.display()))
+    }
+
     /// K and V of positions `[0, end)` of `layer`: each (end, n_kv_heads, head_dim), views.
     pub fn prefix(&self, layer: usize, end: usize) -> Result<(Tensor, Tensor)> {
         let kv = &self.layers[layer];

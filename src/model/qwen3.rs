@@ -110,6 +110,22 @@ impl Qwen3 {
         Ok(())
     }
 
+    /// Takes over the layers and parts of `other` that this model lacks.
+    pub fn absorb(&mut self, other: Qwen3) {
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        }
+        if self.embed_tokens.is_none() {
+            self.embed_tokens = other.embed_tokens;
+        }
+        if self.lm_head.is_none() {
+            self.norm = other.norm;
+            self.lm_head = other.lm_head;
+        }
+    }
+
     pub fn config(&self) -> &Qwen3Config {
         &self.cfg
     }

@@ -1,5 +1,6 @@
 //! The HDF5 file every job writes.
 
 pub mod file;
+pub mod job_trace;
 
 pub use file::TraceFile;

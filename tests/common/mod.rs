@@ -86,6 +86,18 @@ pub fn copy_tokenizer(dir: &Path) {
 
 /// Writes synthetic weights as safetensors, split over `shards` files.
 pub fn write_checkpoint(dir: &Path, cfg: &Qwen3Config, seed: u64, shards: usize) {
+    write_checkpoint_with(dir, cfg, seed, shards, |_| {});
+}
+
+/// Like [`write_checkpoint`], with `edit` applied to each shard's tensors before saving (to
+/// make broken checkpoints).
+pub fn write_checkpoint_with(
+    dir: &Path,
+    cfg: &Qwen3Config,
+    seed: u64,
+    shards: usize,
+    edit: impl Fn(&mut HashMap<String, Tensor>),
+) {
     let source = SyntheticWeights { seed };
     let specs = stage_specs(cfg, 0..cfg.num_hidden_layers, StageParts::ALL);
     let per_shard = specs.len().div_ceil(shards);
@@ -96,7 +108,7 @@ pub fn write_checkpoint(dir: &Path, cfg: &Qwen3Config, seed: u64, shards: usize)
         } else {
             format!("model-{:05}-of-{:05}.safetensors", i + 1, shards)
         };
-        let tensors: HashMap<String, Tensor> = group
+        let mut tensors: HashMap<String, Tensor> = group
             .iter()
             .map(|spec| {
                 (
@@ -105,6 +117,7 @@ pub fn write_checkpoint(dir: &Path, cfg: &Qwen3Config, seed: u64, shards: usize)
                 )
             })
             .collect();
+        edit(&mut tensors);
         candle_core::safetensors::save(&tensors, dir.join(&file)).unwrap();
         for spec in group {
             weight_map.insert(spec.name.clone(), Value::String(file.clone()));
@@ -114,4 +127,49 @@ pub fn write_checkpoint(dir: &Path, cfg: &Qwen3Config, seed: u64, shards: usize)
         let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
         std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     }
+}
+
+/// Runs the release-or-debug binary with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen3-mpi"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("the qwen3-mpi binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `mpirun -n ranks qwen3-mpi args…` (oversubscribed, root allowed, bounded by
+/// `limit_s` seconds); returns (exit code, stdout, stderr, seconds).
+pub fn run_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)], limit_s: u64) -> (i32, String, String, f64) {
+    let started = std::time::Instant::now();
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-k", "5", &limit_s.to_string(), "mpirun", "--oversubscribe", "-n", &ranks.to_string()])
+        .arg(env!("CARGO_BIN_EXE_qwen3-mpi"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("RUST_LOG", "error");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("mpirun runs (install Open MPI: see README)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// The `--json` report: the last stdout line.
+pub fn json_report(stdout: &str) -> Value {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON report ({e}) in:\n{stdout}"))
 }

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 /// One chunk of the prompt: positions `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Chunk {
     pub index: usize,
     pub start: usize,

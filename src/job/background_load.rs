@@ -1,0 +1,48 @@
+//! Decode needs every layer on every rank: the layers a rank did not own are loaded on a
+//! background thread while it runs its prefill stage.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device};
+
+use crate::model::weights::WeightSource;
+use crate::model::{Qwen3, Qwen3Config, StageParts};
+
+pub struct BackgroundLoad {
+    thread: JoinHandle<Result<Qwen3>>,
+}
+
+impl BackgroundLoad {
+    /// Starts loading everything outside `owned` (and the embedding and head).
+    pub fn start(
+        cfg: Qwen3Config,
+        source: Arc<dyn WeightSource>,
+        owned: Range<usize>,
+        positions: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Self> {
+        let thread = std::thread::Builder::new()
+            .name("weight-load".into())
+            .spawn(move || {
+                let source = source.as_ref();
+                let empty = owned.start..owned.start;
+                let mut rest = Qwen3::load(&cfg, source, empty, StageParts::ALL, positions, dtype, &device)?;
+                rest.load_layers(source, 0..owned.start)?;
+                rest.load_layers(source, owned.end..cfg.num_hidden_layers)?;
+                Ok(rest)
+            })
+            .context("cannot start the weight-loading thread")?;
+        Ok(Self { thread })
+    }
+
+    /// Waits for the load and moves the layers into `model`.
+    pub fn complete_into(self, model: &mut Qwen3) -> Result<()> {
+        let rest = self.thread.join().map_err(|_| anyhow!("the weight-loading thread panicked"))??;
+        model.absorb(rest);
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Fault injection for the failure tests: `QWEN3_MPI_FAULT=<action>@<rank>:<phase>:<step>`
+//! makes rank `<rank>` fail at step `<step>` of `<phase>` (`prefill` or `decode`).
+//! Actions: `error` (an ordinary error), `kill` (SIGKILL itself), `stall` (SIGSTOP itself).
+
+use anyhow::{bail, Result};
+
+pub const FAULT_ENV: &str = "QWEN3_MPI_FAULT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    Error,
+    Kill,
+    Stall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prefill,
+    Decode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    action: FaultAction,
+    rank: usize,
+    phase: Phase,
+    step: usize,
+}
+
+impl Fault {
+    /// The fault planned for this process, if any (a malformed value is an error).
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var(FAULT_ENV) {
+            Ok(text) => Ok(Some(Self::parse(&text)?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let malformed = || anyhow::anyhow!("{FAULT_ENV}={text}: expected <error|kill|stall>@<rank>:<prefill|decode>:<step>");
+        let (action, rest) = text.split_once('@').ok_or_else(malformed)?;
+        let mut fields = rest.split(':');
+        let (Some(rank), Some(phase), Some(step), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+            return Err(malformed());
+        };
+        Ok(Self {
+            action: match action {
+                "error" => FaultAction::Error,
+                "kill" => FaultAction::Kill,
+                "stall" => FaultAction::Stall,
+                _ => return Err(malformed()),
+            },
+            rank: rank.parse().map_err(|_| malformed())?,
+            phase: match phase {
+                "prefill" => Phase::Prefill,
+                "decode" => Phase::Decode,
+                _ => return Err(malformed()),
+            },
+            step: step.parse().map_err(|_| malformed())?,
+        })
+    }
+
+    /// Fires if this is the planned rank, phase and step.
+    pub fn check(fault: Option<&Self>, rank: usize, phase: Phase, step: usize) -> Result<()> {
+        let Some(f) = fault else { return Ok(()) };
+        if (f.rank, f.phase, f.step) != (rank, phase, step) {
+            return Ok(());
+        }
+        match f.action {
+            FaultAction::Error => bail!("injected fault ({FAULT_ENV}) at {phase:?} step {step}"),
+            FaultAction::Kill => raise(libc::SIGKILL),
+            FaultAction::Stall => raise(libc::SIGSTOP),
+        }
+        Ok(())
+    }
+}
+
+fn raise(signal: libc::c_int) {
+    // SAFETY: sends a signal to this process; no memory is touched.
+    unsafe {
+        libc::kill(libc::getpid(), signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let f = Fault::parse("kill@2:decode:3").unwrap();
+        assert_eq!(f, Fault { action: FaultAction::Kill, rank: 2, phase: Phase::Decode, step: 3 });
+        assert!(Fault::parse("kill@2:decode").is_err());
+        assert!(Fault::parse("boom@1:prefill:0").is_err());
+        assert!(Fault::check(Some(&Fault::parse("error@1:prefill:2").unwrap()), 1, Phase::Prefill, 2).is_err());
+        assert!(Fault::check(Some(&Fault::parse("error@1:prefill:2").unwrap()), 0, Phase::Prefill, 2).is_ok());
+    }
+}

@@ -1,0 +1,190 @@
+//! One MPI job: setup agreed by every rank, pipelined prefill with per-layer KV sync, first
+//! token, redundant decode, consistency check, report.
+
+pub mod background_load;
+pub mod consistency;
+pub mod failure;
+pub mod fault;
+pub mod first_token;
+pub mod plan;
+pub mod report;
+pub mod stage_loop;
+pub mod watchdog;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use mpi::traits::*;
+
+use crate::cli::RunArgs;
+use crate::device::{device_name, select_device, select_dtype};
+use crate::generate::{decode, Sampler};
+use crate::model::{KvCache, Qwen3, StageParts};
+use crate::sync::KvSyncWorker;
+use crate::trace::job_trace::write_job_trace;
+use crate::transport::MpiEnv;
+use background_load::BackgroundLoad;
+use failure::{agree, JobAbort, JobError};
+use fault::{Fault, Phase};
+use plan::JobPlan;
+use report::{JobReport, RankFigures};
+use stage_loop::{run_stage, StageContext};
+use watchdog::Watchdog;
+
+pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
+    let (rank, ranks) = (env.rank, env.size);
+    let abort = JobAbort { rank };
+    let watchdog = Watchdog::start(rank, Duration::from_secs_f64(args.timeout), Box::new(move |code| abort.abort(code)));
+
+    // 1. Plan and load this rank's stage; every rank agrees that both worked.
+    let mut plan = plan::prepare(args, &env.world, rank, ranks)?;
+    let trace = plan.trace.take();
+    let loaded = (|| -> Result<(Qwen3, KvCache, candle_core::Device)> {
+        let device = select_device(args.device, env.local_rank)?;
+        let dtype = select_dtype(args.dtype, &device);
+        let cfg = &plan.files.config;
+        let owned = plan.schedule.split().range(rank);
+        let parts = StageParts { embed: rank == 0, head: rank == ranks - 1 };
+        let model = Qwen3::load(cfg, plan.files.weights.as_ref(), owned, parts, plan.capacity, dtype, &device)?;
+        let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
+        Ok((model, kv, device))
+    })();
+    let (model, kv, device) = agree(&env.world, loaded)?;
+    let fault = agree(&env.world, Fault::from_env())?;
+
+    // 2. From here on an error on one rank ends the job at once.
+    let outcome = run_loaded(args, env, &plan, model, kv, &device, &watchdog, fault)
+        .and_then(|report| match trace {
+            Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
+                .map(|_| report)
+                .map_err(|error| JobError::Failed { error, report: true }),
+            None => Ok(report),
+        });
+    match outcome {
+        Ok(report) => Ok(report),
+        Err(JobError::Failed { error, .. }) => abort.fail(&error),
+        Err(JobError::PeerFailed) => abort.abort(1),
+    }
+}
+
+fn run_loaded(
+    args: &RunArgs,
+    env: &MpiEnv,
+    plan: &JobPlan,
+    mut model: Qwen3,
+    kv: KvCache,
+    device: &candle_core::Device,
+    watchdog: &Watchdog,
+    fault: Option<Fault>,
+) -> Result<JobReport, JobError> {
+    let fail = |error: anyhow::Error| JobError::Failed { error, report: true };
+    let (rank, ranks) = (env.rank, env.size);
+    let cfg = plan.files.config.clone();
+    let kv = Arc::new(kv);
+    let owned = plan.schedule.split().range(rank);
+    let rest = BackgroundLoad::start(cfg.clone(), plan.files.weights.clone(), owned, plan.capacity, model.dtype(), device.clone())
+        .map_err(fail)?;
+    let sync_comm = env.duplicate();
+    let pipe_comm = env.duplicate();
+
+    // 2. Prefill: every rank runs its stage; the KV sync thread trails it.
+    env.world.barrier();
+    let t0 = Instant::now();
+    let sync = KvSyncWorker::spawn(sync_comm, rank, args.sync, plan.schedule.clone(), kv.clone(), watchdog.clone())
+        .map_err(fail)?;
+    let ctx = StageContext {
+        model: &model,
+        kv: &kv,
+        schedule: &plan.schedule,
+        rank,
+        prompt_ids: &plan.prompt_ids,
+        pipe: &pipe_comm.0,
+        sync: &sync,
+        watchdog,
+        abort: JobAbort { rank },
+        fault,
+    };
+    let (logits, stage_times) = run_stage(&ctx);
+
+    // 3. First token from the last rank's logits.
+    let mut sampler = Sampler::new(plan.sampling);
+    let (first, prefill_logits) =
+        first_token::share_first_token(&env.world, logits, cfg.vocab_size, &mut sampler, watchdog).map_err(fail)?;
+    let ttft_s = t0.elapsed().as_secs_f64();
+
+    // 4. Every rank needs the whole cache and model before decoding.
+    let drain = Instant::now();
+    let sync_stats = {
+        let _wait = watchdog.waiting_for("the KV sync to finish");
+        sync.finish().map_err(fail)?
+    };
+    let exposed_sync_s = drain.elapsed().as_secs_f64();
+    let prefill_s = t0.elapsed().as_secs_f64();
+    if let Some(dir) = &args.dump_kv {
+        let path = dir.join(format!("kv-rank{rank}.safetensors"));
+        kv.save_prefix(&path, plan.prompt_ids.len()).map_err(fail)?;
+    }
+    rest.complete_into(&mut model).map_err(fail)?;
+
+    // 5. Decode on every rank, no communication; rank 0 streams the text.
+    let mut stream = plan.tokenizer.as_ref().map(|t| t.stream());
+    let mut stdout = std::io::stdout();
+    let eos = plan.files.eos_token_ids();
+    let mut decoded = 0;
+    let outcome = decode(&model, &kv, first, plan.prompt_ids.len(), args.max_new_tokens, &mut sampler, &eos, |id| {
+        Fault::check(fault.as_ref(), rank, Phase::Decode, decoded)?;
+        decoded += 1;
+        if let Some(piece) = stream.as_mut().map(|s| s.step(id)).transpose()?.flatten() {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })
+    .map_err(fail)?;
+    if rank == 0 {
+        let _ = writeln!(stdout);
+    }
+    consistency::check_ranks_agree(&env.world, &outcome.generated, watchdog)
+        .map_err(|error| JobError::Failed { error, report: rank == 0 })?;
+
+    // 6. Figures from every rank to everyone (small), report on rank 0.
+    let mine = RankFigures {
+        rank,
+        kv_bytes_sent: sync_stats.bytes_sent,
+        kv_bytes_received: sync_stats.bytes_received,
+        exposed_sync_s,
+        sync: sync_stats,
+        stage: stage_times,
+    };
+    let mut rows = vec![0f64; RankFigures::FIELDS * ranks];
+    env.world.all_gather_into(&mine.to_row()[..], &mut rows[..]);
+    let decode_s: f64 = outcome.step_seconds.iter().sum();
+    let text = match &plan.tokenizer {
+        Some(t) => t.decode(&outcome.generated).map_err(fail)?,
+        None => String::new(),
+    };
+    Ok(JobReport {
+        model: plan.source.describe(),
+        device: device_name(device),
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        ranks,
+        layer_split: plan.schedule.split().counts(),
+        sync: args.sync.name().into(),
+        chunk_size: plan.chunk_size,
+        chunks: plan.schedule.chunks().len(),
+        prompt_tokens: plan.prompt_ids.len(),
+        new_tokens: outcome.generated.len(),
+        generated_ids: outcome.generated,
+        text,
+        ttft_s,
+        prefill_s,
+        prefill_tokens_per_s: plan.prompt_ids.len() as f64 / prefill_s,
+        decode_s,
+        decode_tokens_per_s: if decode_s > 0.0 { outcome.step_seconds.len() as f64 / decode_s } else { 0.0 },
+        per_rank: rows.chunks(RankFigures::FIELDS).map(RankFigures::from_row).collect(),
+        prompt_ids: plan.prompt_ids.clone(),
+        prefill_logits,
+    })
+}

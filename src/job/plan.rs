@@ -1,0 +1,109 @@
+//! Job setup before any weights load: model files, the prompt (rank 0 tokenizes and broadcasts
+//! it), the layer split and the schedule, agreed on by every rank.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use super::failure::{agree, JobError};
+use crate::cli::RunArgs;
+use crate::generate::SamplingParams;
+use crate::model::source::{ModelFiles, ModelSource};
+use crate::prompt::prompt_ids;
+use crate::schedule::{default_chunk_size, split_prompt, LayerSplit, Schedule};
+use crate::tokenize::TextTokenizer;
+use crate::trace::TraceFile;
+
+pub struct JobPlan {
+    pub source: ModelSource,
+    pub files: ModelFiles,
+    /// Rank 0 only: decodes generated text.
+    pub tokenizer: Option<TextTokenizer>,
+    pub prompt_ids: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub chunk_size: usize,
+    /// KV positions per layer: prompt plus new tokens.
+    pub capacity: usize,
+    pub schedule: Arc<Schedule>,
+    /// Rank 0 only.
+    pub trace: Option<TraceFile>,
+}
+
+struct RankZeroInputs {
+    tokenizer: TextTokenizer,
+    prompt_ids: Vec<u32>,
+    trace: Option<TraceFile>,
+}
+
+pub fn prepare(args: &RunArgs, world: &SimpleCommunicator, rank: usize, ranks: usize) -> Result<JobPlan, JobError> {
+    // 1. Every rank reads the model's config; rank 0 also the tokenizer and prompt.
+    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let source = ModelSource::from_arg(&args.model);
+    let opened = (|| -> Result<(ModelFiles, Option<RankZeroInputs>)> {
+        sampling.validate()?;
+        let files = source.open()?;
+        if rank != 0 {
+            return Ok((files, None));
+        }
+        let trace = args.trace.as_deref().map(TraceFile::create).transpose()?;
+        let tokenizer = TextTokenizer::from_bytes(&files.tokenizer_json, &tokenizer_origin(&source))?;
+        let prompt_ids = prompt_ids(args, &files, &tokenizer)?;
+        Ok((files, Some(RankZeroInputs { tokenizer, prompt_ids, trace })))
+    })();
+    let (files, rank_zero) = agree(world, opened)?;
+
+    // 2. The prompt ids go to every rank.
+    let (tokenizer, mut ids, trace) = match rank_zero {
+        Some(z) => (Some(z.tokenizer), z.prompt_ids, z.trace),
+        None => (None, Vec::new(), None),
+    };
+    let root = world.process_at_rank(0);
+    let mut len = ids.len() as u64;
+    root.broadcast_into(&mut len);
+    ids.resize(len as usize, 0);
+    root.broadcast_into(&mut ids[..]);
+
+    // 3. Lengths, layer split and schedule: the same pure computation on every rank.
+    let planned = (|| -> Result<(usize, usize, Schedule)> {
+        let cfg = &files.config;
+        let capacity = ids.len() + args.max_new_tokens;
+        if ids.len() > cfg.max_position_embeddings {
+            bail!("the prompt has {} tokens, more than max_position_embeddings ({})", ids.len(), cfg.max_position_embeddings);
+        }
+        if capacity > cfg.max_position_embeddings {
+            bail!(
+                "prompt ({} tokens) + --max-new-tokens ({}) exceeds max_position_embeddings ({})",
+                ids.len(),
+                args.max_new_tokens,
+                cfg.max_position_embeddings
+            );
+        }
+        let split = match &args.layers {
+            Some(counts) => LayerSplit::from_counts(counts, cfg.num_hidden_layers, ranks)?,
+            None => LayerSplit::even(cfg.num_hidden_layers, ranks)?,
+        };
+        let chunk_size = args.chunk_size.map(|c| c as usize).unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
+        Ok((capacity, chunk_size, Schedule::new(split, split_prompt(ids.len(), chunk_size))))
+    })();
+    let (capacity, chunk_size, schedule) = agree(world, planned)?;
+    Ok(JobPlan {
+        source,
+        files,
+        tokenizer,
+        prompt_ids: ids,
+        sampling,
+        chunk_size,
+        capacity,
+        schedule: Arc::new(schedule),
+        trace,
+    })
+}
+
+fn tokenizer_origin(source: &ModelSource) -> String {
+    match source {
+        ModelSource::Tiny => "built-in tokenizer.json".into(),
+        ModelSource::Dir(dir) => dir.join("tokenizer.json").display().to_string(),
+    }
+}

@@ -1,0 +1,112 @@
+//! What a job reports: the summary rank 0 prints and puts in `--json` and the trace.
+
+use std::fmt::Write as _;
+
+use crate::sync::SyncStats;
+
+use super::stage_loop::StageTimes;
+
+/// One rank's figures, gathered to rank 0.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RankFigures {
+    pub rank: usize,
+    pub kv_bytes_sent: u64,
+    pub kv_bytes_received: u64,
+    /// Time compute waited at the end of prefill for the KV sync to finish.
+    pub exposed_sync_s: f64,
+    pub sync: SyncStats,
+    pub stage: StageTimes,
+}
+
+impl RankFigures {
+    pub const FIELDS: usize = 9;
+
+    pub fn to_row(&self) -> [f64; Self::FIELDS] {
+        [
+            self.rank as f64,
+            self.kv_bytes_sent as f64,
+            self.kv_bytes_received as f64,
+            self.exposed_sync_s,
+            self.sync.calls as f64,
+            self.sync.busy_s,
+            self.stage.compute_s,
+            self.stage.recv_wait_s,
+            self.stage.send_wait_s,
+        ]
+    }
+
+    pub fn from_row(row: &[f64]) -> Self {
+        Self {
+            rank: row[0] as usize,
+            kv_bytes_sent: row[1] as u64,
+            kv_bytes_received: row[2] as u64,
+            exposed_sync_s: row[3],
+            sync: SyncStats { calls: row[4] as u64, bytes_sent: row[1] as u64, bytes_received: row[2] as u64, busy_s: row[5] },
+            stage: StageTimes { compute_s: row[6], recv_wait_s: row[7], send_wait_s: row[8] },
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobReport {
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub ranks: usize,
+    pub layer_split: Vec<usize>,
+    pub sync: String,
+    pub chunk_size: usize,
+    pub chunks: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub ttft_s: f64,
+    pub prefill_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub per_rank: Vec<RankFigures>,
+    #[serde(skip)]
+    pub prompt_ids: Vec<u32>,
+    #[serde(skip)]
+    pub prefill_logits: Vec<f32>,
+}
+
+impl JobReport {
+    /// The human-readable summary (after the generated text).
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let split: Vec<String> = self.layer_split.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "--- {} ranks (layers {}), sync {}, {} chunks of {} tokens, {} {}, model {}",
+            self.ranks,
+            split.join(","),
+            self.sync,
+            self.chunks,
+            self.chunk_size,
+            self.device,
+            self.dtype,
+            self.model
+        );
+        let _ = writeln!(
+            out,
+            "prompt {} tokens, generated {} | TTFT {:.4} s | prefill {:.1} tok/s | decode {:.1} tok/s",
+            self.prompt_tokens, self.new_tokens, self.ttft_s, self.prefill_tokens_per_s, self.decode_tokens_per_s
+        );
+        for r in &self.per_rank {
+            let _ = writeln!(
+                out,
+                "rank {}: KV sent {} B, received {} B, exposed sync {:.3} ms, compute {:.3} s, waited for input {:.3} s",
+                r.rank,
+                r.kv_bytes_sent,
+                r.kv_bytes_received,
+                r.exposed_sync_s * 1e3,
+                r.stage.compute_s,
+                r.stage.recv_wait_s
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,144 @@
+//! One rank's prefill: its program from the schedule, op by op. Hidden states arrive by
+//! receives posted before the first step and leave by non-blocking sends; each computed layer's
+//! K/V goes to the KV sync thread.
+
+use std::cell::OnceCell;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use mpi::request::{LocalScope, Request};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use super::failure::JobAbort;
+use super::fault::{Fault, Phase};
+use super::watchdog::Watchdog;
+use crate::model::{KvCache, Qwen3};
+use crate::schedule::{Schedule, StageOp};
+use crate::sync::KvSyncWorker;
+use crate::transport::host_bytes::{tensor_from_bytes, tensor_to_bytes};
+
+/// Where one rank's prefill time went.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StageTimes {
+    pub compute_s: f64,
+    /// Waiting for hidden states from the previous rank.
+    pub recv_wait_s: f64,
+    /// Waiting at the end for hidden-state sends to complete.
+    pub send_wait_s: f64,
+}
+
+pub struct StageContext<'a> {
+    pub model: &'a Qwen3,
+    pub kv: &'a KvCache,
+    pub schedule: &'a Schedule,
+    pub rank: usize,
+    pub prompt_ids: &'a [u32],
+    /// Communicator for hidden states (used by this thread only).
+    pub pipe: &'a SimpleCommunicator,
+    pub sync: &'a KvSyncWorker,
+    pub watchdog: &'a Watchdog,
+    pub abort: JobAbort,
+    pub fault: Option<Fault>,
+}
+
+/// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
+/// An error here ends the job (pending MPI requests cannot be abandoned).
+pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
+    let chunks = ctx.schedule.chunks();
+    let cfg = ctx.model.config();
+    let hidden_bytes = |len: usize| len * cfg.hidden_size * ctx.model.dtype().size_in_bytes();
+    let mut recv_buffers: Vec<Vec<u8>> = match ctx.rank {
+        0 => Vec::new(),
+        _ => chunks.iter().map(|c| vec![0u8; hidden_bytes(c.len())]).collect(),
+    };
+    let send_buffers: Vec<OnceCell<Vec<u8>>> = chunks.iter().map(|_| OnceCell::new()).collect();
+    mpi::request::scope(|scope| {
+        let mut loop_state = LoopState { hidden: None, logits: None, times: StageTimes::default(), sends: Vec::new() };
+        let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
+        if ctx.rank > 0 {
+            let prev = ctx.pipe.process_at_rank(ctx.rank as i32 - 1);
+            for (index, buffer) in recv_buffers.iter_mut().enumerate() {
+                recvs.push(Some(prev.immediate_receive_into_with_tag(scope, &mut buffer[..], index as i32)));
+            }
+        }
+        let mut checked_step = None;
+        for (step, op) in ctx.schedule.rank_program(ctx.rank) {
+            if checked_step != Some(step) {
+                checked_step = Some(step);
+                if let Err(error) = Fault::check(ctx.fault.as_ref(), ctx.rank, Phase::Prefill, step) {
+                    ctx.abort.fail(&error);
+                }
+            }
+            if let Err(error) = run_op(ctx, scope, &send_buffers, &mut recvs, &mut loop_state, step, op) {
+                ctx.abort.fail(&error);
+            }
+        }
+        let started = Instant::now();
+        for (chunk, send) in loop_state.sends.drain(..) {
+            let _wait = ctx.watchdog.waiting_for(format!("send of chunk {chunk}'s hidden state to rank {}", ctx.rank + 1));
+            send.wait();
+        }
+        loop_state.times.send_wait_s = started.elapsed().as_secs_f64();
+        (loop_state.logits, loop_state.times)
+    })
+}
+
+struct LoopState<'a, 's> {
+    hidden: Option<Tensor>,
+    logits: Option<Tensor>,
+    times: StageTimes,
+    sends: Vec<(usize, Request<'a, [u8], &'s LocalScope<'a>>)>,
+}
+
+fn run_op<'a, 's>(
+    ctx: &StageContext,
+    scope: &'s LocalScope<'a>,
+    send_buffers: &'a [OnceCell<Vec<u8>>],
+    recvs: &mut [Option<Request<'a, [u8], &'s LocalScope<'a>>>],
+    state: &mut LoopState<'a, 's>,
+    step: usize,
+    op: StageOp,
+) -> Result<()> {
+    let model = ctx.model;
+    let started = Instant::now();
+    match op {
+        StageOp::Embed { chunk } => {
+            state.hidden = Some(model.embed(&ctx.prompt_ids[chunk.positions()])?); // (L, hidden)
+            state.times.compute_s += started.elapsed().as_secs_f64();
+        }
+        StageOp::RecvHidden { chunk, from } => {
+            let request = recvs[chunk.index].take().ok_or_else(|| anyhow::anyhow!("chunk {} received twice", chunk.index))?;
+            let bytes = {
+                let _wait = ctx.watchdog.waiting_for(format!("hidden state of chunk {} from rank {from} (step {step})", chunk.index));
+                request.wait_for_data()
+            };
+            state.times.recv_wait_s += started.elapsed().as_secs_f64();
+            let shape = (chunk.len(), model.config().hidden_size);
+            state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
+        }
+        StageOp::ComputeLayer { layer, chunk } => {
+            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("layer {layer} has no input"))?;
+            state.hidden = Some(model.forward_layer(layer, &hidden, chunk.start, ctx.kv)?);
+            state.times.compute_s += started.elapsed().as_secs_f64();
+        }
+        StageOp::KvSync { call } => ctx.sync.submit(call)?,
+        StageOp::SendHidden { chunk, to } => {
+            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("chunk {} has no output", chunk.index))?;
+            let buffer = &send_buffers[chunk.index];
+            buffer
+                .set(tensor_to_bytes(&hidden)?)
+                .map_err(|_| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
+            let bytes = buffer.get().map(Vec::as_slice).unwrap_or_default();
+            let next = ctx.pipe.process_at_rank(to as i32);
+            state.sends.push((chunk.index, next.immediate_send_with_tag(scope, bytes, chunk.index as i32)));
+        }
+        StageOp::Logits { .. } => {
+            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("the last chunk has no output"))?;
+            state.logits = Some(model.logits_last(&hidden)?);
+            state.times.compute_s += started.elapsed().as_secs_f64();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The prefill schedule: a pure function of (ranks, layer split, chunks) that every rank
+//! evaluates identically. No MPI here; the tests check it over many shapes.
+
+pub mod chunks;
+pub mod layer_split;
+pub mod pipeline;
+pub mod ring;
+
+pub use chunks::{default_chunk_size, split_prompt, Chunk};
+pub use layer_split::LayerSplit;
+pub use pipeline::{KvBlock, KvSyncCall, Schedule, StageOp};
+pub use ring::{ring_steps, RingStep};

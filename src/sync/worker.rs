@@ -1,0 +1,87 @@
+//! The communication thread: runs the KV sync calls handed to it, in order, on its own
+//! communicator, while the compute thread goes on with the next layer.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::allgather::allgather_call;
+use super::kv_blocks::bytes_per_position;
+use super::ring::ring_call;
+use super::SyncStrategy;
+use crate::job::watchdog::Watchdog;
+use crate::model::KvCache;
+use crate::schedule::Schedule;
+use crate::transport::SharedComm;
+
+/// What the sync moved and how long it spent in MPI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SyncStats {
+    pub calls: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Seconds the communication thread spent inside sync calls.
+    pub busy_s: f64,
+}
+
+pub struct KvSyncWorker {
+    queue: mpsc::Sender<usize>,
+    thread: JoinHandle<Result<SyncStats>>,
+}
+
+impl KvSyncWorker {
+    pub fn spawn(
+        comm: SharedComm,
+        rank: usize,
+        strategy: SyncStrategy,
+        schedule: Arc<Schedule>,
+        kv: Arc<KvCache>,
+        watchdog: Watchdog,
+    ) -> Result<Self> {
+        let (queue, calls) = mpsc::channel::<usize>();
+        let thread = std::thread::Builder::new()
+            .name("kv-sync".into())
+            .spawn(move || -> Result<SyncStats> {
+                let comm = comm;
+                let bytes_per_position = bytes_per_position(&kv)?;
+                let mut stats = SyncStats::default();
+                let mut scratch = Vec::new();
+                for index in calls {
+                    let call = &schedule.kv_sync_calls()[index];
+                    let _wait = watchdog.waiting_for(format!(
+                        "KV sync ({}) of step {}, local layer {}",
+                        strategy.name(),
+                        call.step,
+                        call.local_layer
+                    ));
+                    let started = Instant::now();
+                    match strategy {
+                        SyncStrategy::Allgather => {
+                            allgather_call(&comm.0, rank, call, &kv, bytes_per_position, &mut scratch, &mut stats)?
+                        }
+                        SyncStrategy::Ring => ring_call(&comm.0, rank, call, &kv, bytes_per_position, &mut stats)?,
+                    }
+                    stats.busy_s += started.elapsed().as_secs_f64();
+                    stats.calls += 1;
+                }
+                Ok(stats)
+            })
+            .context("cannot start the KV sync thread")?;
+        Ok(Self { queue, thread })
+    }
+
+    /// Hands call `index` of the schedule to the communication thread.
+    pub fn submit(&self, index: usize) -> Result<()> {
+        self.queue.send(index).map_err(|_| anyhow!("the KV sync thread has stopped"))
+    }
+
+    /// Waits until every submitted call is done (the caller times this: it is the sync time
+    /// compute could not hide).
+    pub fn finish(self) -> Result<SyncStats> {
+        drop(self.queue);
+        self.thread.join().map_err(|_| anyhow!("the KV sync thread panicked"))?
+    }
+}

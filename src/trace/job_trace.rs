@@ -1,0 +1,33 @@
+//! What a finished job puts in its trace file.
+
+use anyhow::Result;
+
+use super::file::TraceFile;
+use crate::cli::RunArgs;
+use crate::job::report::JobReport;
+use crate::model::Qwen3Config;
+use crate::transport::MpiEnv;
+
+pub fn write_job_trace(trace: TraceFile, report: &JobReport, cfg: &Qwen3Config, args: &RunArgs) -> Result<()> {
+    trace.attr_str("command_line", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    trace.attr_str("model", &report.model)?;
+    trace.attr_str("model_config", &serde_json::to_string(cfg)?)?;
+    trace.attr_str("run_args", &serde_json::to_string(args)?)?;
+    trace.attr_str("device", &report.device)?;
+    trace.attr_str("dtype", &report.dtype)?;
+    trace.attr_u64("world_size", report.ranks as u64)?;
+    trace.attr_str("layer_split", &serde_json::to_string(&report.layer_split)?)?;
+    trace.attr_str("sync_strategy", &report.sync)?;
+    trace.attr_u64("chunk_size", report.chunk_size as u64)?;
+    trace.attr_u64("prompt_tokens", report.prompt_tokens as u64)?;
+    trace.attr_u64("new_tokens", report.new_tokens as u64)?;
+    trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;
+    trace.attr_f64("ttft_s", report.ttft_s)?;
+    trace.attr_f64("prefill_s", report.prefill_s)?;
+    trace.attr_f64("decode_s", report.decode_s)?;
+    trace.dataset("output/prompt_ids", &report.prompt_ids)?;
+    trace.dataset("output/generated_ids", &report.generated_ids)?;
+    trace.dataset("output/prefill_logits", &report.prefill_logits)?;
+    trace.finish("ok")?;
+    Ok(())
+}

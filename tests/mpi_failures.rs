@@ -1,0 +1,40 @@
+//! A rank that fails, dies or stalls mid-run ends every rank quickly with a non-zero exit.
+
+mod common;
+
+use common::*;
+
+/// Runs the default model on 3 ranks with a fault; returns (code, stderr, seconds).
+fn with_fault(fault: &str, timeout: &str) -> (i32, String, f64) {
+    let args = ["--max-new-tokens", "6", "--chunk-size", "4", "--timeout", timeout];
+    let (code, _, stderr, secs) = run_mpi(3, &args, &[("QWEN3_MPI_FAULT", fault)], 60);
+    (code, stderr, secs)
+}
+
+#[test]
+fn rank_error_mid_prefill_ends_job_with_its_message() {
+    let (code, stderr, secs) = with_fault("error@1:prefill:2", "30");
+    assert_ne!(code, 0);
+    assert_ne!(code, 124, "the job hung until the test's time limit");
+    assert!(stderr.contains("rank 1: injected fault"), "{stderr}");
+    assert!(secs < 20.0, "took {secs:.1} s");
+}
+
+#[test]
+fn rank_killed_mid_prefill_or_decode_ends_job_within_timeout() {
+    for fault in ["kill@2:prefill:1", "kill@0:prefill:3", "kill@1:decode:2"] {
+        let (code, stderr, secs) = with_fault(fault, "30");
+        assert_ne!(code, 0, "{fault}: {stderr}");
+        assert_ne!(code, 124, "{fault}: the job hung until the test's time limit");
+        assert!(secs < 20.0, "{fault}: took {secs:.1} s");
+    }
+}
+
+#[test]
+fn stalled_rank_is_reported_by_the_watchdog() {
+    let (code, stderr, secs) = with_fault("stall@1:prefill:1", "3");
+    assert_ne!(code, 0);
+    assert_ne!(code, 124, "the job hung until the test's time limit");
+    assert!(stderr.contains("timed out after 3 s waiting for"), "{stderr}");
+    assert!(secs < 20.0, "took {secs:.1} s");
+}
