@@ -55,7 +55,9 @@ impl TraceFile {
         if file.attr(name).is_ok() {
             file.delete_attr(name)?;
         }
+        // HDF5 strings end at NUL (MPI's version string carries trailing ones)
         let value: VarLenUnicode = value
+            .replace('\0', "")
             .parse()
             .map_err(|e| anyhow::anyhow!("trace attribute {name}: {e:?}"))?;
         file.new_attr::<VarLenUnicode>()
