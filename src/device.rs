@@ -41,13 +41,14 @@ pub fn select_device(arg: DeviceArg, ordinal: usize) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {ordinal}: {e}"))
+    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {ordinal}: {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(_ordinal: usize) -> Result<Device> {
-    anyhow::bail!("--device cuda: this binary was built without CUDA support (rebuild with `--features cuda`)")
+    anyhow::bail!(
+        "--device cuda: this binary was built without CUDA support (rebuild with `--features cuda`)"
+    )
 }
 
 /// `--dtype`, or the default for the device: f32 on CPU (candle's CPU bf16 matmul is slow),

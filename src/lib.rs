@@ -6,9 +6,9 @@
 pub mod cli;
 pub mod device;
 pub mod generate;
+pub mod job;
 pub mod model;
 pub mod prompt;
-pub mod job;
 pub mod schedule;
 pub mod sync;
 pub mod tokenize;

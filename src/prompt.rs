@@ -12,11 +12,7 @@ use crate::tokenize::{ChatTemplate, TextTokenizer};
 const QWEN3_REGULAR_TOKENS: u32 = 151_643;
 
 /// The prompt's token ids.
-pub fn prompt_ids(
-    args: &RunArgs,
-    files: &ModelFiles,
-    tokenizer: &TextTokenizer,
-) -> Result<Vec<u32>> {
+pub fn prompt_ids(args: &RunArgs, files: &ModelFiles, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
     if let Some(n) = args.synthetic_prompt {
         let limit = QWEN3_REGULAR_TOKENS.min(files.config.vocab_size as u32);
         return Ok(synthetic_prompt(n as usize, limit));
@@ -35,8 +31,7 @@ pub fn prompt_ids(
             .tokenizer_config
             .as_ref()
             .context("--chat: the model directory has no tokenizer_config.json")?;
-        ChatTemplate::from_tokenizer_config(config, "tokenizer_config.json")?
-            .render_user_prompt(&text)?
+        ChatTemplate::from_tokenizer_config(config, "tokenizer_config.json")?.render_user_prompt(&text)?
     } else {
         text
     };

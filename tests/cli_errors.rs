@@ -13,7 +13,11 @@ fn assert_fails_with(args: &[&str], needle: &str) {
     assert_eq!(code, 1, "args {args:?}: exit code {code}, stderr:\n{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "args {args:?}: expected one line, got:\n{stderr}");
-    assert!(lines[0].contains("error:") && lines[0].contains(needle), "args {args:?}: {:?} lacks {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains("error:") && lines[0].contains(needle),
+        "args {args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
 }
 
 fn model_arg(dir: &Path) -> String {
@@ -22,7 +26,10 @@ fn model_arg(dir: &Path) -> String {
 
 #[test]
 fn missing_model_dir() {
-    assert_fails_with(&["--model", "/nonexistent/qwen3"], "/nonexistent/qwen3 does not exist");
+    assert_fails_with(
+        &["--model", "/nonexistent/qwen3"],
+        "/nonexistent/qwen3 does not exist",
+    );
 }
 
 #[test]
@@ -57,13 +64,21 @@ fn missing_tensor_and_wrong_shape_name_file_and_tensor() {
     write_checkpoint_with(dir.path(), &cfg, 11, 1, |t| {
         t.remove("model.layers.1.mlp.up_proj.weight");
     });
-    assert_fails_with(&["--model", &m], "model.safetensors: tensor model.layers.1.mlp.up_proj.weight is missing");
+    assert_fails_with(
+        &["--model", &m],
+        "model.safetensors: tensor model.layers.1.mlp.up_proj.weight is missing",
+    );
 
     write_checkpoint_with(dir.path(), &cfg, 11, 1, |t| {
-        let w = t["model.layers.2.self_attn.k_proj.weight"].narrow(0, 0, 32).unwrap();
+        let w = t["model.layers.2.self_attn.k_proj.weight"]
+            .narrow(0, 0, 32)
+            .unwrap();
         t.insert("model.layers.2.self_attn.k_proj.weight".into(), w);
     });
-    assert_fails_with(&["--model", &m], "tensor model.layers.2.self_attn.k_proj.weight has shape [32, 64], expected [64, 64]");
+    assert_fails_with(
+        &["--model", &m],
+        "tensor model.layers.2.self_attn.k_proj.weight has shape [32, 64], expected [64, 64]",
+    );
 }
 
 #[test]
@@ -73,9 +88,15 @@ fn missing_shard_and_truncated_file() {
     let shard = dir.path().join("model-00002-of-00003.safetensors");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails_with(&["--model", &m], "model-00002-of-00003.safetensors: not a valid safetensors file");
+    assert_fails_with(
+        &["--model", &m],
+        "model-00002-of-00003.safetensors: not a valid safetensors file",
+    );
     std::fs::remove_file(&shard).unwrap();
-    assert_fails_with(&["--model", &m], "model-00002-of-00003.safetensors: file named in model.safetensors.index.json does not exist");
+    assert_fails_with(
+        &["--model", &m],
+        "model-00002-of-00003.safetensors: file named in model.safetensors.index.json does not exist",
+    );
 }
 
 #[test]
@@ -94,13 +115,24 @@ fn empty_prompt_and_prompt_too_long() {
     assert_fails_with(&["--prompt", ""], "the prompt is empty");
     let dir = materialize("gqa-untied-odd-4x"); // max_position_embeddings 64
     let m = model_arg(dir.path());
-    assert_fails_with(&["--model", &m, "--synthetic-prompt", "65"], "more than max_position_embeddings (64)");
-    assert_fails_with(&["--model", &m, "--synthetic-prompt", "60", "--max-new-tokens", "8"], "exceeds max_position_embeddings (64)");
+    assert_fails_with(
+        &["--model", &m, "--synthetic-prompt", "65"],
+        "more than max_position_embeddings (64)",
+    );
+    assert_fails_with(
+        &["--model", &m, "--synthetic-prompt", "60", "--max-new-tokens", "8"],
+        "exceeds max_position_embeddings (64)",
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["--chunk-size", "0"][..], &["--dtype", "f64"], &["--device", "tpu"], &["--prompt", "a", "--synthetic-prompt", "3"]] {
+    for args in [
+        &["--chunk-size", "0"][..],
+        &["--dtype", "f64"],
+        &["--device", "tpu"],
+        &["--prompt", "a", "--synthetic-prompt", "3"],
+    ] {
         let (code, _, stderr) = run_cli(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
     }
@@ -112,9 +144,23 @@ fn fixture_directory_runs_from_the_command_line() {
     let exp = expected("gqa-tied-5x");
     let m = model_arg(dir.path());
     let prompt = exp["prompt"].as_str().unwrap();
-    let (code, stdout, stderr) = run_cli(&["--model", &m, "--prompt", prompt, "--max-new-tokens", "8", "--json"]);
+    let (code, stdout, stderr) = run_cli(&[
+        "--model",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(expected_ids(&report, "generated_ids"), expected_ids(&exp, "greedy_ids"));
-    assert_eq!(report["prompt_tokens"].as_u64().unwrap() as usize, expected_ids(&exp, "prompt_ids").len());
+    assert_eq!(
+        expected_ids(&report, "generated_ids"),
+        expected_ids(&exp, "greedy_ids")
+    );
+    assert_eq!(
+        report["prompt_tokens"].as_u64().unwrap() as usize,
+        expected_ids(&exp, "prompt_ids").len()
+    );
 }

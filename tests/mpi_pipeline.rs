@@ -24,8 +24,25 @@ fn job(model: &Path, case: &Case, prompt: &str, dump: &Path) -> Vec<u32> {
     let model = model.display().to_string();
     let chunk = case.chunk.to_string();
     let dump = dump.display().to_string();
-    let mut args = vec!["--model", &model, "--prompt", prompt, "--max-new-tokens", "8", "--chunk-size", &chunk];
-    args.extend(["--sync", case.sync, "--dump-kv", &dump, "--json", "--timeout", "60"]);
+    let mut args = vec![
+        "--model",
+        &model,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--chunk-size",
+        &chunk,
+    ];
+    args.extend([
+        "--sync",
+        case.sync,
+        "--dump-kv",
+        &dump,
+        "--json",
+        "--timeout",
+        "60",
+    ]);
     if let Some(layers) = case.layers {
         args.extend(["--layers", layers]);
     }
@@ -41,9 +58,14 @@ fn load_kv(path: &Path) -> HashMap<String, Tensor> {
 fn assert_same_cache(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: different layer count");
     for (name, ta) in a {
-        let (va, vb): (Vec<f32>, Vec<f32>) =
-            (ta.flatten_all().unwrap().to_vec1().unwrap(), b[name].flatten_all().unwrap().to_vec1().unwrap());
-        assert!(va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: {name} differs from the one-process cache");
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            ta.flatten_all().unwrap().to_vec1().unwrap(),
+            b[name].flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: {name} differs from the one-process cache"
+        );
     }
 }
 
@@ -54,24 +76,67 @@ fn ranks_strategies_and_chunkings_reproduce_one_process_and_transformers() {
     let prompt = exp["prompt"].as_str().unwrap();
     let reference = expected_ids(&exp, "greedy_ids");
     let cases = [
-        Case { ranks: 2, sync: "allgather", chunk: 7, layers: None },
-        Case { ranks: 2, sync: "ring", chunk: 7, layers: None },
-        Case { ranks: 3, sync: "ring", chunk: 5, layers: Some("1,3,1") },
-        Case { ranks: 3, sync: "allgather", chunk: 38, layers: None }, // one chunk, three ranks
-        Case { ranks: 4, sync: "allgather", chunk: 16, layers: Some("2,1,1,1") }, // 3 chunks < 4 ranks
-        Case { ranks: 4, sync: "ring", chunk: 3, layers: None },
+        Case {
+            ranks: 2,
+            sync: "allgather",
+            chunk: 7,
+            layers: None,
+        },
+        Case {
+            ranks: 2,
+            sync: "ring",
+            chunk: 7,
+            layers: None,
+        },
+        Case {
+            ranks: 3,
+            sync: "ring",
+            chunk: 5,
+            layers: Some("1,3,1"),
+        },
+        Case {
+            ranks: 3,
+            sync: "allgather",
+            chunk: 38,
+            layers: None,
+        }, // one chunk, three ranks
+        Case {
+            ranks: 4,
+            sync: "allgather",
+            chunk: 16,
+            layers: Some("2,1,1,1"),
+        }, // 3 chunks < 4 ranks
+        Case {
+            ranks: 4,
+            sync: "ring",
+            chunk: 3,
+            layers: None,
+        },
     ];
     let mut baselines: HashMap<usize, HashMap<String, Tensor>> = HashMap::new();
     for case in &cases {
         let base = baselines.entry(case.chunk).or_insert_with(|| {
             let dir = tempfile::tempdir().unwrap();
-            let one = Case { ranks: 1, sync: "allgather", chunk: case.chunk, layers: None };
-            assert_eq!(job(model.path(), &one, prompt, dir.path()), reference, "1 rank, chunk {}", case.chunk);
+            let one = Case {
+                ranks: 1,
+                sync: "allgather",
+                chunk: case.chunk,
+                layers: None,
+            };
+            assert_eq!(
+                job(model.path(), &one, prompt, dir.path()),
+                reference,
+                "1 rank, chunk {}",
+                case.chunk
+            );
             load_kv(&dir.path().join("kv-rank0.safetensors"))
         });
         let dir = tempfile::tempdir().unwrap();
         let ids = job(model.path(), case, prompt, dir.path());
-        let what = format!("{} ranks, {}, chunk {}, layers {:?}", case.ranks, case.sync, case.chunk, case.layers);
+        let what = format!(
+            "{} ranks, {}, chunk {}, layers {:?}",
+            case.ranks, case.sync, case.chunk, case.layers
+        );
         assert_eq!(ids, reference, "{what}: tokens differ from transformers");
         for rank in 0..case.ranks {
             let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
@@ -86,8 +151,28 @@ fn one_token_prompt_and_sampling_agree_across_rank_counts() {
     let m = model.path().display().to_string();
     let mut runs = Vec::new();
     for ranks in [1, 3] {
-        for extra in [&["--synthetic-prompt", "1"][..], &["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", "7"]] {
-            let mut args = vec!["--model", m.as_str(), "--max-new-tokens", "6", "--json", "--timeout", "60"];
+        for extra in [
+            &["--synthetic-prompt", "1"][..],
+            &[
+                "--temperature",
+                "0.9",
+                "--top-k",
+                "40",
+                "--top-p",
+                "0.95",
+                "--seed",
+                "7",
+            ],
+        ] {
+            let mut args = vec![
+                "--model",
+                m.as_str(),
+                "--max-new-tokens",
+                "6",
+                "--json",
+                "--timeout",
+                "60",
+            ];
             args.extend(extra);
             let (code, stdout, stderr, _) = run_mpi(ranks, &args, &[], 120);
             assert_eq!(code, 0, "{ranks} ranks {extra:?}: {stderr}");

@@ -98,8 +98,7 @@ fn prompt_ids_and_chat_template_match_transformers() {
             exp["chat_text"].as_str().unwrap(),
             "{name}: chat template text"
         );
-        let tokenizer =
-            TextTokenizer::from_bytes(&l.files.tokenizer_json, "tokenizer.json").unwrap();
+        let tokenizer = TextTokenizer::from_bytes(&l.files.tokenizer_json, "tokenizer.json").unwrap();
         assert_eq!(
             tokenizer.encode(&chat_text).unwrap(),
             expected_ids(&exp, "chat_ids"),
@@ -186,9 +185,7 @@ fn layer_ranges_on_separate_stages_equal_the_whole_model() {
                 None => stage.embed(&l.prompt_ids).unwrap(),
                 Some(h) => h,
             };
-            let out = stage
-                .forward_layers(pair[0]..pair[1], input, 0, &kv)
-                .unwrap();
+            let out = stage.forward_layers(pair[0]..pair[1], input, 0, &kv).unwrap();
             if parts.head {
                 let logits: Vec<f32> = stage.logits_last(&out).unwrap().to_vec1().unwrap();
                 let err = relative_error(&logits, &reference);

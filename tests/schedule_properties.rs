@@ -48,19 +48,40 @@ fn every_layer_and_chunk_is_computed_exactly_once_in_causal_order() {
                         have_input.insert(chunk.index);
                     }
                     StageOp::ComputeLayer { layer, chunk } => {
-                        assert!(range.contains(&layer), "rank {rank} computes layer {layer} outside {range:?}");
+                        assert!(
+                            range.contains(&layer),
+                            "rank {rank} computes layer {layer} outside {range:?}"
+                        );
                         let c = chunk.index;
-                        assert!(have_input.contains(&c), "rank {rank}: layer {layer} chunk {c} before its input");
+                        assert!(
+                            have_input.contains(&c),
+                            "rank {rank}: layer {layer} chunk {c} before its input"
+                        );
                         if layer > range.start {
-                            assert!(done.contains_key(&(layer - 1, c)), "layer {layer} chunk {c} before layer {}", layer - 1);
+                            assert!(
+                                done.contains_key(&(layer - 1, c)),
+                                "layer {layer} chunk {c} before layer {}",
+                                layer - 1
+                            );
                         } else if layer > 0 {
                             let (_, prev_step) = done[&(layer - 1, c)];
-                            assert!(prev_step < step, "chunk {c} reaches rank {rank} in the step it left rank {}", rank - 1);
+                            assert!(
+                                prev_step < step,
+                                "chunk {c} reaches rank {rank} in the step it left rank {}",
+                                rank - 1
+                            );
                         }
                         if c > 0 {
-                            assert!(done.contains_key(&(layer, c - 1)), "layer {layer}: chunk {c} before chunk {}", c - 1);
+                            assert!(
+                                done.contains_key(&(layer, c - 1)),
+                                "layer {layer}: chunk {c} before chunk {}",
+                                c - 1
+                            );
                         }
-                        assert!(done.insert((layer, c), (rank, step)).is_none(), "layer {layer} chunk {c} computed twice");
+                        assert!(
+                            done.insert((layer, c), (rank, step)).is_none(),
+                            "layer {layer} chunk {c} computed twice"
+                        );
                     }
                     _ => {}
                 }
@@ -77,12 +98,26 @@ fn every_kv_block_is_synced_once_by_its_owner_after_it_is_computed() {
         for call in s.kv_sync_calls() {
             for (rank, block) in call.blocks.iter().enumerate() {
                 let Some(block) = block else { continue };
-                assert!(s.split().range(rank).contains(&block.layer), "rank {rank} sends layer {} it does not own", block.layer);
-                assert!(seen.insert((block.layer, block.chunk.index)), "block {block:?} synced twice");
+                assert!(
+                    s.split().range(rank).contains(&block.layer),
+                    "rank {rank} sends layer {} it does not own",
+                    block.layer
+                );
+                assert!(
+                    seen.insert((block.layer, block.chunk.index)),
+                    "block {block:?} synced twice"
+                );
                 // In the owner's program, the compute comes before the sync op.
                 let program = s.rank_program(rank);
-                let compute = program.iter().position(|(_, op)| *op == StageOp::ComputeLayer { layer: block.layer, chunk: block.chunk });
-                let sync = program.iter().position(|(_, op)| matches!(op, StageOp::KvSync { call: c } if s.kv_sync_calls()[*c] == *call));
+                let compute = program.iter().position(|(_, op)| {
+                    *op == StageOp::ComputeLayer {
+                        layer: block.layer,
+                        chunk: block.chunk,
+                    }
+                });
+                let sync = program.iter().position(
+                    |(_, op)| matches!(op, StageOp::KvSync { call: c } if s.kv_sync_calls()[*c] == *call),
+                );
                 assert!(compute.unwrap() < sync.unwrap());
             }
         }
@@ -103,12 +138,20 @@ fn every_rank_issues_the_same_sync_calls_in_the_same_order() {
                     _ => None,
                 })
                 .collect();
-            assert_eq!(calls, all, "rank {rank} of {} issues a different sync sequence", s.ranks());
+            assert_eq!(
+                calls,
+                all,
+                "rank {rank} of {} issues a different sync sequence",
+                s.ranks()
+            );
         }
         // And every call has the same sizes for everybody: sizes come from the call itself.
         for call in s.kv_sync_calls() {
             assert_eq!(call.blocks.len(), s.ranks());
-            assert!(call.positions_per_rank().iter().any(|&p| p > 0), "an empty call was scheduled");
+            assert!(
+                call.positions_per_rank().iter().any(|&p| p > 0),
+                "an empty call was scheduled"
+            );
         }
     });
 }
@@ -121,7 +164,10 @@ fn hidden_sends_and_receives_pair_up_in_order() {
                 .rank_program(rank)
                 .iter()
                 .filter_map(|(step, op)| match op {
-                    StageOp::SendHidden { chunk, to } => Some((*step, { assert_eq!(*to, rank + 1); chunk.index })),
+                    StageOp::SendHidden { chunk, to } => Some((*step, {
+                        assert_eq!(*to, rank + 1);
+                        chunk.index
+                    })),
                     _ => None,
                 })
                 .collect();
@@ -129,16 +175,29 @@ fn hidden_sends_and_receives_pair_up_in_order() {
                 .rank_program(rank + 1)
                 .iter()
                 .filter_map(|(step, op)| match op {
-                    StageOp::RecvHidden { chunk, from } => Some((*step, { assert_eq!(*from, rank); chunk.index })),
+                    StageOp::RecvHidden { chunk, from } => Some((*step, {
+                        assert_eq!(*from, rank);
+                        chunk.index
+                    })),
                     _ => None,
                 })
                 .collect();
             assert_eq!(sends.len(), s.chunks().len());
-            assert_eq!(sends.iter().map(|x| x.1).collect::<Vec<_>>(), recvs.iter().map(|x| x.1).collect::<Vec<_>>());
-            assert!(sends.iter().zip(&recvs).all(|(a, b)| a.0 < b.0), "a chunk is received in the step it is sent");
+            assert_eq!(
+                sends.iter().map(|x| x.1).collect::<Vec<_>>(),
+                recvs.iter().map(|x| x.1).collect::<Vec<_>>()
+            );
+            assert!(
+                sends.iter().zip(&recvs).all(|(a, b)| a.0 < b.0),
+                "a chunk is received in the step it is sent"
+            );
         }
         let last = s.ranks() - 1;
-        let logits: Vec<_> = s.rank_program(last).into_iter().filter(|(_, op)| matches!(op, StageOp::Logits { .. })).collect();
+        let logits: Vec<_> = s
+            .rank_program(last)
+            .into_iter()
+            .filter(|(_, op)| matches!(op, StageOp::Logits { .. }))
+            .collect();
         assert_eq!(logits.len(), 1, "exactly one logits op, on the last rank");
     });
 }
@@ -148,15 +207,18 @@ fn ring_steps_pair_up_and_deliver_every_block() {
     for ranks in 1..=8 {
         let mut received: Vec<HashSet<usize>> = (0..ranks).map(|r| HashSet::from([r])).collect();
         for s in 0..ranks.saturating_sub(1) {
-            for rank in 0..ranks {
+            for (rank, have) in received.iter().enumerate() {
                 let mine = ring_steps(ranks, rank)[s];
                 let next = ring_steps(ranks, mine.send_to)[s];
                 assert_eq!(next.recv_from, rank);
                 assert_eq!(next.recv_origin, mine.send_origin, "ranks {ranks} step {s}");
-                assert!(received[rank].contains(&mine.send_origin), "rank {rank} forwards a block it does not have yet");
+                assert!(
+                    have.contains(&mine.send_origin),
+                    "rank {rank} forwards a block it does not have yet"
+                );
             }
-            for rank in 0..ranks {
-                received[rank].insert(ring_steps(ranks, rank)[s].recv_origin);
+            for (rank, have) in received.iter_mut().enumerate() {
+                have.insert(ring_steps(ranks, rank)[s].recv_origin);
             }
         }
         assert!(received.iter().all(|r| r.len() == ranks));

@@ -6,7 +6,11 @@ mod common;
 use common::*;
 
 fn read_attr(file: &hdf5::File, name: &str) -> String {
-    file.attr(name).unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap().to_string()
+    file.attr(name)
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -19,7 +23,18 @@ fn trace_holds_prompt_generated_ids_and_reference_logits() {
     for ranks in [1, 2] {
         let path = out.path().join(format!("runs/trace-{ranks}.h5"));
         let p = path.display().to_string();
-        let args = ["--model", &m, "--prompt", exp["prompt"].as_str().unwrap(), "--max-new-tokens", "8", "--chunk-size", "9", "--trace", &p];
+        let args = [
+            "--model",
+            &m,
+            "--prompt",
+            exp["prompt"].as_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+            "--chunk-size",
+            "9",
+            "--trace",
+            &p,
+        ];
         let (code, _, stderr, _) = run_mpi(ranks, &args, &[], 120);
         assert_eq!(code, 0, "{stderr}");
         let file = hdf5::File::open(&path).unwrap();

@@ -51,8 +51,6 @@ pub fn decode(
         let hidden = model.forward_layers(all_layers.clone(), hidden, position, kv)?;
         let logits = model.logits_last(&hidden)?; // (vocab)
         token = sampler.next_token(&logits)?;
-        outcome
-            .step_seconds
-            .push(step_start.elapsed().as_secs_f64());
+        outcome.step_seconds.push(step_start.elapsed().as_secs_f64());
     }
 }

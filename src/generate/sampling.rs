@@ -16,11 +16,8 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
-            bail!(
-                "--temperature must be a number >= 0, got {}",
-                self.temperature
-            );
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            bail!("--temperature must be a number >= 0, got {}", self.temperature);
         }
         if self.top_k == Some(0) {
             bail!("--top-k must be at least 1");

@@ -41,7 +41,10 @@ impl BackgroundLoad {
 
     /// Waits for the load and moves the layers into `model`.
     pub fn complete_into(self, model: &mut Qwen3) -> Result<()> {
-        let rest = self.thread.join().map_err(|_| anyhow!("the weight-loading thread panicked"))??;
+        let rest = self
+            .thread
+            .join()
+            .map_err(|_| anyhow!("the weight-loading thread panicked"))??;
         model.absorb(rest);
         Ok(())
     }

@@ -8,7 +8,9 @@ use super::watchdog::Watchdog;
 
 /// FNV-1a over bytes: a cheap hash for cross-rank checks.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Every rank's hash of its generated ids; an error names the ranks that differ from rank 0.
@@ -19,7 +21,12 @@ pub fn check_ranks_agree(world: &SimpleCommunicator, generated: &[u32], watchdog
         let _wait = watchdog.waiting_for("the generated-token check");
         world.all_gather_into(&mine, &mut all[..]);
     }
-    let differ: Vec<usize> = all.iter().enumerate().filter(|(_, &h)| h != all[0]).map(|(r, _)| r).collect();
+    let differ: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, &h)| h != all[0])
+        .map(|(r, _)| r)
+        .collect();
     if !differ.is_empty() {
         bail!("ranks disagree on the generated tokens: ranks {differ:?} differ from rank 0");
     }

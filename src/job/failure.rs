@@ -41,6 +41,9 @@ pub fn agree<T>(world: &SimpleCommunicator, result: anyhow::Result<T>) -> Result
     match (result, lowest_failed) {
         (Ok(value), None) => Ok(value),
         (Ok(_), Some(_)) => Err(JobError::PeerFailed),
-        (Err(error), lowest) => Err(JobError::Failed { error, report: lowest == Some(world.rank() as usize) }),
+        (Err(error), lowest) => Err(JobError::Failed {
+            error,
+            report: lowest == Some(world.rank() as usize),
+        }),
     }
 }

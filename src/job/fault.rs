@@ -37,10 +37,14 @@ impl Fault {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let malformed = || anyhow::anyhow!("{FAULT_ENV}={text}: expected <error|kill|stall>@<rank>:<prefill|decode>:<step>");
+        let malformed = || {
+            anyhow::anyhow!("{FAULT_ENV}={text}: expected <error|kill|stall>@<rank>:<prefill|decode>:<step>")
+        };
         let (action, rest) = text.split_once('@').ok_or_else(malformed)?;
         let mut fields = rest.split(':');
-        let (Some(rank), Some(phase), Some(step), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+        let (Some(rank), Some(phase), Some(step), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
             return Err(malformed());
         };
         Ok(Self {
@@ -89,10 +93,30 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let f = Fault::parse("kill@2:decode:3").unwrap();
-        assert_eq!(f, Fault { action: FaultAction::Kill, rank: 2, phase: Phase::Decode, step: 3 });
+        assert_eq!(
+            f,
+            Fault {
+                action: FaultAction::Kill,
+                rank: 2,
+                phase: Phase::Decode,
+                step: 3
+            }
+        );
         assert!(Fault::parse("kill@2:decode").is_err());
         assert!(Fault::parse("boom@1:prefill:0").is_err());
-        assert!(Fault::check(Some(&Fault::parse("error@1:prefill:2").unwrap()), 1, Phase::Prefill, 2).is_err());
-        assert!(Fault::check(Some(&Fault::parse("error@1:prefill:2").unwrap()), 0, Phase::Prefill, 2).is_ok());
+        assert!(Fault::check(
+            Some(&Fault::parse("error@1:prefill:2").unwrap()),
+            1,
+            Phase::Prefill,
+            2
+        )
+        .is_err());
+        assert!(Fault::check(
+            Some(&Fault::parse("error@1:prefill:2").unwrap()),
+            0,
+            Phase::Prefill,
+            2
+        )
+        .is_ok());
     }
 }

@@ -36,7 +36,11 @@ use watchdog::Watchdog;
 pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let (rank, ranks) = (env.rank, env.size);
     let abort = JobAbort { rank };
-    let watchdog = Watchdog::start(rank, Duration::from_secs_f64(args.timeout), Box::new(move |code| abort.abort(code)));
+    let watchdog = Watchdog::start(
+        rank,
+        Duration::from_secs_f64(args.timeout),
+        Box::new(move |code| abort.abort(code)),
+    );
 
     // 1. Plan and load this rank's stage; every rank agrees that both worked.
     let mut plan = plan::prepare(args, &env.world, rank, ranks)?;
@@ -46,22 +50,33 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let dtype = select_dtype(args.dtype, &device);
         let cfg = &plan.files.config;
         let owned = plan.schedule.split().range(rank);
-        let parts = StageParts { embed: rank == 0, head: rank == ranks - 1 };
-        let model = Qwen3::load(cfg, plan.files.weights.as_ref(), owned, parts, plan.capacity, dtype, &device)?;
+        let parts = StageParts {
+            embed: rank == 0,
+            head: rank == ranks - 1,
+        };
+        let model = Qwen3::load(
+            cfg,
+            plan.files.weights.as_ref(),
+            owned,
+            parts,
+            plan.capacity,
+            dtype,
+            &device,
+        )?;
         let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
         Ok((model, kv, device))
     })();
     let (model, kv, device) = agree(&env.world, loaded)?;
+    let stage = LoadedStage { model, kv, device };
     let fault = agree(&env.world, Fault::from_env())?;
 
     // 2. From here on an error on one rank ends the job at once.
-    let outcome = run_loaded(args, env, &plan, model, kv, &device, &watchdog, fault)
-        .and_then(|report| match trace {
-            Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
-                .map(|_| report)
-                .map_err(|error| JobError::Failed { error, report: true }),
-            None => Ok(report),
-        });
+    let outcome = run_loaded(args, env, &plan, stage, &watchdog, fault).and_then(|report| match trace {
+        Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
+            .map(|_| report)
+            .map_err(|error| JobError::Failed { error, report: true }),
+        None => Ok(report),
+    });
     match outcome {
         Ok(report) => Ok(report),
         Err(JobError::Failed { error, .. }) => abort.fail(&error),
@@ -69,31 +84,56 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     }
 }
 
+/// This rank's model (its layer range), KV cache and device.
+struct LoadedStage {
+    model: Qwen3,
+    kv: KvCache,
+    device: candle_core::Device,
+}
+
 fn run_loaded(
     args: &RunArgs,
     env: &MpiEnv,
     plan: &JobPlan,
-    mut model: Qwen3,
-    kv: KvCache,
-    device: &candle_core::Device,
+    stage: LoadedStage,
     watchdog: &Watchdog,
     fault: Option<Fault>,
 ) -> Result<JobReport, JobError> {
     let fail = |error: anyhow::Error| JobError::Failed { error, report: true };
+    let LoadedStage {
+        mut model,
+        kv,
+        device,
+    } = stage;
+    let device = &device;
     let (rank, ranks) = (env.rank, env.size);
     let cfg = plan.files.config.clone();
     let kv = Arc::new(kv);
     let owned = plan.schedule.split().range(rank);
-    let rest = BackgroundLoad::start(cfg.clone(), plan.files.weights.clone(), owned, plan.capacity, model.dtype(), device.clone())
-        .map_err(fail)?;
+    let rest = BackgroundLoad::start(
+        cfg.clone(),
+        plan.files.weights.clone(),
+        owned,
+        plan.capacity,
+        model.dtype(),
+        device.clone(),
+    )
+    .map_err(fail)?;
     let sync_comm = env.duplicate();
     let pipe_comm = env.duplicate();
 
     // 2. Prefill: every rank runs its stage; the KV sync thread trails it.
     env.world.barrier();
     let t0 = Instant::now();
-    let sync = KvSyncWorker::spawn(sync_comm, rank, args.sync, plan.schedule.clone(), kv.clone(), watchdog.clone())
-        .map_err(fail)?;
+    let sync = KvSyncWorker::spawn(
+        sync_comm,
+        rank,
+        args.sync,
+        plan.schedule.clone(),
+        kv.clone(),
+        watchdog.clone(),
+    )
+    .map_err(fail)?;
     let ctx = StageContext {
         model: &model,
         kv: &kv,
@@ -111,7 +151,8 @@ fn run_loaded(
     // 3. First token from the last rank's logits.
     let mut sampler = Sampler::new(plan.sampling);
     let (first, prefill_logits) =
-        first_token::share_first_token(&env.world, logits, cfg.vocab_size, &mut sampler, watchdog).map_err(fail)?;
+        first_token::share_first_token(&env.world, logits, cfg.vocab_size, &mut sampler, watchdog)
+            .map_err(fail)?;
     let ttft_s = t0.elapsed().as_secs_f64();
 
     // 4. Every rank needs the whole cache and model before decoding.
@@ -133,21 +174,34 @@ fn run_loaded(
     let mut stdout = std::io::stdout();
     let eos = plan.files.eos_token_ids();
     let mut decoded = 0;
-    let outcome = decode(&model, &kv, first, plan.prompt_ids.len(), args.max_new_tokens, &mut sampler, &eos, |id| {
-        Fault::check(fault.as_ref(), rank, Phase::Decode, decoded)?;
-        decoded += 1;
-        if let Some(piece) = stream.as_mut().map(|s| s.step(id)).transpose()?.flatten() {
-            stdout.write_all(piece.as_bytes())?;
-            stdout.flush()?;
-        }
-        Ok(())
-    })
+    let outcome = decode(
+        &model,
+        &kv,
+        first,
+        plan.prompt_ids.len(),
+        args.max_new_tokens,
+        &mut sampler,
+        &eos,
+        |id| {
+            Fault::check(fault.as_ref(), rank, Phase::Decode, decoded)?;
+            decoded += 1;
+            if let Some(piece) = stream.as_mut().map(|s| s.step(id)).transpose()?.flatten() {
+                stdout.write_all(piece.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
+        },
+    )
     .map_err(fail)?;
     if rank == 0 {
         let _ = writeln!(stdout);
     }
-    consistency::check_ranks_agree(&env.world, &outcome.generated, watchdog)
-        .map_err(|error| JobError::Failed { error, report: rank == 0 })?;
+    consistency::check_ranks_agree(&env.world, &outcome.generated, watchdog).map_err(|error| {
+        JobError::Failed {
+            error,
+            report: rank == 0,
+        }
+    })?;
 
     // 6. Figures from every rank to everyone (small), report on rank 0.
     let mine = RankFigures {
@@ -182,8 +236,15 @@ fn run_loaded(
         prefill_s,
         prefill_tokens_per_s: plan.prompt_ids.len() as f64 / prefill_s,
         decode_s,
-        decode_tokens_per_s: if decode_s > 0.0 { outcome.step_seconds.len() as f64 / decode_s } else { 0.0 },
-        per_rank: rows.chunks(RankFigures::FIELDS).map(RankFigures::from_row).collect(),
+        decode_tokens_per_s: if decode_s > 0.0 {
+            outcome.step_seconds.len() as f64 / decode_s
+        } else {
+            0.0
+        },
+        per_rank: rows
+            .chunks(RankFigures::FIELDS)
+            .map(RankFigures::from_row)
+            .collect(),
         prompt_ids: plan.prompt_ids.clone(),
         prefill_logits,
     })

@@ -37,9 +37,19 @@ struct RankZeroInputs {
     trace: Option<TraceFile>,
 }
 
-pub fn prepare(args: &RunArgs, world: &SimpleCommunicator, rank: usize, ranks: usize) -> Result<JobPlan, JobError> {
+pub fn prepare(
+    args: &RunArgs,
+    world: &SimpleCommunicator,
+    rank: usize,
+    ranks: usize,
+) -> Result<JobPlan, JobError> {
     // 1. Every rank reads the model's config; rank 0 also the tokenizer and prompt.
-    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
     let source = ModelSource::from_arg(&args.model);
     let opened = (|| -> Result<(ModelFiles, Option<RankZeroInputs>)> {
         sampling.validate()?;
@@ -50,7 +60,14 @@ pub fn prepare(args: &RunArgs, world: &SimpleCommunicator, rank: usize, ranks: u
         let trace = args.trace.as_deref().map(TraceFile::create).transpose()?;
         let tokenizer = TextTokenizer::from_bytes(&files.tokenizer_json, &tokenizer_origin(&source))?;
         let prompt_ids = prompt_ids(args, &files, &tokenizer)?;
-        Ok((files, Some(RankZeroInputs { tokenizer, prompt_ids, trace })))
+        Ok((
+            files,
+            Some(RankZeroInputs {
+                tokenizer,
+                prompt_ids,
+                trace,
+            }),
+        ))
     })();
     let (files, rank_zero) = agree(world, opened)?;
 
@@ -70,7 +87,11 @@ pub fn prepare(args: &RunArgs, world: &SimpleCommunicator, rank: usize, ranks: u
         let cfg = &files.config;
         let capacity = ids.len() + args.max_new_tokens;
         if ids.len() > cfg.max_position_embeddings {
-            bail!("the prompt has {} tokens, more than max_position_embeddings ({})", ids.len(), cfg.max_position_embeddings);
+            bail!(
+                "the prompt has {} tokens, more than max_position_embeddings ({})",
+                ids.len(),
+                cfg.max_position_embeddings
+            );
         }
         if capacity > cfg.max_position_embeddings {
             bail!(
@@ -84,8 +105,15 @@ pub fn prepare(args: &RunArgs, world: &SimpleCommunicator, rank: usize, ranks: u
             Some(counts) => LayerSplit::from_counts(counts, cfg.num_hidden_layers, ranks)?,
             None => LayerSplit::even(cfg.num_hidden_layers, ranks)?,
         };
-        let chunk_size = args.chunk_size.map(|c| c as usize).unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
-        Ok((capacity, chunk_size, Schedule::new(split, split_prompt(ids.len(), chunk_size))))
+        let chunk_size = args
+            .chunk_size
+            .map(|c| c as usize)
+            .unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
+        Ok((
+            capacity,
+            chunk_size,
+            Schedule::new(split, split_prompt(ids.len(), chunk_size)),
+        ))
     })();
     let (capacity, chunk_size, schedule) = agree(world, planned)?;
     Ok(JobPlan {

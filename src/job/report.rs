@@ -41,8 +41,17 @@ impl RankFigures {
             kv_bytes_sent: row[1] as u64,
             kv_bytes_received: row[2] as u64,
             exposed_sync_s: row[3],
-            sync: SyncStats { calls: row[4] as u64, bytes_sent: row[1] as u64, bytes_received: row[2] as u64, busy_s: row[5] },
-            stage: StageTimes { compute_s: row[6], recv_wait_s: row[7], send_wait_s: row[8] },
+            sync: SyncStats {
+                calls: row[4] as u64,
+                bytes_sent: row[1] as u64,
+                bytes_received: row[2] as u64,
+                busy_s: row[5],
+            },
+            stage: StageTimes {
+                compute_s: row[6],
+                recv_wait_s: row[7],
+                send_wait_s: row[8],
+            },
         }
     }
 }
@@ -93,7 +102,11 @@ impl JobReport {
         let _ = writeln!(
             out,
             "prompt {} tokens, generated {} | TTFT {:.4} s | prefill {:.1} tok/s | decode {:.1} tok/s",
-            self.prompt_tokens, self.new_tokens, self.ttft_s, self.prefill_tokens_per_s, self.decode_tokens_per_s
+            self.prompt_tokens,
+            self.new_tokens,
+            self.ttft_s,
+            self.prefill_tokens_per_s,
+            self.decode_tokens_per_s
         );
         for r in &self.per_rank {
             let _ = writeln!(

@@ -55,12 +55,21 @@ pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
     };
     let send_buffers: Vec<OnceCell<Vec<u8>>> = chunks.iter().map(|_| OnceCell::new()).collect();
     mpi::request::scope(|scope| {
-        let mut loop_state = LoopState { hidden: None, logits: None, times: StageTimes::default(), sends: Vec::new() };
+        let mut loop_state = LoopState {
+            hidden: None,
+            logits: None,
+            times: StageTimes::default(),
+            sends: Vec::new(),
+        };
         let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
         if ctx.rank > 0 {
             let prev = ctx.pipe.process_at_rank(ctx.rank as i32 - 1);
             for (index, buffer) in recv_buffers.iter_mut().enumerate() {
-                recvs.push(Some(prev.immediate_receive_into_with_tag(scope, &mut buffer[..], index as i32)));
+                recvs.push(Some(prev.immediate_receive_into_with_tag(
+                    scope,
+                    &mut buffer[..],
+                    index as i32,
+                )));
             }
         }
         let mut checked_step = None;
@@ -77,7 +86,10 @@ pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
         }
         let started = Instant::now();
         for (chunk, send) in loop_state.sends.drain(..) {
-            let _wait = ctx.watchdog.waiting_for(format!("send of chunk {chunk}'s hidden state to rank {}", ctx.rank + 1));
+            let _wait = ctx.watchdog.waiting_for(format!(
+                "send of chunk {chunk}'s hidden state to rank {}",
+                ctx.rank + 1
+            ));
             send.wait();
         }
         loop_state.times.send_wait_s = started.elapsed().as_secs_f64();
@@ -109,9 +121,14 @@ fn run_op<'a, 's>(
             state.times.compute_s += started.elapsed().as_secs_f64();
         }
         StageOp::RecvHidden { chunk, from } => {
-            let request = recvs[chunk.index].take().ok_or_else(|| anyhow::anyhow!("chunk {} received twice", chunk.index))?;
+            let request = recvs[chunk.index]
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("chunk {} received twice", chunk.index))?;
             let bytes = {
-                let _wait = ctx.watchdog.waiting_for(format!("hidden state of chunk {} from rank {from} (step {step})", chunk.index));
+                let _wait = ctx.watchdog.waiting_for(format!(
+                    "hidden state of chunk {} from rank {from} (step {step})",
+                    chunk.index
+                ));
                 request.wait_for_data()
             };
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
@@ -119,23 +136,35 @@ fn run_op<'a, 's>(
             state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
         }
         StageOp::ComputeLayer { layer, chunk } => {
-            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("layer {layer} has no input"))?;
+            let hidden = state
+                .hidden
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("layer {layer} has no input"))?;
             state.hidden = Some(model.forward_layer(layer, &hidden, chunk.start, ctx.kv)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
         }
         StageOp::KvSync { call } => ctx.sync.submit(call)?,
         StageOp::SendHidden { chunk, to } => {
-            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("chunk {} has no output", chunk.index))?;
+            let hidden = state
+                .hidden
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("chunk {} has no output", chunk.index))?;
             let buffer = &send_buffers[chunk.index];
             buffer
                 .set(tensor_to_bytes(&hidden)?)
                 .map_err(|_| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
             let bytes = buffer.get().map(Vec::as_slice).unwrap_or_default();
             let next = ctx.pipe.process_at_rank(to as i32);
-            state.sends.push((chunk.index, next.immediate_send_with_tag(scope, bytes, chunk.index as i32)));
+            state.sends.push((
+                chunk.index,
+                next.immediate_send_with_tag(scope, bytes, chunk.index as i32),
+            ));
         }
         StageOp::Logits { .. } => {
-            let hidden = state.hidden.take().ok_or_else(|| anyhow::anyhow!("the last chunk has no output"))?;
+            let hidden = state
+                .hidden
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("the last chunk has no output"))?;
             state.logits = Some(model.logits_last(&hidden)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
         }

@@ -69,7 +69,10 @@ impl Watchdog {
         if let Ok(mut waits) = self.state.waits.lock() {
             waits.push((id, what.into(), Instant::now()));
         }
-        WaitGuard { state: self.state.clone(), id }
+        WaitGuard {
+            state: self.state.clone(),
+            id,
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -99,7 +102,11 @@ mod tests {
     fn a_wait_past_the_timeout_aborts_with_the_timeout_code() {
         let code = Arc::new(AtomicI32::new(0));
         let seen = code.clone();
-        let dog = Watchdog::start(2, Duration::from_millis(50), Box::new(move |c| seen.store(c, Ordering::SeqCst)));
+        let dog = Watchdog::start(
+            2,
+            Duration::from_millis(50),
+            Box::new(move |c| seen.store(c, Ordering::SeqCst)),
+        );
         {
             let _quick = dog.waiting_for("a quick wait");
         }

@@ -42,13 +42,7 @@ impl Attention {
     /// Attention of a chunk at positions `[start, start + L)` over cache positions
     /// `[0, start + L)`. Writes this chunk's K/V into `kv` first.
     /// x: (L, hidden) → (L, hidden)
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        start: usize,
-        rope: &RotaryTable,
-        kv: &KvCache,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, start: usize, rope: &RotaryTable, kv: &KvCache) -> Result<Tensor> {
         let len = x.dim(0)?;
         let end = start + len;
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -75,10 +69,7 @@ impl Attention {
 
         // 4. Scores per KV head; the `group` query heads that share a KV head are stacked:
         //    (H, L, D) → (KVH, G*L, D)
-        let q = q
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((kvh, group * len, d))?;
+        let q = q.transpose(0, 1)?.contiguous()?.reshape((kvh, group * len, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k_all.t()?)? * scale)?; // (KVH, G*L, end)
         let scores = scores.to_dtype(DType::F32)?;
@@ -95,10 +86,7 @@ impl Attention {
 
         // 5. Weighted values, heads back to the hidden layout
         let out = probs.matmul(&v_all)?; // (KVH, G*L, D)
-        let out = out
-            .reshape((h, len, d))?
-            .transpose(0, 1)?
-            .reshape((len, h * d))?; // (L, H*D)
+        let out = out.reshape((h, len, d))?.transpose(0, 1)?.reshape((len, h * d))?; // (L, H*D)
         Ok(self.o_proj.forward(&out)?) // (L, hidden)
     }
 }
@@ -108,15 +96,7 @@ impl Attention {
 fn causal_mask(start: usize, len: usize, device: &candle_core::Device) -> Result<Tensor> {
     let end = start + len;
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| {
-            (0..end).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..end).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Ok(Tensor::from_vec(mask, (len, end), device)?)
 }

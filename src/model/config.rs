@@ -28,10 +28,10 @@ pub struct Qwen3Config {
 impl Qwen3Config {
     /// Reads and validates `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_json(&json).with_context(|| format!("{}", path.display()))
     }
 
@@ -40,21 +40,17 @@ impl Qwen3Config {
         let obj = json.as_object().context("config is not a JSON object")?;
         check_supported(obj)?;
         let usize_field = |name: &str| -> Result<usize> {
-            let v = obj
-                .get(name)
-                .with_context(|| format!("missing field `{name}`"))?;
-            let n = v.as_u64().with_context(|| {
-                format!("field `{name}` must be a non-negative integer, got {v}")
-            })?;
+            let v = obj.get(name).with_context(|| format!("missing field `{name}`"))?;
+            let n = v
+                .as_u64()
+                .with_context(|| format!("field `{name}` must be a non-negative integer, got {v}"))?;
             if n == 0 {
                 bail!("field `{name}` must be positive");
             }
             Ok(n as usize)
         };
         let f64_field = |name: &str| -> Result<f64> {
-            let v = obj
-                .get(name)
-                .with_context(|| format!("missing field `{name}`"))?;
+            let v = obj.get(name).with_context(|| format!("missing field `{name}`"))?;
             v.as_f64()
                 .with_context(|| format!("field `{name}` must be a number, got {v}"))
         };
@@ -70,9 +66,9 @@ impl Qwen3Config {
             max_position_embeddings: usize_field("max_position_embeddings")?,
             tie_word_embeddings: match obj.get("tie_word_embeddings") {
                 None | Some(Value::Null) => false,
-                Some(v) => v.as_bool().with_context(|| {
-                    format!("field `tie_word_embeddings` must be a bool, got {v}")
-                })?,
+                Some(v) => v
+                    .as_bool()
+                    .with_context(|| format!("field `tie_word_embeddings` must be a bool, got {v}"))?,
             },
             vocab_size: usize_field("vocab_size")?,
             checkpoint_dtype: obj
@@ -87,23 +83,20 @@ impl Qwen3Config {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             bail!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_key_value_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim ({}) must be even for RoPE", self.head_dim);
         }
-        if !(self.rms_norm_eps > 0.0) {
-            bail!(
-                "field `rms_norm_eps` must be positive, got {}",
-                self.rms_norm_eps
-            );
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
+            bail!("field `rms_norm_eps` must be positive, got {}", self.rms_norm_eps);
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             bail!("RoPE theta must be positive, got {}", self.rope_theta);
         }
         Ok(())
@@ -131,11 +124,7 @@ fn check_supported(obj: &serde_json::Map<String, Value>) -> Result<()> {
         Some(other) => bail!("unsupported model_type `{other}` (only dense `qwen3` is supported)"),
         None => bail!("missing field `model_type` (expected \"qwen3\")"),
     }
-    for key in [
-        "num_experts",
-        "num_experts_per_tok",
-        "moe_intermediate_size",
-    ] {
+    for key in ["num_experts", "num_experts_per_tok", "moe_intermediate_size"] {
         if obj.get(key).is_some_and(|v| !v.is_null() && v != 0) {
             bail!("unsupported feature: mixture-of-experts (`{key}` is set)");
         }

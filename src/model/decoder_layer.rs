@@ -30,20 +30,12 @@ impl DecoderLayer {
     }
 
     /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden)
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        start: usize,
-        rope: &RotaryTable,
-        kv: &KvCache,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, start: usize, rope: &RotaryTable, kv: &KvCache) -> Result<Tensor> {
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, start, rope, kv)?;
         let x = (x + attn)?;
-        let mlp = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + mlp)?)
     }
 }

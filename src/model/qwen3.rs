@@ -41,10 +41,7 @@ impl Qwen3 {
         device: &Device,
     ) -> Result<Self> {
         if layers.end > cfg.num_hidden_layers || layers.start > layers.end {
-            bail!(
-                "layer range {layers:?} is outside 0..{}",
-                cfg.num_hidden_layers
-            );
+            bail!("layer range {layers:?} is outside 0..{}", cfg.num_hidden_layers);
         }
         let mut model = Self {
             cfg: cfg.clone(),
@@ -81,10 +78,7 @@ impl Qwen3 {
         };
         let head = match (parts.head, &self.lm_head) {
             (true, None) => Some((
-                RmsNorm::new(
-                    loader.tensor(&final_norm_spec(&self.cfg))?,
-                    self.cfg.rms_norm_eps,
-                ),
+                RmsNorm::new(loader.tensor(&final_norm_spec(&self.cfg))?, self.cfg.rms_norm_eps),
                 Linear::new(loader.tensor(&lm_head_spec(&self.cfg))?, None),
             )),
             _ => None,
@@ -171,13 +165,7 @@ impl Qwen3 {
     }
 
     /// One decoder layer; the seam the pipeline uses to sync K/V after each layer.
-    pub fn forward_layer(
-        &self,
-        layer: usize,
-        hidden: &Tensor,
-        start: usize,
-        kv: &KvCache,
-    ) -> Result<Tensor> {
+    pub fn forward_layer(&self, layer: usize, hidden: &Tensor, start: usize, kv: &KvCache) -> Result<Tensor> {
         let decoder = self
             .layers
             .get(layer)

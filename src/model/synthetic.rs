@@ -89,16 +89,8 @@ mod tests {
             let fields: Vec<&str> = line.split('|').collect();
             let seed: u64 = fields[0].parse().unwrap();
             let shape: Vec<usize> = fields[2].split(',').map(|d| d.parse().unwrap()).collect();
-            let want: Vec<f32> = fields[3]
-                .split_whitespace()
-                .map(|v| v.parse().unwrap())
-                .collect();
-            assert_eq!(
-                tensor_values(seed, fields[1], &shape),
-                want,
-                "{}",
-                fields[1]
-            );
+            let want: Vec<f32> = fields[3].split_whitespace().map(|v| v.parse().unwrap()).collect();
+            assert_eq!(tensor_values(seed, fields[1], &shape), want, "{}", fields[1]);
         }
     }
 }

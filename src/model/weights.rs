@@ -83,16 +83,12 @@ impl Checkpoint {
         }
         let path = self.dir.join(file);
         if !path.exists() {
-            bail!(
-                "{}: file named in {INDEX_FILE} does not exist",
-                path.display()
-            );
+            bail!("{}: file named in {INDEX_FILE} does not exist", path.display());
         }
         // SAFETY: the file is mapped read-only; a checkpoint changed on disk while the job runs
         // is outside what any safetensors reader can guard against.
-        let st = unsafe { MmapedSafetensors::new(&path) }.map_err(|e| {
-            anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
-        })?;
+        let st = unsafe { MmapedSafetensors::new(&path) }
+            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
         let st = Arc::new(st);
         open.insert(file.to_owned(), st.clone());
         Ok(st)
@@ -133,22 +129,18 @@ impl WeightSource for Checkpoint {
 }
 
 fn read_index(path: &Path) -> Result<HashMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
         .with_context(|| format!("{}: missing object `weight_map`", path.display()))?;
     map.iter()
         .map(|(name, file)| {
-            let file = file.as_str().with_context(|| {
-                format!(
-                    "{}: weight_map entry {name} is not a file name",
-                    path.display()
-                )
-            })?;
+            let file = file
+                .as_str()
+                .with_context(|| format!("{}: weight_map entry {name} is not a file name", path.display()))?;
             if file.contains('/') || file.contains("..") {
                 bail!(
                     "{}: weight_map entry {name} points outside the model directory",

@@ -41,10 +41,7 @@ pub fn split_prompt(prompt_len: usize, chunk_size: usize) -> Vec<Chunk> {
 /// under 64 tokens (smaller chunks waste the GPU's matrix units) unless the prompt is shorter.
 pub fn default_chunk_size(prompt_len: usize, ranks: usize) -> usize {
     let target_chunks = 4 * ranks.max(1);
-    prompt_len
-        .div_ceil(target_chunks)
-        .max(64)
-        .min(prompt_len.max(1))
+    prompt_len.div_ceil(target_chunks).max(64).min(prompt_len.max(1))
 }
 
 #[cfg(test)]

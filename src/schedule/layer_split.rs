@@ -13,7 +13,9 @@ impl LayerSplit {
     /// As even as possible; the first `layers % ranks` ranks get one layer more.
     pub fn even(num_layers: usize, ranks: usize) -> Result<Self> {
         check_rank_count(num_layers, ranks)?;
-        let counts: Vec<usize> = (0..ranks).map(|r| num_layers / ranks + usize::from(r < num_layers % ranks)).collect();
+        let counts: Vec<usize> = (0..ranks)
+            .map(|r| num_layers / ranks + usize::from(r < num_layers % ranks))
+            .collect();
         Self::from_counts(&counts, num_layers, ranks)
     }
 
@@ -21,7 +23,10 @@ impl LayerSplit {
     pub fn from_counts(counts: &[usize], num_layers: usize, ranks: usize) -> Result<Self> {
         check_rank_count(num_layers, ranks)?;
         if counts.len() != ranks {
-            bail!("--layers has {} entries but the job has {ranks} ranks", counts.len());
+            bail!(
+                "--layers has {} entries but the job has {ranks} ranks",
+                counts.len()
+            );
         }
         if let Some(rank) = counts.iter().position(|&c| c == 0) {
             bail!("--layers gives rank {rank} no layers; every rank needs at least one");

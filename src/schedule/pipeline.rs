@@ -27,7 +27,10 @@ pub struct KvSyncCall {
 impl KvSyncCall {
     /// Positions each rank contributes (0 for none).
     pub fn positions_per_rank(&self) -> Vec<usize> {
-        self.blocks.iter().map(|b| b.map_or(0, |b| b.chunk.len())).collect()
+        self.blocks
+            .iter()
+            .map(|b| b.map_or(0, |b| b.chunk.len()))
+            .collect()
     }
 }
 
@@ -35,16 +38,31 @@ impl KvSyncCall {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageOp {
     /// Rank 0: token embedding of the chunk.
-    Embed { chunk: Chunk },
+    Embed {
+        chunk: Chunk,
+    },
     /// Wait for the chunk's hidden state from the previous rank.
-    RecvHidden { chunk: Chunk, from: usize },
-    ComputeLayer { layer: usize, chunk: Chunk },
+    RecvHidden {
+        chunk: Chunk,
+        from: usize,
+    },
+    ComputeLayer {
+        layer: usize,
+        chunk: Chunk,
+    },
     /// Hand KV sync call `call` (index into [`Schedule::kv_sync_calls`]) to the sync.
-    KvSync { call: usize },
+    KvSync {
+        call: usize,
+    },
     /// Pass the chunk's hidden state to the next rank.
-    SendHidden { chunk: Chunk, to: usize },
+    SendHidden {
+        chunk: Chunk,
+        to: usize,
+    },
     /// Last rank, last chunk: logits of the last prompt position.
-    Logits { chunk: Chunk },
+    Logits {
+        chunk: Chunk,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +74,11 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(split: LayerSplit, chunks: Vec<Chunk>) -> Self {
-        let mut schedule = Self { split, chunks, calls: Vec::new() };
+        let mut schedule = Self {
+            split,
+            chunks,
+            calls: Vec::new(),
+        };
         schedule.calls = schedule.build_calls();
         schedule
     }
@@ -100,11 +122,18 @@ impl Schedule {
                     .map(|q| {
                         let range = self.split.range(q);
                         let chunk = self.chunk_at(q, step)?;
-                        (local_layer < range.len()).then_some(KvBlock { layer: range.start + local_layer, chunk })
+                        (local_layer < range.len()).then_some(KvBlock {
+                            layer: range.start + local_layer,
+                            chunk,
+                        })
                     })
                     .collect();
                 if blocks.iter().any(Option::is_some) {
-                    calls.push(KvSyncCall { step, local_layer, blocks });
+                    calls.push(KvSyncCall {
+                        step,
+                        local_layer,
+                        blocks,
+                    });
                 }
             }
         }
@@ -121,11 +150,27 @@ impl Schedule {
         for step in 0..self.num_steps() {
             let chunk = self.chunk_at(rank, step);
             if let Some(chunk) = chunk {
-                ops.push((step, if rank == 0 { StageOp::Embed { chunk } } else { StageOp::RecvHidden { chunk, from: rank - 1 } }));
+                ops.push((
+                    step,
+                    if rank == 0 {
+                        StageOp::Embed { chunk }
+                    } else {
+                        StageOp::RecvHidden {
+                            chunk,
+                            from: rank - 1,
+                        }
+                    },
+                ));
             }
             for local_layer in 0..self.split.max_layers_per_rank() {
                 if let (Some(chunk), true) = (chunk, local_layer < range.len()) {
-                    ops.push((step, StageOp::ComputeLayer { layer: range.start + local_layer, chunk }));
+                    ops.push((
+                        step,
+                        StageOp::ComputeLayer {
+                            layer: range.start + local_layer,
+                            chunk,
+                        },
+                    ));
                 }
                 let call = self.calls.get(next_call);
                 if call.is_some_and(|c| c.step == step && c.local_layer == local_layer) {

@@ -19,7 +19,11 @@ pub fn ring_call(
     stats: &mut SyncStats,
 ) -> Result<()> {
     let ranks = call.blocks.len();
-    let sizes: Vec<usize> = call.positions_per_rank().iter().map(|&p| p * bytes_per_position).collect();
+    let sizes: Vec<usize> = call
+        .positions_per_rank()
+        .iter()
+        .map(|&p| p * bytes_per_position)
+        .collect();
     let mut outgoing = match &call.blocks[rank] {
         Some(block) => read_block(kv, block)?,
         None => Vec::new(),

@@ -59,10 +59,18 @@ impl KvSyncWorker {
                     ));
                     let started = Instant::now();
                     match strategy {
-                        SyncStrategy::Allgather => {
-                            allgather_call(&comm.0, rank, call, &kv, bytes_per_position, &mut scratch, &mut stats)?
+                        SyncStrategy::Allgather => allgather_call(
+                            &comm.0,
+                            rank,
+                            call,
+                            &kv,
+                            bytes_per_position,
+                            &mut scratch,
+                            &mut stats,
+                        )?,
+                        SyncStrategy::Ring => {
+                            ring_call(&comm.0, rank, call, &kv, bytes_per_position, &mut stats)?
                         }
-                        SyncStrategy::Ring => ring_call(&comm.0, rank, call, &kv, bytes_per_position, &mut stats)?,
                     }
                     stats.busy_s += started.elapsed().as_secs_f64();
                     stats.calls += 1;
@@ -75,13 +83,17 @@ impl KvSyncWorker {
 
     /// Hands call `index` of the schedule to the communication thread.
     pub fn submit(&self, index: usize) -> Result<()> {
-        self.queue.send(index).map_err(|_| anyhow!("the KV sync thread has stopped"))
+        self.queue
+            .send(index)
+            .map_err(|_| anyhow!("the KV sync thread has stopped"))
     }
 
     /// Waits until every submitted call is done (the caller times this: it is the sync time
     /// compute could not hide).
     pub fn finish(self) -> Result<SyncStats> {
         drop(self.queue);
-        self.thread.join().map_err(|_| anyhow!("the KV sync thread panicked"))?
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the KV sync thread panicked"))?
     }
 }

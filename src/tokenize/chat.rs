@@ -32,10 +32,7 @@ impl ChatTemplate {
             "eos_token": token("eos_token"),
             "pad_token": token("pad_token"),
         });
-        Ok(Self {
-            env,
-            special_tokens,
-        })
+        Ok(Self { env, special_tokens })
     }
 
     /// The prompt text for one user message, ending with the assistant turn's opening.

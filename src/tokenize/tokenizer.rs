@@ -10,8 +10,7 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// `origin` names the file in errors.
     pub fn from_bytes(json: &[u8], origin: &str) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(json)
-            .map_err(|e| anyhow!("{origin}: invalid tokenizer ({e})"))?;
+        let inner = Tokenizer::from_bytes(json).map_err(|e| anyhow!("{origin}: invalid tokenizer ({e})"))?;
         Ok(Self { inner })
     }
 

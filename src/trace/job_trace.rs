@@ -8,7 +8,12 @@ use crate::job::report::JobReport;
 use crate::model::Qwen3Config;
 use crate::transport::MpiEnv;
 
-pub fn write_job_trace(trace: TraceFile, report: &JobReport, cfg: &Qwen3Config, args: &RunArgs) -> Result<()> {
+pub fn write_job_trace(
+    trace: TraceFile,
+    report: &JobReport,
+    cfg: &Qwen3Config,
+    args: &RunArgs,
+) -> Result<()> {
     trace.attr_str("command_line", &std::env::args().collect::<Vec<_>>().join(" "))?;
     trace.attr_str("model", &report.model)?;
     trace.attr_str("model_config", &serde_json::to_string(cfg)?)?;

@@ -64,7 +64,10 @@ impl MpiEnv {
     }
 
     pub fn library_version() -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown".into()).trim().to_owned()
+        mpi::environment::library_version()
+            .unwrap_or_else(|_| "unknown".into())
+            .trim()
+            .to_owned()
     }
 
     pub fn hostname() -> String {

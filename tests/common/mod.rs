@@ -54,11 +54,7 @@ pub fn expected_logits(name: &str) -> Vec<f32> {
 /// max |a − b| / max |b|
 pub fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0.0f32, f32::max);
     diff / scale
 }
@@ -145,17 +141,30 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// Runs `mpirun -n ranks qwen3-mpi args…` (oversubscribed, root allowed, bounded by
 /// `limit_s` seconds); returns (exit code, stdout, stderr, seconds).
-pub fn run_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)], limit_s: u64) -> (i32, String, String, f64) {
+pub fn run_mpi(
+    ranks: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit_s: u64,
+) -> (i32, String, String, f64) {
     let started = std::time::Instant::now();
     let mut cmd = std::process::Command::new("timeout");
-    cmd.args(["-k", "5", &limit_s.to_string(), "mpirun", "--oversubscribe", "-n", &ranks.to_string()])
-        .arg(env!("CARGO_BIN_EXE_qwen3-mpi"))
-        .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("RUST_LOG", "error");
+    cmd.args([
+        "-k",
+        "5",
+        &limit_s.to_string(),
+        "mpirun",
+        "--oversubscribe",
+        "-n",
+        &ranks.to_string(),
+    ])
+    .arg(env!("CARGO_BIN_EXE_qwen3-mpi"))
+    .args(args)
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    .env("RUST_LOG", "error");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system libraries qwen3-mpi builds and runs against (Debian/Ubuntu):
+# Open MPI (mpirun + headers), HDF5, libclang (the mpi crate generates its bindings).
+set -euo pipefail
+packages=(libopenmpi-dev openmpi-bin libhdf5-dev libclang-dev pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
