@@ -22,7 +22,7 @@ use crate::cli::RunArgs;
 use crate::device::{device_name, select_device, select_dtype};
 use crate::generate::{decode, Sampler};
 use crate::model::{KvCache, Qwen3, StageParts};
-use crate::sync::KvSyncWorker;
+use crate::sync::{host_transport, KvSyncWorker};
 use crate::trace::job_trace::write_job_trace;
 use crate::transport::MpiEnv;
 use background_load::BackgroundLoad;
@@ -125,15 +125,8 @@ fn run_loaded(
     // 2. Prefill: every rank runs its stage; the KV sync thread trails it.
     env.world.barrier();
     let t0 = Instant::now();
-    let sync = KvSyncWorker::spawn(
-        sync_comm,
-        rank,
-        args.sync,
-        plan.schedule.clone(),
-        kv.clone(),
-        watchdog.clone(),
-    )
-    .map_err(fail)?;
+    let transport = host_transport(args.sync, sync_comm, rank, kv.clone());
+    let sync = KvSyncWorker::spawn(transport, rank, plan.schedule.clone(), watchdog.clone()).map_err(fail)?;
     let ctx = StageContext {
         model: &model,
         kv: &kv,

@@ -1,42 +1,33 @@
-//! The KV cache: one preallocated K and V tensor per decoder layer for the whole context.
+//! The KV cache: one preallocated tensor for every layer and the whole context.
 //!
-//! Layout per layer: `(capacity, n_kv_heads, head_dim)`, position-major, so the K (or V) of
-//! positions `[start, end)` of one layer is one contiguous block of memory: a chunk is written
-//! in place, read back as a prefix `[0, end)`, and sent or received by the KV sync without
-//! gathering.
+//! Layout `(layers, capacity, 2, n_kv_heads, head_dim)`: per layer and position, K then V. So
+//! the K/V of positions `[start, end)` of one layer — one chunk's KV block — is one contiguous
+//! range of memory, at a known offset in one allocation. A chunk is written in place, read back
+//! as a prefix `[0, end)`, and the KV sync can send a block from, and receive it into, the cache
+//! itself (on the GPU, MPI works on these device addresses directly).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Qwen3Config;
 
-/// K and V of one decoder layer.
-pub struct LayerKv {
-    /// (capacity, n_kv_heads, head_dim)
-    pub k: Tensor,
-    /// (capacity, n_kv_heads, head_dim)
-    pub v: Tensor,
-}
-
-/// K and V of every decoder layer, for positions `[0, capacity)`.
 pub struct KvCache {
-    layers: Vec<LayerKv>,
+    /// (layers, capacity, 2, n_kv_heads, head_dim)
+    data: Tensor,
+    layers: usize,
     capacity: usize,
 }
 
 impl KvCache {
     /// Allocates (zeroed) K/V for all `cfg.num_hidden_layers` layers.
     pub fn new(cfg: &Qwen3Config, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
-        let shape = (capacity, cfg.num_key_value_heads, cfg.head_dim);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| {
-                Ok(LayerKv {
-                    k: Tensor::zeros(shape, dtype, device)?,
-                    v: Tensor::zeros(shape, dtype, device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, capacity })
+        let layers = cfg.num_hidden_layers;
+        let shape = (layers, capacity, 2, cfg.num_key_value_heads, cfg.head_dim);
+        Ok(Self {
+            data: Tensor::zeros(shape, dtype, device)?,
+            layers,
+            capacity,
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -44,24 +35,39 @@ impl KvCache {
     }
 
     pub fn num_layers(&self) -> usize {
-        self.layers.len()
+        self.layers
     }
 
-    pub fn layer(&self, layer: usize) -> &LayerKv {
-        &self.layers[layer]
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
     }
 
-    /// Bytes of K plus V of one layer for `positions` positions.
-    pub fn block_bytes(&self, positions: usize) -> usize {
-        let k = &self.layers[0].k;
-        let (_, heads, dim) = k.dims3().unwrap_or((0, 0, 0));
-        2 * positions * heads * dim * k.dtype().size_in_bytes()
+    /// The whole cache, (layers, capacity, 2, n_kv_heads, head_dim): for transports that
+    /// address blocks inside it.
+    pub fn storage(&self) -> &Tensor {
+        &self.data
     }
 
-    /// Writes K and V of positions `[start, start + L)` of `layer` in place.
-    /// `k`, `v`: (L, n_kv_heads, head_dim).
-    pub fn write(&self, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        let len = k.dim(0)?;
+    /// Bytes of K plus V of one position of one layer.
+    pub fn position_bytes(&self) -> usize {
+        let dims = self.data.dims();
+        2 * dims[3] * dims[4] * self.data.dtype().size_in_bytes()
+    }
+
+    /// Index of (layer, position) in units of positions from the start of the cache.
+    pub fn position_index(&self, layer: usize, position: usize) -> usize {
+        layer * self.capacity + position
+    }
+
+    /// One layer: (capacity, 2, n_kv_heads, head_dim), a contiguous view.
+    fn layer(&self, layer: usize) -> Result<Tensor> {
+        if layer >= self.layers {
+            bail!("layer {layer} is outside the KV cache ({} layers)", self.layers);
+        }
+        Ok(self.data.get(layer)?)
+    }
+
+    fn check_range(&self, start: usize, len: usize) -> Result<()> {
         if start + len > self.capacity {
             bail!(
                 "KV cache overflow: positions {start}..{} exceed its capacity of {}",
@@ -69,28 +75,50 @@ impl KvCache {
                 self.capacity
             );
         }
-        let kv = &self.layers[layer];
-        kv.k.slice_set(&k.contiguous()?, 0, start)?;
-        kv.v.slice_set(&v.contiguous()?, 0, start)?;
         Ok(())
+    }
+
+    /// Writes K and V of positions `[start, start + L)` of `layer` in place.
+    /// `k`, `v`: (L, n_kv_heads, head_dim).
+    pub fn write(&self, layer: usize, start: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let block = Tensor::stack(&[k, v], 1)?; // (L, 2, KVH, D)
+        self.write_block(layer, start, &block)
+    }
+
+    /// Writes a block (L, 2, n_kv_heads, head_dim) at positions `[start, start + L)` of `layer`.
+    pub fn write_block(&self, layer: usize, start: usize, block: &Tensor) -> Result<()> {
+        self.check_range(start, block.dim(0)?)?;
+        self.layer(layer)?.slice_set(&block.contiguous()?, 0, start)?;
+        Ok(())
+    }
+
+    /// The block of positions `[start, start + len)` of `layer`: (len, 2, n_kv_heads, head_dim),
+    /// a contiguous view.
+    pub fn block(&self, layer: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.check_range(start, len)?;
+        Ok(self.layer(layer)?.narrow(0, start, len)?)
+    }
+
+    /// K and V of positions `[0, end)` of `layer`: each (end, n_kv_heads, head_dim), strided
+    /// views.
+    pub fn prefix(&self, layer: usize, end: usize) -> Result<(Tensor, Tensor)> {
+        let block = self.block(layer, 0, end)?; // (end, 2, KVH, D)
+        Ok((
+            block.narrow(1, 0, 1)?.squeeze(1)?,
+            block.narrow(1, 1, 1)?.squeeze(1)?,
+        ))
     }
 
     /// Saves K and V of positions `[0, end)` of every layer as safetensors
     /// (`layers.<l>.k`, `layers.<l>.v`), for comparing caches across runs.
     pub fn save_prefix(&self, path: &std::path::Path, end: usize) -> Result<()> {
         let mut tensors = std::collections::HashMap::new();
-        for layer in 0..self.layers.len() {
+        for layer in 0..self.layers {
             let (k, v) = self.prefix(layer, end)?;
             tensors.insert(format!("layers.{layer}.k"), k.contiguous()?);
             tensors.insert(format!("layers.{layer}.v"), v.contiguous()?);
         }
         candle_core::safetensors::save(&tensors, path)
             .map_err(|e| anyhow::anyhow!("--dump-kv {}: cannot write ({e})", path.display()))
-    }
-
-    /// K and V of positions `[0, end)` of `layer`: each (end, n_kv_heads, head_dim), views.
-    pub fn prefix(&self, layer: usize, end: usize) -> Result<(Tensor, Tensor)> {
-        let kv = &self.layers[layer];
-        Ok((kv.k.narrow(0, 0, end)?, kv.v.narrow(0, 0, end)?))
     }
 }

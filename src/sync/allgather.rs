@@ -6,20 +6,54 @@ use mpi::datatype::PartitionMut;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
+use std::sync::Arc;
+
 use super::kv_blocks::{read_block, write_block};
 use super::worker::SyncStats;
+use super::KvTransport;
 use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
+use crate::transport::SharedComm;
 
-pub fn allgather_call(
+/// Allgatherv of host copies of the blocks.
+pub struct HostAllgather {
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+    /// Receive buffer, reused across calls.
+    scratch: Vec<u8>,
+}
+
+impl HostAllgather {
+    pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Self {
+        Self {
+            comm,
+            rank,
+            kv,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl KvTransport for HostAllgather {
+    fn name(&self) -> &'static str {
+        "allgather"
+    }
+
+    fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
+        allgather_call(&self.comm.0, self.rank, call, &self.kv, &mut self.scratch, stats)
+    }
+}
+
+fn allgather_call(
     comm: &SimpleCommunicator,
     rank: usize,
     call: &KvSyncCall,
     kv: &KvCache,
-    bytes_per_position: usize,
     scratch: &mut Vec<u8>,
     stats: &mut SyncStats,
 ) -> Result<()> {
+    let bytes_per_position = kv.position_bytes();
     let counts: Vec<i32> = call
         .positions_per_rank()
         .iter()

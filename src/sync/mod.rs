@@ -9,6 +9,35 @@ pub mod worker;
 
 pub use worker::{KvSyncWorker, SyncStats};
 
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::model::KvCache;
+use crate::schedule::KvSyncCall;
+use crate::transport::SharedComm;
+
+/// Moves the KV blocks of one sync call between ranks (one implementation per strategy and
+/// transport). Runs on the communication thread.
+pub trait KvTransport: Send {
+    fn name(&self) -> &'static str;
+    fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()>;
+}
+
+/// The transport for `strategy` over host byte buffers (CPU tensors, or any device with a copy
+/// each way).
+pub fn host_transport(
+    strategy: SyncStrategy,
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+) -> Box<dyn KvTransport> {
+    match strategy {
+        SyncStrategy::Allgather => Box::new(allgather::HostAllgather::new(comm, rank, kv)),
+        SyncStrategy::Ring => Box::new(ring::HostRing::new(comm, rank, kv)),
+    }
+}
+
 /// `--sync`: how one KV sync call moves the blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

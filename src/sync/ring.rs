@@ -5,19 +5,46 @@ use anyhow::Result;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
+use std::sync::Arc;
+
 use super::kv_blocks::{read_block, write_block};
 use super::worker::SyncStats;
+use super::KvTransport;
 use crate::model::KvCache;
 use crate::schedule::{ring_steps, KvSyncCall};
+use crate::transport::SharedComm;
 
-pub fn ring_call(
+/// Sendrecv ring of host copies of the blocks.
+pub struct HostRing {
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+}
+
+impl HostRing {
+    pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Self {
+        Self { comm, rank, kv }
+    }
+}
+
+impl KvTransport for HostRing {
+    fn name(&self) -> &'static str {
+        "ring"
+    }
+
+    fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
+        ring_call(&self.comm.0, self.rank, call, &self.kv, stats)
+    }
+}
+
+fn ring_call(
     comm: &SimpleCommunicator,
     rank: usize,
     call: &KvSyncCall,
     kv: &KvCache,
-    bytes_per_position: usize,
     stats: &mut SyncStats,
 ) -> Result<()> {
+    let bytes_per_position = kv.position_bytes();
     let ranks = call.blocks.len();
     let sizes: Vec<usize> = call
         .positions_per_rank()

@@ -8,14 +8,10 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::allgather::allgather_call;
-use super::kv_blocks::bytes_per_position;
-use super::ring::ring_call;
-use super::SyncStrategy;
+use super::KvTransport;
+use crate::job::failure::JobAbort;
 use crate::job::watchdog::Watchdog;
-use crate::model::KvCache;
 use crate::schedule::Schedule;
-use crate::transport::SharedComm;
 
 /// What the sync moved and how long it spent in MPI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -33,44 +29,30 @@ pub struct KvSyncWorker {
 }
 
 impl KvSyncWorker {
+    /// Starts the thread; `transport` runs each call (and owns its communicator).
     pub fn spawn(
-        comm: SharedComm,
+        mut transport: Box<dyn KvTransport>,
         rank: usize,
-        strategy: SyncStrategy,
         schedule: Arc<Schedule>,
-        kv: Arc<KvCache>,
         watchdog: Watchdog,
     ) -> Result<Self> {
         let (queue, calls) = mpsc::channel::<usize>();
         let thread = std::thread::Builder::new()
             .name("kv-sync".into())
             .spawn(move || -> Result<SyncStats> {
-                let comm = comm;
-                let bytes_per_position = bytes_per_position(&kv)?;
                 let mut stats = SyncStats::default();
-                let mut scratch = Vec::new();
                 for index in calls {
                     let call = &schedule.kv_sync_calls()[index];
                     let _wait = watchdog.waiting_for(format!(
                         "KV sync ({}) of step {}, local layer {}",
-                        strategy.name(),
+                        transport.name(),
                         call.step,
                         call.local_layer
                     ));
                     let started = Instant::now();
-                    match strategy {
-                        SyncStrategy::Allgather => allgather_call(
-                            &comm.0,
-                            rank,
-                            call,
-                            &kv,
-                            bytes_per_position,
-                            &mut scratch,
-                            &mut stats,
-                        )?,
-                        SyncStrategy::Ring => {
-                            ring_call(&comm.0, rank, call, &kv, bytes_per_position, &mut stats)?
-                        }
+                    if let Err(error) = transport.run_call(call, &mut stats) {
+                        // Peers are inside this call: end the job rather than leave them waiting.
+                        JobAbort { rank }.fail(&error.context(format!("KV sync of step {}", call.step)));
                     }
                     stats.busy_s += started.elapsed().as_secs_f64();
                     stats.calls += 1;
