@@ -1,8 +1,23 @@
-//! With `--features cuda`: an rpath to the usual CUDA library folder, so the binary finds
-//! cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH.
+//! Build steps beside cargo's own:
+//! - compiles `src/transport/mpi_shim.c` against the MPI headers the mpi crate found, for
+//!   MPI_IN_PLACE and the CUDA-awareness query;
+//! - with `--features cuda`, an rpath to the usual CUDA library folder, so the binary finds
+//!   cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/transport/mpi_shim.c");
+    let mpi = match build_probe_mpi::probe() {
+        Ok(lib) => lib,
+        Err(errs) => {
+            panic!("cannot find an MPI library (install Open MPI: scripts/system-deps.sh): {errs:?}")
+        }
+    };
+    cc::Build::new()
+        .file("src/transport/mpi_shim.c")
+        .includes(&mpi.include_paths)
+        .warnings(true)
+        .compile("qwen3_mpi_shim");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,/usr/local/cuda/lib64");
     }

@@ -30,22 +30,41 @@ impl DTypeArg {
     }
 }
 
-/// The device for GPU `ordinal` (the node-local rank picks it).
-pub fn select_device(arg: DeviceArg, ordinal: usize) -> Result<Device> {
+/// The device of a rank: GPU `local_rank mod visible GPUs` (CUDA_VISIBLE_DEVICES is honoured
+/// by CUDA itself), or the CPU.
+pub fn select_device(arg: DeviceArg, local_rank: usize, local_ranks: usize) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Auto if !candle_core::utils::cuda_is_available() => Ok(Device::Cpu),
-        DeviceArg::Auto | DeviceArg::Cuda => cuda_device(ordinal),
+        DeviceArg::Auto | DeviceArg::Cuda => cuda_device(local_rank, local_ranks),
     }
 }
 
+/// GPU for a node-local rank; `None` when there is no GPU.
+pub fn gpu_for_rank(local_rank: usize, gpus: usize) -> Option<usize> {
+    (gpus > 0).then(|| local_rank % gpus)
+}
+
 #[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device> {
+fn cuda_device(local_rank: usize, local_ranks: usize) -> Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let gpus =
+        CudaContext::device_count().map_err(|e| anyhow::anyhow!("--device cuda: cannot count GPUs: {e}"))?;
+    let gpus = usize::try_from(gpus).unwrap_or(0);
+    let Some(ordinal) = gpu_for_rank(local_rank, gpus) else {
+        anyhow::bail!(
+            "--device cuda: no GPU is visible (CUDA_VISIBLE_DEVICES={:?})",
+            std::env::var("CUDA_VISIBLE_DEVICES").ok()
+        );
+    };
+    if local_ranks > gpus && local_rank == 0 {
+        eprintln!("qwen3-mpi: warning: {local_ranks} ranks share {gpus} GPU(s) on this node (fine for testing, slow for timing)");
+    }
     Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {ordinal}: {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> Result<Device> {
+fn cuda_device(_local_rank: usize, _local_ranks: usize) -> Result<Device> {
     anyhow::bail!(
         "--device cuda: this binary was built without CUDA support (rebuild with `--features cuda`)"
     )
@@ -67,5 +86,18 @@ pub fn device_name(device: &Device) -> String {
         Device::Cpu => "cpu".into(),
         Device::Cuda(_) => format!("{:?}", device.location()),
         other => format!("{:?}", other.location()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_go_round_robin_over_visible_gpus() {
+        assert_eq!(gpu_for_rank(0, 2), Some(0));
+        assert_eq!(gpu_for_rank(3, 2), Some(1));
+        assert_eq!(gpu_for_rank(2, 8), Some(2));
+        assert_eq!(gpu_for_rank(0, 0), None);
     }
 }

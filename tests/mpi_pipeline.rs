@@ -34,15 +34,7 @@ fn job(model: &Path, case: &Case, prompt: &str, dump: &Path) -> Vec<u32> {
         "--chunk-size",
         &chunk,
     ];
-    args.extend([
-        "--sync",
-        case.sync,
-        "--dump-kv",
-        &dump,
-        "--json",
-        "--timeout",
-        "60",
-    ]);
+    args.extend(["--sync", case.sync, "--dump", &dump, "--json", "--timeout", "60"]);
     if let Some(layers) = case.layers {
         args.extend(["--layers", layers]);
     }

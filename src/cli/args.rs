@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::device::{DTypeArg, DeviceArg};
 use crate::sync::SyncStrategy;
+use crate::transport::TransportArg;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +79,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "allgather")]
     pub sync: SyncStrategy,
 
+    /// How KV blocks move between GPUs: `device` (CUDA-aware MPI on device memory, in place),
+    /// `host` (through host memory), `auto` (device if MPI is CUDA-aware).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub transport: TransportArg,
+
     /// Seconds any rank may wait in one MPI call before the job is aborted.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: f64,
@@ -109,9 +115,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE.h5")]
     pub trace: Option<PathBuf>,
 
-    /// Write each rank's KV cache after prefill to DIR/kv-rank<R>.safetensors (verification).
+    /// Verification dumps: each rank's KV cache after prefill to DIR/kv-rank<R>.safetensors,
+    /// and the prefill logits (f32) to DIR/logits.safetensors from rank 0.
     #[arg(long, value_name = "DIR")]
-    pub dump_kv: Option<PathBuf>,
+    pub dump: Option<PathBuf>,
 
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]

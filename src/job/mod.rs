@@ -22,9 +22,12 @@ use crate::cli::RunArgs;
 use crate::device::{device_name, select_device, select_dtype};
 use crate::generate::{decode, Sampler};
 use crate::model::{KvCache, Qwen3, StageParts};
-use crate::sync::{host_transport, KvSyncWorker};
+use crate::sync::{make_transport, KvSyncWorker};
 use crate::trace::job_trace::write_job_trace;
+use crate::transport::mpi_raw::library_cuda_support;
+use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::MpiEnv;
+use crate::transport::{choose_transport, CudaAwareness, Transport};
 use background_load::BackgroundLoad;
 use failure::{agree, JobAbort, JobError};
 use fault::{Fault, Phase};
@@ -45,8 +48,11 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     // 1. Plan and load this rank's stage; every rank agrees that both worked.
     let mut plan = plan::prepare(args, &env.world, rank, ranks)?;
     let trace = plan.trace.take();
-    let loaded = (|| -> Result<(Qwen3, KvCache, candle_core::Device)> {
-        let device = select_device(args.device, env.local_rank)?;
+    let loaded = (|| -> Result<(Qwen3, KvCache, candle_core::Device, Transport, String)> {
+        let device = select_device(args.device, env.local_rank, env.local_size)?;
+        let override_value = std::env::var(CUDA_AWARE_ENV).ok();
+        let awareness = CudaAwareness::detect(override_value.as_deref(), library_cuda_support())?;
+        let (transport, why) = choose_transport(args.transport, device.is_cuda(), &awareness)?;
         let dtype = select_dtype(args.dtype, &device);
         let cfg = &plan.files.config;
         let owned = plan.schedule.split().range(rank);
@@ -64,10 +70,18 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             &device,
         )?;
         let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
-        Ok((model, kv, device))
+        Ok((model, kv, device, transport, why))
     })();
-    let (model, kv, device) = agree(&env.world, loaded)?;
-    let stage = LoadedStage { model, kv, device };
+    let (model, kv, device, transport, why) = agree(&env.world, loaded)?;
+    if rank == 0 && device.is_cuda() {
+        eprintln!("qwen3-mpi: transport {} ({why})", transport.name());
+    }
+    let stage = LoadedStage {
+        model,
+        kv,
+        device,
+        transport,
+    };
     let fault = agree(&env.world, Fault::from_env())?;
 
     // 2. From here on an error on one rank ends the job at once.
@@ -89,6 +103,7 @@ struct LoadedStage {
     model: Qwen3,
     kv: KvCache,
     device: candle_core::Device,
+    transport: Transport,
 }
 
 fn run_loaded(
@@ -104,6 +119,7 @@ fn run_loaded(
         mut model,
         kv,
         device,
+        transport,
     } = stage;
     let device = &device;
     let (rank, ranks) = (env.rank, env.size);
@@ -125,7 +141,8 @@ fn run_loaded(
     // 2. Prefill: every rank runs its stage; the KV sync thread trails it.
     env.world.barrier();
     let t0 = Instant::now();
-    let transport = host_transport(args.sync, sync_comm, rank, kv.clone());
+    let transport_name = transport.name();
+    let transport = make_transport(args.sync, transport, sync_comm, rank, kv.clone()).map_err(fail)?;
     let sync = KvSyncWorker::spawn(transport, rank, plan.schedule.clone(), watchdog.clone()).map_err(fail)?;
     let ctx = StageContext {
         model: &model,
@@ -156,9 +173,8 @@ fn run_loaded(
     };
     let exposed_sync_s = drain.elapsed().as_secs_f64();
     let prefill_s = t0.elapsed().as_secs_f64();
-    if let Some(dir) = &args.dump_kv {
-        let path = dir.join(format!("kv-rank{rank}.safetensors"));
-        kv.save_prefix(&path, plan.prompt_ids.len()).map_err(fail)?;
+    if let Some(dir) = &args.dump {
+        dump(dir, rank, &kv, plan.prompt_ids.len(), &prefill_logits).map_err(fail)?;
     }
     rest.complete_into(&mut model).map_err(fail)?;
 
@@ -219,6 +235,7 @@ fn run_loaded(
         ranks,
         layer_split: plan.schedule.split().counts(),
         sync: args.sync.name().into(),
+        transport: transport_name.into(),
         chunk_size: plan.chunk_size,
         chunks: plan.schedule.chunks().len(),
         prompt_tokens: plan.prompt_ids.len(),
@@ -241,4 +258,17 @@ fn run_loaded(
         prompt_ids: plan.prompt_ids.clone(),
         prefill_logits,
     })
+}
+
+/// `--dump DIR`: this rank's KV cache after prefill, and on rank 0 the prefill logits.
+fn dump(dir: &std::path::Path, rank: usize, kv: &KvCache, prompt_len: usize, logits: &[f32]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--dump {}: {e}", dir.display()))?;
+    kv.save_prefix(&dir.join(format!("kv-rank{rank}.safetensors")), prompt_len)?;
+    if rank == 0 {
+        let logits = candle_core::Tensor::new(logits, &candle_core::Device::Cpu)?;
+        let path = dir.join("logits.safetensors");
+        candle_core::safetensors::save(&std::collections::HashMap::from([("logits", logits)]), &path)
+            .map_err(|e| anyhow::anyhow!("--dump {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

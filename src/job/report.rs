@@ -64,6 +64,7 @@ pub struct JobReport {
     pub ranks: usize,
     pub layer_split: Vec<usize>,
     pub sync: String,
+    pub transport: String,
     pub chunk_size: usize,
     pub chunks: usize,
     pub prompt_tokens: usize,
@@ -89,10 +90,11 @@ impl JobReport {
         let split: Vec<String> = self.layer_split.iter().map(|c| c.to_string()).collect();
         let _ = writeln!(
             out,
-            "--- {} ranks (layers {}), sync {}, {} chunks of {} tokens, {} {}, model {}",
+            "--- {} ranks (layers {}), sync {} over {}, {} chunks of {} tokens, {} {}, model {}",
             self.ranks,
             split.join(","),
             self.sync,
+            self.transport,
             self.chunks,
             self.chunk_size,
             self.device,

@@ -119,6 +119,6 @@ impl KvCache {
             tensors.insert(format!("layers.{layer}.v"), v.contiguous()?);
         }
         candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| anyhow::anyhow!("--dump-kv {}: cannot write ({e})", path.display()))
+            .map_err(|e| anyhow::anyhow!("--dump {}: cannot write ({e})", path.display()))
     }
 }

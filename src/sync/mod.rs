@@ -3,6 +3,9 @@
 //! meanwhile.
 
 pub mod allgather;
+#[cfg(feature = "cuda")]
+pub mod device;
+pub mod in_place;
 pub mod kv_blocks;
 pub mod ring;
 pub mod worker;
@@ -15,13 +18,30 @@ use anyhow::Result;
 
 use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
-use crate::transport::SharedComm;
+use crate::transport::{SharedComm, Transport};
 
 /// Moves the KV blocks of one sync call between ranks (one implementation per strategy and
 /// transport). Runs on the communication thread.
 pub trait KvTransport: Send {
     fn name(&self) -> &'static str;
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()>;
+}
+
+/// The KV transport for `strategy` over `transport`.
+pub fn make_transport(
+    strategy: SyncStrategy,
+    transport: Transport,
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+) -> Result<Box<dyn KvTransport>> {
+    match transport {
+        Transport::Host => Ok(host_transport(strategy, comm, rank, kv)),
+        #[cfg(feature = "cuda")]
+        Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
+        #[cfg(not(feature = "cuda"))]
+        Transport::Device => anyhow::bail!("--transport device needs a build with `--features cuda`"),
+    }
 }
 
 /// The transport for `strategy` over host byte buffers (CPU tensors, or any device with a copy

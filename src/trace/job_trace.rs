@@ -23,6 +23,7 @@ pub fn write_job_trace(
     trace.attr_u64("world_size", report.ranks as u64)?;
     trace.attr_str("layer_split", &serde_json::to_string(&report.layer_split)?)?;
     trace.attr_str("sync_strategy", &report.sync)?;
+    trace.attr_str("transport", &report.transport)?;
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
     trace.attr_u64("prompt_tokens", report.prompt_tokens as u64)?;
     trace.attr_u64("new_tokens", report.new_tokens as u64)?;

@@ -1,6 +1,12 @@
-//! MPI underneath the pipeline: the world, its communicators, and tensors as bytes on the wire.
+//! MPI underneath the pipeline: the world, its communicators, the transport choice, raw MPI
+//! calls on device or host addresses, and tensors as bytes on the wire.
 
+#[cfg(feature = "cuda")]
+pub mod device_memory;
 pub mod host_bytes;
 pub mod mpi_env;
+pub mod mpi_raw;
+pub mod selection;
 
 pub use mpi_env::{MpiEnv, SharedComm};
+pub use selection::{choose_transport, CudaAwareness, Transport, TransportArg};

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU check: one call on a machine with two GPUs. Builds a CUDA-aware Open MPI from Debian's
+# source (tarball carried in .carry/), makes a random Qwen3-0.6B-shaped checkpoint with the
+# transformers there, and checks our bf16 logits against transformers', 1 GPU vs 2 GPUs, every
+# sync strategy and transport; then times the KV sync. Results: $OUT/gpu-check.md and logs.
+#   scripts/gpu-check.sh [OUTDIR]    (binary: target/cuda/release/qwen3-mpi, built by build-cuda.sh)
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
+out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/logs" "$out/runs"
+bin="$repo/target/cuda/release/qwen3-mpi"; md="$out/gpu-check.md"; gc=scripts/gpu_check
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RUST_LOG=warn
+status=0
+{ echo "# GPU check, $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; } > "$md"
+ldd "$bin" > "$out/logs/ldd.txt"; grep "not found" "$out/logs/ldd.txt" && { echo "missing libraries" | tee -a "$md"; exit 1; }
+
+# 1. CUDA-aware Open MPI 4.1.4 (ABI-compatible with the 4.1 our binary links)
+t0=$(date +%s)
+if [ ! -x /opt/ompi-cuda/bin/mpirun ]; then
+  tar xf .carry/openmpi_4.1.4.orig.tar.xz -C /tmp && (cd /tmp/openmpi-4.1.4 &&
+    ./configure --prefix=/opt/ompi-cuda --with-cuda=/usr/local/cuda --without-ucx --disable-mpi-fortran \
+      --disable-oshmem > "$out/logs/ompi-configure.log" 2>&1 && make -j32 install > "$out/logs/ompi-make.log" 2>&1) ||
+    { echo "CUDA-aware Open MPI build failed" | tee -a "$md"; status=1; }
+fi
+echo "CUDA-aware Open MPI: $(( $(date +%s) - t0 )) s; $(/opt/ompi-cuda/bin/ompi_info --parsable --all 2>/dev/null | grep -m1 mpi_built_with_cuda_support:value)" | tee -a "$md"
+cudampi() { env LD_LIBRARY_PATH=/opt/ompi-cuda/lib OPAL_PREFIX=/opt/ompi-cuda /opt/ompi-cuda/bin/mpirun "$@"; }
+
+# 2. Checkpoint and transformers reference
+python3 $gc/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --reference /tmp/ref > "$out/logs/checkpoint.log" 2>&1 ||
+  { tail -5 "$out/logs/checkpoint.log"; echo "checkpoint failed" | tee -a "$md"; exit 1; }
+
+run() { # name launcher ranks args...
+  local name=$1 launcher=$2 n=$3; shift 3
+  $launcher -n "$n" "$bin" --model /tmp/model --json "$@" > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
+    { echo "run $name failed: $(tail -2 "$out/logs/$name.err")" | tee -a "$md"; status=1; }
+}
+# 3. Correctness: logits vs transformers (1 GPU), ids across ranks, syncs, transports
+for i in 0 1 2 3; do run "p$i-1gpu" mpirun 1 --prompt-file /tmp/ref/prompt-$i.txt --max-new-tokens 16 --dump "$out/runs/p$i"; done
+{ echo; echo "## bf16 logits vs transformers bf16 (1 GPU)"; python3 $gc/compare.py /tmp/ref "$out/runs" 4; } >> "$md" 2>&1 || status=1
+p=(--prompt-file /tmp/ref/prompt-1.txt --max-new-tokens 16 --chunk-size 5)
+for s in allgather ring; do
+  run "p1-2gpu-$s-host" mpirun 2 "${p[@]}" --sync $s --transport host
+  run "p1-2gpu-$s-device" cudampi 2 "${p[@]}" --sync $s --transport device
+done
+run p1-3ranks-2gpu-allgather-device cudampi 3 "${p[@]}" --transport device
+{ echo; echo "## Generated ids across rank counts, syncs and transports"; python3 $gc/summarize.py ids "$out/runs/p1-1gpu.json" "$out"/runs/p1-*gpu-*.json "$out"/runs/p1-3ranks*.json; } >> "$md" 2>&1 || status=1
+
+# 4. KV-sync timing: 8192-token prompt, 1024-token chunks
+t=(--synthetic-prompt 8192 --chunk-size 1024 --max-new-tokens 4)
+run t-1gpu mpirun 1 "${t[@]}"
+for s in allgather ring; do
+  run "t-2gpu-$s-host" mpirun 2 "${t[@]}" --sync $s --transport host
+  run "t-2gpu-$s-device" cudampi 2 "${t[@]}" --sync $s --transport device
+done
+{ echo; echo "## KV sync timing"; python3 $gc/summarize.py timing "$out"/runs/t-*.json; } >> "$md" 2>&1
+cat "$md"; exit $status

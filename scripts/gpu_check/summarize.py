@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""GPU check, step 4: tables from the --json reports of the runs.
+
+  summarize.py ids REF.json RUN.json...     # generated ids of every run equal the first's
+  summarize.py timing RUN.json...           # TTFT and KV-sync figures per run
+"""
+import json
+import sys
+
+
+def report(path):
+    with open(path) as f:
+        lines = [l for l in f.read().splitlines() if l.startswith("{")]
+    if not lines:
+        raise SystemExit(f"{path}: no JSON report (the run failed; see its log)")
+    return json.loads(lines[-1])
+
+
+def ids(paths):
+    base = report(paths[0])
+    print("| run | ranks | sync | transport | generated ids equal the 1-GPU run |")
+    print("|---|---|---|---|---|")
+    bad = 0
+    for p in paths[1:]:
+        r = report(p)
+        same = r["generated_ids"] == base["generated_ids"]
+        bad += not same
+        print(f"| {p.split('/')[-1][:-5]} | {r['ranks']} | {r['sync']} | {r['transport']} | {'yes' if same else 'NO'} |")
+    return bad
+
+
+def timing(paths):
+    print("| run | ranks | sync | transport | prompt | chunk | TTFT s | prefill tok/s | KV sent MB (rank 0) | sync busy s (max rank) | exposed sync ms (max rank) | sync GB/s (rank 0 sent / busy) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in paths:
+        r = report(p)
+        ranks = r["per_rank"]
+        busy = max(x["sync"]["busy_s"] for x in ranks)
+        exposed = max(x["exposed_sync_s"] for x in ranks)
+        sent = ranks[0]["kv_bytes_sent"]
+        bw = sent / ranks[0]["sync"]["busy_s"] / 1e9 if ranks[0]["sync"]["busy_s"] > 0 else 0.0
+        print(f"| {p.split('/')[-1][:-5]} | {r['ranks']} | {r['sync']} | {r['transport']} | {r['prompt_tokens']} | {r['chunk_size']} "
+              f"| {r['ttft_s']:.3f} | {r['prefill_tokens_per_s']:.0f} | {sent/1e6:.1f} | {busy:.3f} | {exposed*1e3:.1f} | {bw:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    mode, paths = sys.argv[1], sys.argv[2:]
+    sys.exit(1 if {"ids": ids, "timing": timing}[mode](paths) else 0)

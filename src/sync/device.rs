@@ -1,0 +1,97 @@
+//! KV sync on device memory with a CUDA-aware MPI, in place: blocks are sent from and received
+//! into the KV cache itself, with no copy on either side.
+
+use std::os::raw::c_void;
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::cuda_backend::cudarc::driver::CudaStream;
+use mpi::datatype::UserDatatype;
+
+use super::in_place::in_place_layout;
+use super::worker::SyncStats;
+use super::{KvTransport, SyncStrategy};
+use crate::model::KvCache;
+use crate::schedule::{ring_steps, KvSyncCall};
+use crate::transport::device_memory::{device_address, side_stream};
+use crate::transport::mpi_raw::{allgatherv_in_place, bytes_datatype, sendrecv};
+use crate::transport::SharedComm;
+
+pub struct DeviceSync {
+    strategy: SyncStrategy,
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+    /// The communication stream: waits for compute's writes before MPI reads the cache.
+    stream: Arc<CudaStream>,
+    /// One position of K and V.
+    unit: UserDatatype,
+}
+
+impl DeviceSync {
+    pub fn new(strategy: SyncStrategy, comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Self> {
+        let stream = side_stream(kv.storage().device())?;
+        let unit = bytes_datatype(kv.position_bytes())?;
+        Ok(Self {
+            strategy,
+            comm,
+            rank,
+            kv,
+            stream,
+            unit,
+        })
+    }
+}
+
+impl KvTransport for DeviceSync {
+    fn name(&self) -> &'static str {
+        match self.strategy {
+            SyncStrategy::Allgather => "allgather on device memory",
+            SyncStrategy::Ring => "ring on device memory",
+        }
+    }
+
+    fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
+        self.stream.context().bind_to_thread()?;
+        let (counts, displs) = in_place_layout(call, self.kv.capacity())?;
+        let base = device_address(self.kv.storage(), &self.stream)?;
+        let position_bytes = self.kv.position_bytes() as u64;
+        let ranks = call.blocks.len();
+        let mine = counts[self.rank] as u64 * position_bytes;
+        match self.strategy {
+            SyncStrategy::Allgather => {
+                // SAFETY: `base` is the cache's device address; every displacement + count is a
+                // block inside it (in_place_layout); MPI is CUDA-aware (checked at setup).
+                unsafe {
+                    allgatherv_in_place(&self.comm.0, base as *mut c_void, &counts, &displs, &self.unit)?
+                };
+                stats.bytes_sent += mine * (ranks as u64 - 1);
+                let others: i64 = counts.iter().map(|&c| c as i64).sum::<i64>() - counts[self.rank] as i64;
+                stats.bytes_received += others as u64 * position_bytes;
+            }
+            SyncStrategy::Ring => {
+                let at = |q: usize| (base + displs[q] as u64 * position_bytes) as *mut c_void;
+                for step in ring_steps(ranks, self.rank) {
+                    let (s, r) = (step.send_origin, step.recv_origin);
+                    // SAFETY: as above; the block forwarded was received into the cache in the
+                    // step before (or is this rank's own).
+                    unsafe {
+                        sendrecv(
+                            &self.comm.0,
+                            at(s),
+                            counts[s],
+                            step.send_to as i32,
+                            at(r),
+                            counts[r],
+                            step.recv_from as i32,
+                            &self.unit,
+                        )?
+                    };
+                    stats.bytes_sent += counts[s] as u64 * position_bytes;
+                    stats.bytes_received += counts[r] as u64 * position_bytes;
+                }
+            }
+        }
+        Ok(())
+    }
+}

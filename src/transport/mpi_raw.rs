@@ -1,0 +1,100 @@
+//! The thin unsafe layer under the KV sync: MPI calls on raw addresses (device memory with a
+//! CUDA-aware MPI, or any memory the caller vouches for), which the mpi crate's slice-based API
+//! cannot express, plus the two constants from `mpi_shim.c`.
+
+use std::os::raw::{c_int, c_void};
+
+use anyhow::{bail, Result};
+use mpi::datatype::{Equivalence, UserDatatype};
+use mpi::ffi;
+use mpi::raw::AsRaw;
+use mpi::topology::SimpleCommunicator;
+
+extern "C" {
+    fn qwen3_mpi_in_place() -> *mut c_void;
+    fn qwen3_mpi_cuda_support() -> c_int;
+}
+
+/// What the MPI library says of device memory: `Some(true)` if it moves it, `Some(false)` if
+/// not, `None` if it has no way to say (not Open MPI, or an Open MPI without the extension).
+pub fn library_cuda_support() -> Option<bool> {
+    // SAFETY: a query with no arguments; valid once MPI is initialised.
+    match unsafe { qwen3_mpi_cuda_support() } {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+/// A datatype of `bytes` contiguous bytes: one KV position, so counts and displacements of
+/// a whole cache stay small.
+pub fn bytes_datatype(bytes: usize) -> Result<UserDatatype> {
+    let count = c_int::try_from(bytes)?;
+    Ok(UserDatatype::contiguous(count, &u8::equivalent_datatype()))
+}
+
+fn check(code: c_int, what: &str) -> Result<()> {
+    if code != 0 {
+        bail!("{what} failed with MPI error code {code}");
+    }
+    Ok(())
+}
+
+/// `MPI_Allgatherv(MPI_IN_PLACE, …, base, counts, displs, unit, comm)`: rank q's contribution
+/// already sits at `base + displs[q]` units and lands at the same place on every rank.
+///
+/// # Safety
+/// `base` must address `max(displs[q] + counts[q])` units of `unit` that MPI may read and
+/// write (device memory only with a CUDA-aware MPI), valid for the whole call.
+pub unsafe fn allgatherv_in_place(
+    comm: &SimpleCommunicator,
+    base: *mut c_void,
+    counts: &[c_int],
+    displs: &[c_int],
+    unit: &UserDatatype,
+) -> Result<()> {
+    let code = ffi::MPI_Allgatherv(
+        qwen3_mpi_in_place(),
+        0,
+        unit.as_raw(),
+        base,
+        counts.as_ptr(),
+        displs.as_ptr(),
+        unit.as_raw(),
+        comm.as_raw(),
+    );
+    check(code, "MPI_Allgatherv")
+}
+
+/// `MPI_Sendrecv` between raw addresses, counts in units of `unit`.
+///
+/// # Safety
+/// `send` must address `send_count` units readable, `recv` `recv_count` units writable, for
+/// the whole call (device memory only with a CUDA-aware MPI).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sendrecv(
+    comm: &SimpleCommunicator,
+    send: *const c_void,
+    send_count: c_int,
+    dest: c_int,
+    recv: *mut c_void,
+    recv_count: c_int,
+    source: c_int,
+    unit: &UserDatatype,
+) -> Result<()> {
+    let code = ffi::MPI_Sendrecv(
+        send,
+        send_count,
+        unit.as_raw(),
+        dest,
+        0,
+        recv,
+        recv_count,
+        unit.as_raw(),
+        source,
+        0,
+        comm.as_raw(),
+        ffi::RSMPI_STATUS_IGNORE,
+    );
+    check(code, "MPI_Sendrecv")
+}
