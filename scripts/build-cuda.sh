@@ -68,4 +68,8 @@ export CUDA_COMPUTE_CAP="$cap" CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}
 echo "building with CUDA_HOME=$CUDA_HOME, compute capability $cap" >&2
 cd "$repo"
 cargo build --locked --release --features cuda --target-dir target/cuda
-ls -la target/cuda/release/qwen3-mpi
+# A stripped, compressed copy small enough to carry to the GPU machine (about 9 MB).
+mkdir -p .carry
+strip -o .carry/qwen3-mpi target/cuda/release/qwen3-mpi
+xz -T0 -f .carry/qwen3-mpi
+ls -la target/cuda/release/qwen3-mpi .carry/qwen3-mpi.xz

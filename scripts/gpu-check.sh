@@ -3,11 +3,14 @@
 # source (tarball carried in .carry/), makes a random Qwen3-0.6B-shaped checkpoint with the
 # transformers there, and checks our bf16 logits against transformers', 1 GPU vs 2 GPUs, every
 # sync strategy and transport; then times the KV sync. Results: $OUT/gpu-check.md and logs.
-#   scripts/gpu-check.sh [OUTDIR]    (binary: target/cuda/release/qwen3-mpi, built by build-cuda.sh)
+#   scripts/gpu-check.sh [OUTDIR]    (binary: target/cuda/release/qwen3-mpi or .carry/qwen3-mpi.xz,
+#                                     both from scripts/build-cuda.sh)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
 out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/logs" "$out/runs"
-bin="$repo/target/cuda/release/qwen3-mpi"; md="$out/gpu-check.md"; gc=scripts/gpu_check
+bin="$repo/target/cuda/release/qwen3-mpi"
+if [ ! -x "$bin" ] && [ -f .carry/qwen3-mpi.xz ]; then bin=/tmp/qwen3-mpi; xz -dc .carry/qwen3-mpi.xz > $bin; chmod +x $bin; fi
+md="$out/gpu-check.md"; gc=scripts/gpu_check
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RUST_LOG=warn
 status=0

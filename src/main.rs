@@ -22,12 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    qwen3_mpi::cli::logging::init_logging();
     let env = match MpiEnv::init() {
         Ok(env) => env,
         Err(e) => {
@@ -35,6 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    qwen3_mpi::cli::logging::set_log_rank(env.rank);
     match run_job(&args, &env) {
         Ok(report) => {
             if env.rank == 0 {

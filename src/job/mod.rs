@@ -60,15 +60,22 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             embed: rank == 0,
             head: rank == ranks - 1,
         };
+        let started = Instant::now();
         let model = Qwen3::load(
             cfg,
             plan.files.weights.as_ref(),
-            owned,
+            owned.clone(),
             parts,
             plan.capacity,
             dtype,
             &device,
         )?;
+        tracing::info!(
+            "loaded layers {owned:?} on {} as {dtype:?} in {:.2} s; transport {} ({why})",
+            device_name(&device),
+            started.elapsed().as_secs_f64(),
+            transport.name()
+        );
         let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
         Ok((model, kv, device, transport, why))
     })();

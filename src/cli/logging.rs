@@ -1,0 +1,44 @@
+//! Log lines (tracing, to stderr) that carry the rank: `[rank 2 +1.234s] INFO …`.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+
+static RANK: OnceLock<usize> = OnceLock::new();
+
+/// Prefixes each line with the rank (known once MPI is up; the launcher's until then) and the
+/// seconds since start.
+struct RankAndUptime {
+    start: Instant,
+}
+
+impl FormatTime for RankAndUptime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let rank = RANK
+            .get()
+            .copied()
+            .unwrap_or_else(crate::transport::mpi_env::launcher_rank);
+        write!(w, "[rank {rank} +{:.3}s]", self.start.elapsed().as_secs_f64())
+    }
+}
+
+/// Starts logging at `RUST_LOG` (default: warnings).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_timer(RankAndUptime {
+            start: Instant::now(),
+        })
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+}
+
+/// Records the MPI rank for every later log line.
+pub fn set_log_rank(rank: usize) {
+    let _ = RANK.set(rank);
+}
