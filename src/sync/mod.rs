@@ -36,7 +36,7 @@ pub fn make_transport(
     kv: Arc<KvCache>,
 ) -> Result<Box<dyn KvTransport>> {
     match transport {
-        Transport::Host => Ok(host_transport(strategy, comm, rank, kv)),
+        Transport::Host => host_transport(strategy, comm, rank, kv),
         #[cfg(feature = "cuda")]
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
@@ -44,18 +44,18 @@ pub fn make_transport(
     }
 }
 
-/// The transport for `strategy` over host byte buffers (CPU tensors, or any device with a copy
-/// each way).
+/// The transport for `strategy` over host byte buffers (CPU tensors; on a GPU, one copy of
+/// exactly the block each way on the communication thread's own stream).
 pub fn host_transport(
     strategy: SyncStrategy,
     comm: SharedComm,
     rank: usize,
     kv: Arc<KvCache>,
-) -> Box<dyn KvTransport> {
-    match strategy {
-        SyncStrategy::Allgather => Box::new(allgather::HostAllgather::new(comm, rank, kv)),
-        SyncStrategy::Ring => Box::new(ring::HostRing::new(comm, rank, kv)),
-    }
+) -> Result<Box<dyn KvTransport>> {
+    Ok(match strategy {
+        SyncStrategy::Allgather => Box::new(allgather::HostAllgather::new(comm, rank, kv)?),
+        SyncStrategy::Ring => Box::new(ring::HostRing::new(comm, rank, kv)?),
+    })
 }
 
 /// `--sync`: how one KV sync call moves the blocks.

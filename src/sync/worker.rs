@@ -43,6 +43,9 @@ impl KvSyncWorker {
                 let mut stats = SyncStats::default();
                 for index in calls {
                     let call = &schedule.kv_sync_calls()[index];
+                    if call.blocks.len() < 2 {
+                        continue; // one rank: its cache is already whole
+                    }
                     let _wait = watchdog.waiting_for(format!(
                         "KV sync ({}) of step {}, local layer {}",
                         transport.name(),

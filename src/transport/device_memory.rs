@@ -30,3 +30,25 @@ pub fn side_stream(device: &candle_core::Device) -> Result<std::sync::Arc<CudaSt
     let cuda = device.as_cuda_device()?;
     Ok(cuda.cuda_stream().context().new_stream()?)
 }
+
+/// Copies `len` bytes at `byte_offset` into `tensor`'s memory to the host, on `stream`.
+pub fn read_region(tensor: &Tensor, stream: &CudaStream, byte_offset: usize, len: usize) -> Result<Vec<u8>> {
+    use candle_core::cuda_backend::cudarc::driver::result::memcpy_dtoh_async;
+    let base = device_address(tensor, stream)?;
+    let mut host = vec![0u8; len];
+    // SAFETY: the region lies inside the tensor's allocation (the caller's bookkeeping), the
+    // host buffer is `len` bytes, and the stream is synchronised before the buffer is used.
+    unsafe { memcpy_dtoh_async(&mut host[..], base + byte_offset as u64, stream.cu_stream())? };
+    stream.synchronize()?;
+    Ok(host)
+}
+
+/// Copies `bytes` into `tensor`'s memory at `byte_offset`, on `stream`, in place.
+pub fn write_region(tensor: &Tensor, stream: &CudaStream, byte_offset: usize, bytes: &[u8]) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::result::memcpy_htod_async;
+    let base = device_address(tensor, stream)?;
+    // SAFETY: as in read_region; `bytes` outlives the copy (synchronised below).
+    unsafe { memcpy_htod_async(base + byte_offset as u64, bytes, stream.cu_stream())? };
+    stream.synchronize()?;
+    Ok(())
+}
