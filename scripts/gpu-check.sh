@@ -51,6 +51,7 @@ p=(--prompt-file /tmp/ref/prompt-1.txt --max-new-tokens 16 --chunk-size 5)
 for s in allgather ring; do
   run "p1-2gpu-$s-host" mpirun 2 "${p[@]}" --sync $s --transport host
   run "p1-2gpu-$s-device" cudampi 2 "${p[@]}" --sync $s --transport device
+  QWEN3_MPI_KV_ALLOC=malloc run "p1-2gpu-$s-device-malloc" cudampi 2 "${p[@]}" --sync $s --transport device
 done
 run p1-3ranks-2gpu-allgather-device cudampi 3 "${p[@]}" --transport device
 { echo; echo "## Generated ids across rank counts, syncs and transports"; python3 $gc/summarize.py ids "$out/runs/p1-1gpu.json" "$out"/runs/p1-2gpu-*.json "$out"/runs/p1-3ranks*.json; } >> "$md" 2>&1 || status=1
@@ -62,6 +63,7 @@ run t-1gpu mpirun 1 "${t[@]}"
 for s in ${SYNCS:-allgather ring}; do
   run "t-2gpu-$s-host" mpirun 2 "${t[@]}" --sync $s --transport host
   run "t-2gpu-$s-device" cudampi 2 "${t[@]}" --sync $s --transport device
+  QWEN3_MPI_KV_ALLOC=malloc run "t-2gpu-$s-device-malloc" cudampi 2 "${t[@]}" --sync $s --transport device
 done
 { echo; echo "## KV sync timing"; python3 $gc/summarize.py timing "$out"/runs/t-*.json; } >> "$md" 2>&1
 # everything else in one file (the tool returns a few files only)

@@ -11,6 +11,20 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::Qwen3Config;
 
+/// Zeroed cache memory; on a GPU with `QWEN3_MPI_KV_ALLOC=malloc`, IPC-capable memory.
+fn allocate(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        use crate::transport::device_memory::{ipc_capable_zeros, KV_ALLOC_ENV};
+        match std::env::var(KV_ALLOC_ENV).as_deref() {
+            Ok("malloc") => return ipc_capable_zeros(shape, dtype, device),
+            Ok("pool") | Err(_) => {}
+            Ok(other) => bail!("{KV_ALLOC_ENV}={other}: expected `pool` or `malloc`"),
+        }
+    }
+    Ok(Tensor::zeros(shape, dtype, device)?)
+}
+
 pub struct KvCache {
     /// (layers, capacity, 2, n_kv_heads, head_dim)
     data: Tensor,
@@ -22,9 +36,9 @@ impl KvCache {
     /// Allocates (zeroed) K/V for all `cfg.num_hidden_layers` layers.
     pub fn new(cfg: &Qwen3Config, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
         let layers = cfg.num_hidden_layers;
-        let shape = (layers, capacity, 2, cfg.num_key_value_heads, cfg.head_dim);
+        let shape = [layers, capacity, 2, cfg.num_key_value_heads, cfg.head_dim];
         Ok(Self {
-            data: Tensor::zeros(shape, dtype, device)?,
+            data: allocate(&shape, dtype, device)?,
             layers,
             capacity,
         })

@@ -26,7 +26,13 @@ pub struct HostAllgather {
 impl HostAllgather {
     pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Self> {
         let io = BlockIo::new(&kv)?;
-        Ok(Self { comm, rank, kv, io, scratch: Vec::new() })
+        Ok(Self {
+            comm,
+            rank,
+            kv,
+            io,
+            scratch: Vec::new(),
+        })
     }
 }
 
@@ -62,7 +68,8 @@ impl KvTransport for HostAllgather {
         for (q, block) in call.blocks.iter().enumerate() {
             if let (Some(block), true) = (block, q != self.rank) {
                 let at = displs[q] as usize;
-                self.io.write(&self.kv, block, &self.scratch[at..at + counts[q] as usize])?;
+                self.io
+                    .write(&self.kv, block, &self.scratch[at..at + counts[q] as usize])?;
                 stats.bytes_received += counts[q] as u64;
             }
         }

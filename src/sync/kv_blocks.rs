@@ -49,7 +49,11 @@ impl BlockIo {
         if let Some(stream) = &self.stream {
             stream.context().bind_to_thread()?;
             let (offset, len) = region(kv, block);
-            anyhow::ensure!(bytes.len() == len, "received {} bytes for a {len}-byte KV block", bytes.len());
+            anyhow::ensure!(
+                bytes.len() == len,
+                "received {} bytes for a {len}-byte KV block",
+                bytes.len()
+            );
             return crate::transport::device_memory::write_region(kv.storage(), stream, offset, bytes);
         }
         let shape = kv.block(block.layer, 0, block.chunk.len())?.shape().clone();

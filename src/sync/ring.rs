@@ -34,8 +34,11 @@ impl KvTransport for HostRing {
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
         let ranks = call.blocks.len();
-        let sizes: Vec<usize> =
-            call.positions_per_rank().iter().map(|&p| p * self.kv.position_bytes()).collect();
+        let sizes: Vec<usize> = call
+            .positions_per_rank()
+            .iter()
+            .map(|&p| p * self.kv.position_bytes())
+            .collect();
         let mut outgoing = match &call.blocks[self.rank] {
             Some(block) => self.io.read(&self.kv, block)?,
             None => Vec::new(),

@@ -52,3 +52,50 @@ pub fn write_region(tensor: &Tensor, stream: &CudaStream, byte_offset: usize, by
     stream.synchronize()?;
     Ok(())
 }
+
+/// Environment switch for the KV cache allocation on a GPU: `malloc` allocates it with plain
+/// `cuMemAlloc`, which CUDA IPC can share, so a CUDA-aware MPI can move blocks GPU to GPU
+/// directly. The default (`pool`) uses candle's stream-ordered pool allocation, whose memory
+/// Open MPI 4.1 cannot map over IPC (it falls back to a slow path through the host).
+pub const KV_ALLOC_ENV: &str = "QWEN3_MPI_KV_ALLOC";
+
+/// A zeroed tensor in memory from `cuMemAlloc` (IPC-capable). The allocation lives until the
+/// process ends: it is never freed through the pool allocator that did not make it.
+pub fn ipc_capable_zeros(shape: &[usize], dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    use candle_core::cuda_backend::cudarc::driver::result::{malloc_sync, memset_d8_sync};
+    use candle_core::cuda_backend::CudaStorage;
+    let cuda = device.as_cuda_device()?;
+    let elements: usize = shape.iter().product();
+    let bytes = elements * dtype.size_in_bytes();
+    let stream = cuda.cuda_stream();
+    stream.context().bind_to_thread()?;
+    // SAFETY: a fresh allocation of `bytes` bytes, zeroed before any use; the slices below
+    // cover exactly it.
+    let storage = unsafe {
+        let ptr = malloc_sync(bytes)?;
+        memset_d8_sync(ptr, 0, bytes)?;
+        match dtype {
+            DType::BF16 => CudaStorage::wrap_cuda_slice(
+                stream.upgrade_device_ptr::<half::bf16>(ptr, elements),
+                cuda.clone(),
+            ),
+            DType::F16 => CudaStorage::wrap_cuda_slice(
+                stream.upgrade_device_ptr::<half::f16>(ptr, elements),
+                cuda.clone(),
+            ),
+            DType::F32 => {
+                CudaStorage::wrap_cuda_slice(stream.upgrade_device_ptr::<f32>(ptr, elements), cuda.clone())
+            }
+            other => bail!("no IPC-capable KV cache for dtype {other:?}"),
+        }
+    };
+    let tensor = Tensor::from_storage(
+        Storage::Cuda(storage),
+        shape,
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    // Keep one handle forever, so the slice's drop (which would free through the pool) never runs.
+    std::mem::forget(tensor.clone());
+    Ok(tensor)
+}
