@@ -17,11 +17,14 @@ status=0
 { echo "# GPU check, $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; } > "$md"
 ldd "$bin" > "$out/logs/ldd.txt"; grep "not found" "$out/logs/ldd.txt" && { echo "missing libraries" | tee -a "$md"; exit 1; }
 
-# 1. CUDA-aware Open MPI 4.1.4 (ABI-compatible with the 4.1 our binary links)
+# 1. CUDA-aware Open MPI 4.1.4 (ABI-compatible with the 4.1 our binary links). To rebuild, carry
+#    Debian's source: `apt-get source --download-only openmpi` (deb-src entry) into .carry/.
 t0=$(date +%s)
-if [ ! -x /opt/ompi-cuda/bin/mpirun ] && [ -f .carry/ompi-cuda.tar.xz ]; then
-  tar xJf .carry/ompi-cuda.tar.xz -C /opt
-fi
+# A build from an earlier call is committed (scripts/gpu_check/ompi-cuda-4.1.4.tar.xz: Open MPI
+# 4.1.4 --with-cuda=/usr/local/cuda, built on the GPU machine's image by the branch below).
+for cached in .carry/ompi-cuda.tar.xz scripts/gpu_check/ompi-cuda-4.1.4.tar.xz; do
+  [ ! -x /opt/ompi-cuda/bin/mpirun ] && [ -f "$cached" ] && tar xJf "$cached" -C /opt
+done
 if [ ! -x /opt/ompi-cuda/bin/mpirun ]; then
   tar xf .carry/openmpi_4.1.4.orig.tar.xz -C /tmp && (cd /tmp/openmpi-4.1.4 &&
     ./configure --prefix=/opt/ompi-cuda --with-cuda=/usr/local/cuda --without-ucx --disable-mpi-fortran --disable-io-romio \
