@@ -68,6 +68,10 @@ for s in ${SYNCS:-allgather ring}; do
   run "t-2gpu-$s-device" cudampi 2 "${t[@]}" --sync $s --transport device
   QWEN3_MPI_KV_ALLOC=malloc run "t-2gpu-$s-device-malloc" cudampi 2 "${t[@]}" --sync $s --transport device
 done
+# the pipelined host staging at other piece sizes (default 1 MiB per rank per piece)
+for pb in 262144 4194304; do
+  QWEN3_MPI_STAGE_PIECE_BYTES=$pb run "t-2gpu-allgather-host-piece$pb" mpirun 2 "${t[@]}" --sync allgather --transport host
+done
 { echo; echo "## KV sync timing"; python3 $gc/summarize.py timing "$out"/runs/t-*.json; } >> "$md" 2>&1
 # everything else in one file (the tool returns a few files only)
 tar -C "$out" -cJf "$out/runs-and-logs.tar.xz" runs logs && rm -rf "$out/runs" "$out/logs"

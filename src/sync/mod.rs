@@ -7,7 +7,10 @@ pub mod allgather;
 pub mod device;
 pub mod in_place;
 pub mod kv_blocks;
+pub mod pieces;
 pub mod ring;
+#[cfg(feature = "cuda")]
+pub mod staged;
 pub mod worker;
 
 pub use worker::{KvSyncWorker, SyncStats};
@@ -36,6 +39,10 @@ pub fn make_transport(
     kv: Arc<KvCache>,
 ) -> Result<Box<dyn KvTransport>> {
     match transport {
+        #[cfg(feature = "cuda")]
+        Transport::Host if strategy == SyncStrategy::Allgather && kv.storage().device().is_cuda() => {
+            Ok(Box::new(staged::StagedAllgather::new(comm, rank, kv)?))
+        }
         Transport::Host => host_transport(strategy, comm, rank, kv),
         #[cfg(feature = "cuda")]
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),

@@ -99,3 +99,76 @@ pub fn ipc_capable_zeros(shape: &[usize], dtype: DType, device: &candle_core::De
     std::mem::forget(tensor.clone());
     Ok(tensor)
 }
+
+/// Page-locked host memory (not write-combined: MPI reads and writes it), for copies that run
+/// asynchronously on a stream.
+pub struct PinnedBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value; it is used by one thread at a time.
+unsafe impl Send for PinnedBuffer {}
+
+impl PinnedBuffer {
+    pub fn new(len: usize) -> Result<Self> {
+        use candle_core::cuda_backend::cudarc::driver::result::malloc_host;
+        // SAFETY: a fresh page-locked allocation of `len` bytes (flags 0: cached, not portable).
+        let ptr = unsafe { malloc_host(len.max(1), 0)? } as *mut u8;
+        Ok(Self { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` addresses `len` bytes owned by this value.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably once.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Queues a copy of `len` bytes from device address `src` into the buffer at `at`.
+    ///
+    /// # Safety
+    /// `src` must address `len` readable device bytes, and neither the buffer range nor the
+    /// device range may be touched until `stream` has passed this copy.
+    pub unsafe fn copy_from_device(
+        &mut self,
+        at: usize,
+        src: u64,
+        len: usize,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::result::memcpy_dtoh_async;
+        memcpy_dtoh_async(&mut self.as_mut_slice()[at..at + len], src, stream.cu_stream())?;
+        Ok(())
+    }
+
+    /// Queues a copy of `len` bytes of the buffer at `at` to device address `dst`.
+    ///
+    /// # Safety
+    /// As for [`Self::copy_from_device`], with `dst` writable.
+    pub unsafe fn copy_to_device(&self, at: usize, dst: u64, len: usize, stream: &CudaStream) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::result::memcpy_htod_async;
+        memcpy_htod_async(dst, &self.as_slice()[at..at + len], stream.cu_stream())?;
+        Ok(())
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        use candle_core::cuda_backend::cudarc::driver::result::free_host;
+        // SAFETY: allocated by malloc_host in `new`; no copy is in flight once the owner drops it
+        // (every user synchronises its stream before).
+        let _ = unsafe { free_host(self.ptr as *mut std::ffi::c_void) };
+    }
+}
