@@ -55,5 +55,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(JobError::PeerFailed) => ExitCode::FAILURE,
+        Err(JobError::Fatal(error)) => {
+            eprintln!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
+            ExitCode::FAILURE
+        }
     }
 }

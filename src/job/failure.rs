@@ -11,6 +11,9 @@ pub enum JobError {
     Failed { error: anyhow::Error, report: bool },
     /// Another rank failed and printed why; this one exits quietly.
     PeerFailed,
+    /// This rank alone failed mid-run, while the others may be waiting on it: the job is ended
+    /// with MPI_Abort (never returned to `main`).
+    Fatal(anyhow::Error),
 }
 
 /// Ends the whole job from any thread.

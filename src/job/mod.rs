@@ -95,13 +95,13 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let outcome = run_loaded(args, env, &plan, stage, &watchdog, fault).and_then(|report| match trace {
         Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
             .map(|_| report)
-            .map_err(|error| JobError::Failed { error, report: true }),
+            .map_err(JobError::Fatal),
         None => Ok(report),
     });
     match outcome {
-        Ok(report) => Ok(report),
-        Err(JobError::Failed { error, .. }) => abort.fail(&error),
-        Err(JobError::PeerFailed) => abort.abort(1),
+        Err(JobError::Fatal(error)) => abort.fail(&error),
+        // Ok, or an error every rank found together (they disagree on the tokens)
+        other => other,
     }
 }
 
@@ -121,7 +121,7 @@ fn run_loaded(
     watchdog: &Watchdog,
     fault: Option<Fault>,
 ) -> Result<JobReport, JobError> {
-    let fail = |error: anyhow::Error| JobError::Failed { error, report: true };
+    let fail = JobError::Fatal;
     let LoadedStage {
         mut model,
         kv,
