@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the release binary with CUDA (`--features cuda`) into target/cuda/release/qwen3-mpi.
+# Builds the release binary with CUDA and NCCL (`--features cuda,nccl`; NCCL=0 leaves NCCL out)
+# into target/cuda/release/qwen3-mpi.
 #
 #   scripts/build-cuda.sh [COMPUTE_CAP]        # default 90 (H100/H200: kernels become sm_90a)
 #
@@ -67,7 +68,10 @@ fi
 export CUDA_COMPUTE_CAP="$cap" CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 echo "building with CUDA_HOME=$CUDA_HOME, compute capability $cap" >&2
 cd "$repo"
-cargo build --locked --release --features cuda --target-dir target/cuda
+# NCCL (--transport nccl) unless NCCL=0; it links libnccl.so.2, which must be on the GPU machine.
+features=cuda
+[ "${NCCL:-1}" = 0 ] || features=cuda,nccl
+cargo build --locked --release --features "$features" --target-dir target/cuda
 # A stripped, compressed copy small enough to carry to the GPU machine (about 9 MB).
 mkdir -p .carry
 strip -o .carry/qwen3-mpi target/cuda/release/qwen3-mpi

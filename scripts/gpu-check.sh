@@ -15,6 +15,12 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RUST_LOG=warn
 status=0
 { echo "# GPU check, $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; } > "$md"
+# NCCL comes with PyTorch's wheels there, outside the loader's default path
+if ldd "$bin" | grep -q "libnccl.so.2 => not found"; then
+  nccl_lib="$(find / -xdev -name libnccl.so.2 2>/dev/null | head -n 1)"
+  [ -n "$nccl_lib" ] && export LD_LIBRARY_PATH="$(dirname "$nccl_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "NCCL: ${nccl_lib:-not found}" >> "$md"
+fi
 ldd "$bin" > "$out/logs/ldd.txt"; grep "not found" "$out/logs/ldd.txt" && { echo "missing libraries" | tee -a "$md"; exit 1; }
 
 # 1. CUDA-aware Open MPI 4.1.4 (ABI-compatible with the 4.1 our binary links). To rebuild, carry
@@ -34,7 +40,7 @@ if [ ! -x /opt/ompi-cuda/bin/mpirun ]; then
   tar -C /opt -cJf "$out/ompi-cuda.tar.xz" --exclude=share/man --exclude=share/doc ompi-cuda
 fi
 echo "CUDA-aware Open MPI: $(( $(date +%s) - t0 )) s; $(/opt/ompi-cuda/bin/ompi_info --parsable --all 2>/dev/null | grep -m1 mpi_built_with_cuda_support:value)" | tee -a "$md"
-cudampi() { env LD_LIBRARY_PATH=/opt/ompi-cuda/lib OPAL_PREFIX=/opt/ompi-cuda /opt/ompi-cuda/bin/mpirun "$@"; }
+cudampi() { env LD_LIBRARY_PATH="/opt/ompi-cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" OPAL_PREFIX=/opt/ompi-cuda /opt/ompi-cuda/bin/mpirun "$@"; }
 
 # 2. Checkpoint and transformers reference
 python3 $gc/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --reference /tmp/ref > "$out/logs/checkpoint.log" 2>&1 ||
@@ -55,6 +61,7 @@ for s in allgather ring; do
   run "p1-2gpu-$s-host" mpirun 2 "${p[@]}" --sync $s --transport host
   run "p1-2gpu-$s-device" cudampi 2 "${p[@]}" --sync $s --transport device
   QWEN3_MPI_KV_ALLOC=malloc run "p1-2gpu-$s-device-malloc" cudampi 2 "${p[@]}" --sync $s --transport device
+  run "p1-2gpu-$s-nccl" mpirun 2 "${p[@]}" --sync $s --transport nccl
 done
 run p1-3ranks-2gpu-allgather-device cudampi 3 "${p[@]}" --transport device
 { echo; echo "## Generated ids across rank counts, syncs and transports"; python3 $gc/summarize.py ids "$out/runs/p1-1gpu.json" "$out"/runs/p1-2gpu-*.json "$out"/runs/p1-3ranks*.json; } >> "$md" 2>&1 || status=1
@@ -67,6 +74,7 @@ for s in ${SYNCS:-allgather ring}; do
   run "t-2gpu-$s-host" mpirun 2 "${t[@]}" --sync $s --transport host
   run "t-2gpu-$s-device" cudampi 2 "${t[@]}" --sync $s --transport device
   QWEN3_MPI_KV_ALLOC=malloc run "t-2gpu-$s-device-malloc" cudampi 2 "${t[@]}" --sync $s --transport device
+  run "t-2gpu-$s-nccl" mpirun 2 "${t[@]}" --sync $s --transport nccl
 done
 # the pipelined host staging at other piece sizes (default 1 MiB per rank per piece)
 for pb in 262144 4194304; do

@@ -26,6 +26,7 @@ use crate::sync::{make_transport, KvSyncWorker};
 use crate::trace::job_trace::write_job_trace;
 use crate::transport::mpi_raw::library_cuda_support;
 use crate::transport::selection::CUDA_AWARE_ENV;
+use crate::transport::selection::NCCL_BUILT;
 use crate::transport::MpiEnv;
 use crate::transport::{choose_transport, CudaAwareness, Transport};
 use background_load::BackgroundLoad;
@@ -52,7 +53,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let device = select_device(args.device, env.local_rank, env.local_size)?;
         let override_value = std::env::var(CUDA_AWARE_ENV).ok();
         let awareness = CudaAwareness::detect(override_value.as_deref(), library_cuda_support())?;
-        let (transport, why) = choose_transport(args.transport, device.is_cuda(), &awareness)?;
+        let (_, transport_arg) = args.sync.with_transport(args.transport);
+        let (transport, why) = choose_transport(transport_arg, device.is_cuda(), &awareness, NCCL_BUILT)?;
         let dtype = select_dtype(args.dtype, &device);
         let cfg = &plan.files.config;
         let owned = plan.schedule.split().range(rank);
@@ -149,7 +151,8 @@ fn run_loaded(
     env.world.barrier();
     let t0 = Instant::now();
     let transport_name = transport.name();
-    let transport = make_transport(args.sync, transport, sync_comm, rank, kv.clone()).map_err(fail)?;
+    let (strategy, _) = args.sync.with_transport(args.transport);
+    let transport = make_transport(strategy, transport, sync_comm, rank, kv.clone()).map_err(fail)?;
     let sync = KvSyncWorker::spawn(transport, rank, plan.schedule.clone(), watchdog.clone()).map_err(fail)?;
     let ctx = StageContext {
         model: &model,

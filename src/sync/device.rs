@@ -46,8 +46,8 @@ impl DeviceSync {
 impl KvTransport for DeviceSync {
     fn name(&self) -> &'static str {
         match self.strategy {
-            SyncStrategy::Allgather => "allgather on device memory",
             SyncStrategy::Ring => "ring on device memory",
+            _ => "allgather on device memory",
         }
     }
 
@@ -59,7 +59,7 @@ impl KvTransport for DeviceSync {
         let ranks = call.blocks.len();
         let mine = counts[self.rank] as u64 * position_bytes;
         match self.strategy {
-            SyncStrategy::Allgather => {
+            SyncStrategy::Allgather | SyncStrategy::Nccl => {
                 // SAFETY: `base` is the cache's device address; every displacement + count is a
                 // block inside it (in_place_layout); MPI is CUDA-aware (checked at setup).
                 unsafe {

@@ -7,6 +7,8 @@ pub mod allgather;
 pub mod device;
 pub mod in_place;
 pub mod kv_blocks;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod pieces;
 pub mod ring;
 #[cfg(feature = "cuda")]
@@ -21,7 +23,7 @@ use anyhow::Result;
 
 use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
-use crate::transport::{SharedComm, Transport};
+use crate::transport::{SharedComm, Transport, TransportArg};
 
 /// Moves the KV blocks of one sync call between ranks (one implementation per strategy and
 /// transport). Runs on the communication thread.
@@ -48,6 +50,10 @@ pub fn make_transport(
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
         Transport::Device => anyhow::bail!("--transport device needs a build with `--features cuda`"),
+        #[cfg(feature = "nccl")]
+        Transport::Nccl => Ok(Box::new(nccl::NcclSync::new(strategy, &comm, rank, kv)?)),
+        #[cfg(not(feature = "nccl"))]
+        Transport::Nccl => anyhow::bail!("--transport nccl needs a build with `--features nccl`"),
     }
 }
 
@@ -60,7 +66,9 @@ pub fn host_transport(
     kv: Arc<KvCache>,
 ) -> Result<Box<dyn KvTransport>> {
     Ok(match strategy {
-        SyncStrategy::Allgather => Box::new(allgather::HostAllgather::new(comm, rank, kv)?),
+        SyncStrategy::Allgather | SyncStrategy::Nccl => {
+            Box::new(allgather::HostAllgather::new(comm, rank, kv)?)
+        }
         SyncStrategy::Ring => Box::new(ring::HostRing::new(comm, rank, kv)?),
     })
 }
@@ -73,13 +81,23 @@ pub enum SyncStrategy {
     Allgather,
     /// N−1 MPI_Sendrecv steps around the ring per call.
     Ring,
+    /// The allgather pattern over NCCL: the same as `--sync allgather --transport nccl`.
+    Nccl,
 }
 
 impl SyncStrategy {
     pub fn name(self) -> &'static str {
         match self {
-            Self::Allgather => "allgather",
+            Self::Allgather | Self::Nccl => "allgather",
             Self::Ring => "ring",
+        }
+    }
+
+    /// `--sync nccl` is shorthand: the allgather pattern with the NCCL transport.
+    pub fn with_transport(self, transport: TransportArg) -> (SyncStrategy, TransportArg) {
+        match self {
+            Self::Nccl => (Self::Allgather, TransportArg::Nccl),
+            other => (other, transport),
         }
     }
 }

@@ -6,12 +6,14 @@ use anyhow::{bail, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportArg {
-    /// `device` when MPI is CUDA-aware, else `host`.
+    /// `device` when MPI is CUDA-aware, else `nccl` when built in, else `host`.
     Auto,
     /// MPI on device memory, in place in the KV cache (needs a CUDA-aware MPI).
     Device,
     /// Through host memory.
     Host,
+    /// NCCL sends and receives on device memory, in place (builds with `--features nccl`).
+    Nccl,
 }
 
 /// What the job uses.
@@ -22,6 +24,8 @@ pub enum Transport {
     Device,
     /// Copies through host memory (the only one for CPU tensors).
     Host,
+    /// NCCL on device pointers.
+    Nccl,
 }
 
 impl Transport {
@@ -29,6 +33,7 @@ impl Transport {
         match self {
             Self::Device => "device",
             Self::Host => "host",
+            Self::Nccl => "nccl",
         }
     }
 }
@@ -73,33 +78,42 @@ impl CudaAwareness {
     }
 }
 
-/// The transport for this job, and why.
+/// Whether this build has NCCL.
+pub const NCCL_BUILT: bool = cfg!(feature = "nccl");
+
+/// The transport for this job, and why. `nccl_built`: this binary has NCCL.
 pub fn choose_transport(
     arg: TransportArg,
     on_gpu: bool,
     awareness: &CudaAwareness,
+    nccl_built: bool,
 ) -> Result<(Transport, String)> {
     if !on_gpu {
+        if arg == TransportArg::Nccl {
+            bail!("--transport nccl (or --sync nccl) needs GPUs; this job runs on the CPU");
+        }
         return Ok((Transport::Host, "tensors are on the CPU".into()));
     }
+    let aware = || format!("MPI is CUDA-aware ({})", awareness.reason);
+    let unaware = || format!("MPI is not CUDA-aware ({})", awareness.reason);
     match arg {
         TransportArg::Host => Ok((Transport::Host, "--transport host".into())),
-        TransportArg::Device if awareness.aware => Ok((
-            Transport::Device,
-            format!("--transport device; MPI is CUDA-aware ({})", awareness.reason),
-        )),
-        TransportArg::Device => bail!(
-            "--transport device needs a CUDA-aware MPI, and this one is not ({}); use --transport host",
-            awareness.reason
-        ),
-        TransportArg::Auto if awareness.aware => Ok((
-            Transport::Device,
-            format!("MPI is CUDA-aware ({})", awareness.reason),
-        )),
-        TransportArg::Auto => Ok((
-            Transport::Host,
-            format!("MPI is not CUDA-aware ({})", awareness.reason),
-        )),
+        TransportArg::Nccl if nccl_built => Ok((Transport::Nccl, "--transport nccl".into())),
+        TransportArg::Nccl => {
+            bail!("--transport nccl: this binary was built without NCCL (`--features nccl`)")
+        }
+        TransportArg::Device if awareness.aware => {
+            Ok((Transport::Device, format!("--transport device; {}", aware())))
+        }
+        TransportArg::Device => {
+            bail!(
+                "--transport device needs a CUDA-aware MPI, and {}; use --transport host",
+                unaware()
+            )
+        }
+        TransportArg::Auto if awareness.aware => Ok((Transport::Device, aware())),
+        TransportArg::Auto if nccl_built => Ok((Transport::Nccl, format!("{}; NCCL is built in", unaware()))),
+        TransportArg::Auto => Ok((Transport::Host, unaware())),
     }
 }
 
@@ -114,40 +128,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn auto_follows_cuda_awareness_on_gpu_and_is_host_on_cpu() {
-        assert_eq!(
-            choose_transport(TransportArg::Auto, true, &aware(true))
-                .unwrap()
-                .0,
-            Transport::Device
-        );
-        assert_eq!(
-            choose_transport(TransportArg::Auto, true, &aware(false))
-                .unwrap()
-                .0,
-            Transport::Host
-        );
-        assert_eq!(
-            choose_transport(TransportArg::Device, false, &aware(false))
-                .unwrap()
-                .0,
-            Transport::Host
-        );
-        assert_eq!(
-            choose_transport(TransportArg::Host, true, &aware(true))
-                .unwrap()
-                .0,
-            Transport::Host
-        );
+    fn pick(arg: TransportArg, gpu: bool, cuda_aware: bool, nccl: bool) -> Transport {
+        choose_transport(arg, gpu, &aware(cuda_aware), nccl).unwrap().0
     }
 
     #[test]
-    fn device_without_cuda_aware_mpi_is_an_error_naming_the_flag() {
-        let err = choose_transport(TransportArg::Device, true, &aware(false))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--transport device"), "{err}");
+    fn auto_prefers_device_then_nccl_then_host_on_gpu_and_is_host_on_cpu() {
+        assert_eq!(pick(TransportArg::Auto, true, true, true), Transport::Device);
+        assert_eq!(pick(TransportArg::Auto, true, false, true), Transport::Nccl);
+        assert_eq!(pick(TransportArg::Auto, true, false, false), Transport::Host);
+        assert_eq!(pick(TransportArg::Device, false, false, false), Transport::Host);
+        assert_eq!(pick(TransportArg::Host, true, true, true), Transport::Host);
+        assert_eq!(pick(TransportArg::Nccl, true, false, true), Transport::Nccl);
+    }
+
+    #[test]
+    fn impossible_requests_are_errors_naming_the_flag() {
+        let err = |arg, gpu, cuda_aware, nccl| {
+            choose_transport(arg, gpu, &aware(cuda_aware), nccl)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(TransportArg::Device, true, false, true).contains("--transport device"));
+        assert!(err(TransportArg::Nccl, true, true, false).contains("without NCCL"));
+        assert!(err(TransportArg::Nccl, false, true, true).contains("needs GPUs"));
     }
 
     #[test]
