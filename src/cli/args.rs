@@ -80,7 +80,8 @@ pub struct RunArgs {
     pub sync: SyncStrategy,
 
     /// How KV blocks move between GPUs: `device` (CUDA-aware MPI on device memory, in place),
-    /// `host` (through host memory), `auto` (device if MPI is CUDA-aware).
+    /// `host` (through pinned host memory), `nccl` (NCCL, in place), `auto` (device if MPI is
+    /// CUDA-aware, else nccl if built in, else host).
     #[arg(long, value_enum, default_value = "auto")]
     pub transport: TransportArg,
 
