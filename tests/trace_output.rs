@@ -61,3 +61,97 @@ fn unwritable_trace_path_fails_before_the_run() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("--trace /proc/qwen3-mpi/x.h5"), "{stderr}");
 }
+
+#[test]
+fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thread() {
+    use qwen3_mpi::trace::spans::{Span, SpanKind};
+    use std::collections::HashSet;
+    let name = "gqa-untied-odd-4x"; // 5 layers
+    let model = materialize(name);
+    let exp = expected(name);
+    let m = model.path().display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("spans.h5");
+    let p = path.display().to_string();
+    let prompt = exp["prompt"].as_str().unwrap(); // 38 tokens: 6 chunks of 7
+    let args = [
+        "--model",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "5",
+        "--chunk-size",
+        "7",
+        "--trace",
+        &p,
+        "--json",
+    ];
+    let (code, stdout, stderr, _) = run_mpi(3, &args, &[], 120);
+    assert_eq!(code, 0, "{stderr}");
+    let report = json_report(&stdout);
+    let file = hdf5::File::open(&path).unwrap();
+    let split: Vec<usize> = serde_json::from_str(&read_attr(&file, "layer_split")).unwrap();
+    assert_eq!(split, vec![2, 2, 1]);
+
+    let mut computed = HashSet::new();
+    let mut first_layer = 0;
+    for (rank, &count) in split.iter().enumerate() {
+        let spans: Vec<Span> = file
+            .dataset(&format!("ranks/{rank}/events"))
+            .unwrap()
+            .read_raw()
+            .unwrap();
+        let owned = first_layer..first_layer + count;
+        first_layer += count;
+        for s in spans.iter().filter(|s| s.kind == SpanKind::LayerCompute) {
+            assert!(
+                owned.contains(&(s.layer as usize)),
+                "rank {rank} computed layer {} outside {owned:?}",
+                s.layer
+            );
+            assert!(
+                computed.insert((s.layer, s.chunk)),
+                "layer {} chunk {} computed twice",
+                s.layer,
+                s.chunk
+            );
+        }
+        assert!(
+            spans.iter().any(|s| s.kind == SpanKind::KvSync),
+            "rank {rank} has no KV sync span"
+        );
+        assert!(
+            spans.iter().any(|s| s.kind == SpanKind::DecodeStep),
+            "rank {rank} has no decode span"
+        );
+        for thread in [0u8, 1, 2] {
+            let mut mine: Vec<&Span> = spans.iter().filter(|s| s.thread as u8 == thread).collect();
+            mine.sort_by_key(|s| s.t_start_ns);
+            for pair in mine.windows(2) {
+                assert!(
+                    pair[0].t_end_ns <= pair[1].t_start_ns,
+                    "rank {rank} thread {thread}: {:?} overlaps {:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            assert!(mine.iter().all(|s| s.t_end_ns >= s.t_start_ns));
+        }
+    }
+    assert_eq!(computed.len(), 5 * 6, "every (layer, chunk) once");
+
+    let summary = file.group("summary").unwrap();
+    let ttft: f64 = summary.attr("ttft_s").unwrap().read_scalar().unwrap();
+    assert_eq!(ttft, report["ttft_s"].as_f64().unwrap());
+    let sent: Vec<u64> = file.dataset("summary/kv_bytes_sent").unwrap().read_raw().unwrap();
+    let json_sent: Vec<u64> = report["per_rank"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kv_bytes_sent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sent, json_sent);
+    let generated: Vec<u32> = file.dataset("output/generated_ids").unwrap().read_raw().unwrap();
+    assert_eq!(generated, expected_ids(&report, "generated_ids"));
+}

@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 
 use crate::model::weights::WeightSource;
 use crate::model::{Qwen3, Qwen3Config, StageParts};
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 
 pub struct BackgroundLoad {
     thread: JoinHandle<Result<Qwen3>>,
@@ -24,15 +25,23 @@ impl BackgroundLoad {
         positions: usize,
         dtype: DType,
         device: Device,
+        spans: SpanLog,
     ) -> Result<Self> {
         let thread = std::thread::Builder::new()
             .name("weight-load".into())
             .spawn(move || {
+                let started = std::time::Instant::now();
                 let source = source.as_ref();
                 let empty = owned.start..owned.start;
                 let mut rest = Qwen3::load(&cfg, source, empty, StageParts::ALL, positions, dtype, &device)?;
                 rest.load_layers(source, 0..owned.start)?;
                 rest.load_layers(source, owned.end..cfg.num_hidden_layers)?;
+                spans.record(
+                    SpanKind::WeightLoad,
+                    SpanThread::WeightLoad,
+                    SpanAt::NONE,
+                    started,
+                );
                 Ok(rest)
             })
             .context("cannot start the weight-loading thread")?;

@@ -6,9 +6,11 @@ pub mod consistency;
 pub mod failure;
 pub mod fault;
 pub mod first_token;
+pub mod gather;
 pub mod plan;
 pub mod report;
 pub mod stage_loop;
+pub mod trace_writer;
 pub mod watchdog;
 
 use std::io::Write;
@@ -23,7 +25,7 @@ use crate::device::{device_name, select_device, select_dtype};
 use crate::generate::{decode, Sampler};
 use crate::model::{KvCache, Qwen3, StageParts};
 use crate::sync::{make_transport, KvSyncWorker};
-use crate::trace::job_trace::write_job_trace;
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::mpi_raw::library_cuda_support;
 use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::selection::NCCL_BUILT;
@@ -35,6 +37,7 @@ use fault::{Fault, Phase};
 use plan::JobPlan;
 use report::{JobReport, RankFigures};
 use stage_loop::{run_stage, StageContext};
+use trace_writer::write_job_trace;
 use watchdog::Watchdog;
 
 pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
@@ -45,6 +48,9 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         Duration::from_secs_f64(args.timeout),
         Box::new(move |code| abort.abort(code)),
     );
+    // The common clock origin of every rank's spans.
+    env.world.barrier();
+    let spans = SpanLog::new(Instant::now(), 4096);
 
     // 1. Plan and load this rank's stage; every rank agrees that both worked.
     let mut plan = plan::prepare(args, &env.world, rank, ranks)?;
@@ -72,6 +78,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             dtype,
             &device,
         )?;
+        spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
         tracing::info!(
             "loaded layers {owned:?} on {} as {dtype:?} in {:.2} s; transport {} ({why})",
             device_name(&device),
@@ -94,12 +101,13 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let fault = agree(&env.world, Fault::from_env())?;
 
     // 2. From here on an error on one rank ends the job at once.
-    let outcome = run_loaded(args, env, &plan, stage, &watchdog, fault).and_then(|report| match trace {
-        Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
-            .map(|_| report)
-            .map_err(JobError::Fatal),
-        None => Ok(report),
-    });
+    let outcome =
+        run_loaded(args, env, &plan, stage, &watchdog, fault, &spans).and_then(|report| match trace {
+            Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
+                .map(|_| report)
+                .map_err(JobError::Fatal),
+            None => Ok(report),
+        });
     match outcome {
         Err(JobError::Fatal(error)) => abort.fail(&error),
         // Ok, or an error every rank found together (they disagree on the tokens)
@@ -122,6 +130,7 @@ fn run_loaded(
     stage: LoadedStage,
     watchdog: &Watchdog,
     fault: Option<Fault>,
+    spans: &SpanLog,
 ) -> Result<JobReport, JobError> {
     let fail = JobError::Fatal;
     let LoadedStage {
@@ -142,6 +151,7 @@ fn run_loaded(
         plan.capacity,
         model.dtype(),
         device.clone(),
+        spans.clone(),
     )
     .map_err(fail)?;
     let sync_comm = env.duplicate();
@@ -153,7 +163,14 @@ fn run_loaded(
     let transport_name = transport.name();
     let (strategy, _) = args.sync.with_transport(args.transport);
     let transport = make_transport(strategy, transport, sync_comm, rank, kv.clone()).map_err(fail)?;
-    let sync = KvSyncWorker::spawn(transport, rank, plan.schedule.clone(), watchdog.clone()).map_err(fail)?;
+    let sync = KvSyncWorker::spawn(
+        transport,
+        rank,
+        plan.schedule.clone(),
+        watchdog.clone(),
+        spans.clone(),
+    )
+    .map_err(fail)?;
     let ctx = StageContext {
         model: &model,
         kv: &kv,
@@ -165,15 +182,26 @@ fn run_loaded(
         watchdog,
         abort: JobAbort { rank },
         fault,
+        spans,
     };
     let (logits, stage_times) = run_stage(&ctx);
 
     // 3. First token from the last rank's logits.
     let mut sampler = Sampler::new(plan.sampling);
+    let waited = Instant::now();
     let (first, prefill_logits) =
         first_token::share_first_token(&env.world, logits, cfg.vocab_size, &mut sampler, watchdog)
             .map_err(fail)?;
     let ttft_s = t0.elapsed().as_secs_f64();
+    spans.record(
+        SpanKind::Wait,
+        SpanThread::Compute,
+        SpanAt {
+            peer: ranks as i32 - 1,
+            ..SpanAt::NONE
+        },
+        waited,
+    );
 
     // 4. Every rank needs the whole cache and model before decoding.
     let drain = Instant::now();
@@ -182,6 +210,7 @@ fn run_loaded(
         sync.finish().map_err(fail)?
     };
     let exposed_sync_s = drain.elapsed().as_secs_f64();
+    spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
     let prefill_s = t0.elapsed().as_secs_f64();
     if let Some(dir) = &args.dump {
         dump(dir, rank, &kv, plan.prompt_ids.len(), &prefill_logits).map_err(fail)?;
@@ -193,6 +222,7 @@ fn run_loaded(
     let mut stdout = std::io::stdout();
     let eos = plan.files.eos_token_ids();
     let mut decoded = 0;
+    let mut step_started = Instant::now();
     let outcome = decode(
         &model,
         &kv,
@@ -203,6 +233,14 @@ fn run_loaded(
         &eos,
         |id| {
             Fault::check(fault.as_ref(), rank, Phase::Decode, decoded)?;
+            if decoded > 0 {
+                let at = SpanAt {
+                    step: decoded as i32,
+                    ..SpanAt::NONE
+                };
+                spans.record(SpanKind::DecodeStep, SpanThread::Compute, at, step_started);
+            }
+            step_started = Instant::now();
             decoded += 1;
             if let Some(piece) = stream.as_mut().map(|s| s.step(id)).transpose()?.flatten() {
                 stdout.write_all(piece.as_bytes())?;
@@ -233,6 +271,7 @@ fn run_loaded(
     };
     let mut rows = vec![0f64; RankFigures::FIELDS * ranks];
     env.world.all_gather_into(&mine.to_row()[..], &mut rows[..]);
+    let spans_per_rank = gather::spans_to_root(&env.world, &spans.snapshot(), watchdog).map_err(fail)?;
     let decode_s: f64 = outcome.step_seconds.iter().sum();
     let text = match &plan.tokenizer {
         Some(t) => t.decode(&outcome.generated).map_err(fail)?,
@@ -267,6 +306,7 @@ fn run_loaded(
             .collect(),
         prompt_ids: plan.prompt_ids.clone(),
         prefill_logits,
+        spans_per_rank,
     })
 }
 

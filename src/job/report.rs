@@ -81,6 +81,9 @@ pub struct JobReport {
     pub prompt_ids: Vec<u32>,
     #[serde(skip)]
     pub prefill_logits: Vec<f32>,
+    /// Every rank's spans, on rank 0 (empty elsewhere).
+    #[serde(skip)]
+    pub spans_per_rank: Vec<Vec<crate::trace::spans::Span>>,
 }
 
 impl JobReport {

@@ -17,6 +17,7 @@ use super::watchdog::Watchdog;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{Schedule, StageOp};
 use crate::sync::KvSyncWorker;
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::host_bytes::{tensor_from_bytes, tensor_to_bytes};
 
 /// Where one rank's prefill time went.
@@ -41,6 +42,7 @@ pub struct StageContext<'a> {
     pub watchdog: &'a Watchdog,
     pub abort: JobAbort,
     pub fault: Option<Fault>,
+    pub spans: &'a SpanLog,
 }
 
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
@@ -115,58 +117,82 @@ fn run_op<'a, 's>(
 ) -> Result<()> {
     let model = ctx.model;
     let started = Instant::now();
+    let record = |kind, at: SpanAt| ctx.spans.record(kind, SpanThread::Compute, at, started);
+    let at = |chunk: usize| SpanAt {
+        chunk: chunk as i32,
+        step: step as i32,
+        ..SpanAt::NONE
+    };
+    let take_hidden = |state: &mut LoopState, what: &str| {
+        state
+            .hidden
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{what} has no input"))
+    };
     match op {
         StageOp::Embed { chunk } => {
             state.hidden = Some(model.embed(&ctx.prompt_ids[chunk.positions()])?); // (L, hidden)
             state.times.compute_s += started.elapsed().as_secs_f64();
+            record(SpanKind::Embed, at(chunk.index));
         }
         StageOp::RecvHidden { chunk, from } => {
             let request = recvs[chunk.index]
                 .take()
                 .ok_or_else(|| anyhow::anyhow!("chunk {} received twice", chunk.index))?;
             let bytes = {
-                let _wait = ctx.watchdog.waiting_for(format!(
+                let what = format!(
                     "hidden state of chunk {} from rank {from} (step {step})",
                     chunk.index
-                ));
+                );
+                let _wait = ctx.watchdog.waiting_for(what);
                 request.wait_for_data()
             };
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
+            record(
+                SpanKind::Recv,
+                SpanAt {
+                    peer: from as i32,
+                    bytes: bytes.len() as u64,
+                    ..at(chunk.index)
+                },
+            );
             let shape = (chunk.len(), model.config().hidden_size);
             state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
         }
         StageOp::ComputeLayer { layer, chunk } => {
-            let hidden = state
-                .hidden
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("layer {layer} has no input"))?;
+            let hidden = take_hidden(state, &format!("layer {layer}"))?;
             state.hidden = Some(model.forward_layer(layer, &hidden, chunk.start, ctx.kv)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
+            record(
+                SpanKind::LayerCompute,
+                SpanAt::layer_chunk(layer, chunk.index, step),
+            );
         }
         StageOp::KvSync { call } => ctx.sync.submit(call)?,
         StageOp::SendHidden { chunk, to } => {
-            let hidden = state
-                .hidden
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("chunk {} has no output", chunk.index))?;
+            let hidden = take_hidden(state, &format!("the send of chunk {}", chunk.index))?;
             let buffer = &send_buffers[chunk.index];
             buffer
                 .set(tensor_to_bytes(&hidden)?)
                 .map_err(|_| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
             let bytes = buffer.get().map(Vec::as_slice).unwrap_or_default();
             let next = ctx.pipe.process_at_rank(to as i32);
-            state.sends.push((
-                chunk.index,
-                next.immediate_send_with_tag(scope, bytes, chunk.index as i32),
-            ));
+            let request = next.immediate_send_with_tag(scope, bytes, chunk.index as i32);
+            state.sends.push((chunk.index, request));
+            record(
+                SpanKind::Send,
+                SpanAt {
+                    peer: to as i32,
+                    bytes: bytes.len() as u64,
+                    ..at(chunk.index)
+                },
+            );
         }
-        StageOp::Logits { .. } => {
-            let hidden = state
-                .hidden
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("the last chunk has no output"))?;
+        StageOp::Logits { chunk } => {
+            let hidden = take_hidden(state, "the lm_head")?;
             state.logits = Some(model.logits_last(&hidden)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
+            record(SpanKind::LmHead, at(chunk.index));
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ use super::KvTransport;
 use crate::job::failure::JobAbort;
 use crate::job::watchdog::Watchdog;
 use crate::schedule::Schedule;
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 
 /// What the sync moved and how long it spent in MPI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -35,6 +36,7 @@ impl KvSyncWorker {
         rank: usize,
         schedule: Arc<Schedule>,
         watchdog: Watchdog,
+        spans: SpanLog,
     ) -> Result<Self> {
         let (queue, calls) = mpsc::channel::<usize>();
         let thread = std::thread::Builder::new()
@@ -53,11 +55,21 @@ impl KvSyncWorker {
                         call.local_layer
                     ));
                     let started = Instant::now();
+                    let moved_before = stats.bytes_sent + stats.bytes_received;
                     if let Err(error) = transport.run_call(call, &mut stats) {
                         // Peers are inside this call: end the job rather than leave them waiting.
                         JobAbort { rank }.fail(&error.context(format!("KV sync of step {}", call.step)));
                     }
                     stats.busy_s += started.elapsed().as_secs_f64();
+                    let mine = call.blocks[rank];
+                    let at = SpanAt {
+                        layer: mine.map_or(-1, |b| b.layer as i32),
+                        chunk: mine.map_or(-1, |b| b.chunk.index as i32),
+                        step: call.step as i32,
+                        peer: -1,
+                        bytes: stats.bytes_sent + stats.bytes_received - moved_before,
+                    };
+                    spans.record(SpanKind::KvSync, SpanThread::KvSync, at, started);
                     stats.calls += 1;
                 }
                 Ok(stats)

@@ -82,6 +82,14 @@ impl TraceFile {
         Ok(())
     }
 
+    /// A float attribute on group `group` (created if needed).
+    pub fn group_attr_f64(&self, group: &str, name: &str, value: f64) -> Result<()> {
+        let file = self.file()?;
+        let group = file.group(group).or_else(|_| file.create_group(group))?;
+        group.new_attr::<f64>().create(name)?.write_scalar(&value)?;
+        Ok(())
+    }
+
     /// A 1-D dataset at `path` ("group/name"); the group is created if needed.
     pub fn dataset<T: hdf5::H5Type>(&self, path: &str, data: &[T]) -> Result<()> {
         let file = self.file()?;

@@ -1,6 +1,6 @@
 //! The HDF5 file every job writes.
 
 pub mod file;
-pub mod job_trace;
+pub mod spans;
 
 pub use file::TraceFile;

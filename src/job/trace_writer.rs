@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 
-use super::file::TraceFile;
+use super::report::JobReport;
 use crate::cli::RunArgs;
-use crate::job::report::JobReport;
 use crate::model::Qwen3Config;
+use crate::trace::TraceFile;
 use crate::transport::MpiEnv;
 
 pub fn write_job_trace(
@@ -34,6 +34,46 @@ pub fn write_job_trace(
     trace.dataset("output/prompt_ids", &report.prompt_ids)?;
     trace.dataset("output/generated_ids", &report.generated_ids)?;
     trace.dataset("output/prefill_logits", &report.prefill_logits)?;
+    write_summary(&trace, report)?;
+    for (rank, spans) in report.spans_per_rank.iter().enumerate() {
+        trace.dataset(&format!("ranks/{rank}/events"), spans)?;
+    }
     trace.finish("ok")?;
+    Ok(())
+}
+
+/// `/summary`: the job's headline figures as attributes, per-rank figures as datasets
+/// (index = rank).
+fn write_summary(trace: &TraceFile, report: &JobReport) -> Result<()> {
+    for (name, value) in [
+        ("ttft_s", report.ttft_s),
+        ("prefill_s", report.prefill_s),
+        ("prefill_tokens_per_s", report.prefill_tokens_per_s),
+        ("decode_s", report.decode_s),
+        ("decode_tokens_per_s", report.decode_tokens_per_s),
+    ] {
+        trace.group_attr_f64("summary", name, value)?;
+    }
+    let per_rank = &report.per_rank;
+    trace.dataset(
+        "summary/kv_bytes_sent",
+        &per_rank.iter().map(|r| r.kv_bytes_sent).collect::<Vec<_>>(),
+    )?;
+    trace.dataset(
+        "summary/kv_bytes_received",
+        &per_rank.iter().map(|r| r.kv_bytes_received).collect::<Vec<_>>(),
+    )?;
+    trace.dataset(
+        "summary/exposed_sync_s",
+        &per_rank.iter().map(|r| r.exposed_sync_s).collect::<Vec<_>>(),
+    )?;
+    trace.dataset(
+        "summary/compute_s",
+        &per_rank.iter().map(|r| r.stage.compute_s).collect::<Vec<_>>(),
+    )?;
+    trace.dataset(
+        "summary/sync_busy_s",
+        &per_rank.iter().map(|r| r.sync.busy_s).collect::<Vec<_>>(),
+    )?;
     Ok(())
 }
