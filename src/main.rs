@@ -6,14 +6,24 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use qwen3_mpi::cli::Cli;
+use qwen3_mpi::cli::trace_tool::run_trace_tool;
+use qwen3_mpi::cli::{Action, Cli};
 use qwen3_mpi::job::failure::JobError;
 use qwen3_mpi::job::run_job;
 use qwen3_mpi::transport::mpi_env::{launcher_rank, MpiEnv};
 
 fn main() -> ExitCode {
-    let args = match Cli::try_parse() {
-        Ok(cli) => cli.into_run_args(),
+    let args = match Cli::try_parse().map(Cli::into_action) {
+        Ok(Action::Run(args)) => args,
+        Ok(Action::Trace(command)) => {
+            return match run_trace_tool(&command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("qwen3-mpi: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             // Every rank parses the same line: only rank 0 prints the message.
             if launcher_rank() == 0 || !e.use_stderr() {

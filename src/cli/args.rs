@@ -26,14 +26,39 @@ pub struct Cli {
 pub enum Command {
     /// Prefill a prompt and generate (the default).
     Run(RunArgs),
+    /// Read trace files (no MPI).
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// One row per file: ranks, chunk, sync, TTFT, tokens/s, exposed sync.
+    Summary {
+        #[arg(required = true, value_name = "FILE.h5")]
+        files: Vec<PathBuf>,
+    },
+    /// Chrome trace-event JSON for Perfetto: one process per rank, one track per thread.
+    Perfetto {
+        #[arg(value_name = "FILE.h5")]
+        file: PathBuf,
+        #[arg(short, long, value_name = "OUT.json")]
+        output: PathBuf,
+    },
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Run(RunArgs),
+    Trace(TraceCommand),
 }
 
 impl Cli {
-    /// The run arguments, whether `run` was typed or not.
-    pub fn into_run_args(self) -> RunArgs {
+    pub fn into_action(self) -> Action {
         match self.command {
-            Some(Command::Run(args)) => args,
-            None => self.run,
+            Some(Command::Run(args)) => Action::Run(args),
+            Some(Command::Trace(command)) => Action::Trace(command),
+            None => Action::Run(self.run),
         }
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod args;
 pub mod logging;
+pub mod trace_tool;
 
-pub use args::{Cli, Command, RunArgs};
+pub use args::{Action, Cli, Command, RunArgs, TraceCommand};

@@ -1,6 +1,9 @@
 //! The HDF5 file every job writes.
 
 pub mod file;
+pub mod perfetto;
+pub mod read;
 pub mod spans;
+pub mod summary_table;
 
 pub use file::TraceFile;
