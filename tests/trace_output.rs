@@ -155,3 +155,51 @@ fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thr
     let generated: Vec<u32> = file.dataset("output/generated_ids").unwrap().read_raw().unwrap();
     assert_eq!(generated, expected_ids(&report, "generated_ids"));
 }
+
+#[test]
+fn failed_jobs_leave_a_complete_file_marked_failed_or_none() {
+    let out = tempfile::tempdir().unwrap();
+    let cases = [
+        ("error@0:prefill:1", "injected fault"),
+        ("error@1:prefill:2", "terminated by signal"),
+        ("kill@2:prefill:1", "terminated by signal"),
+        ("error@0:decode:2", "injected fault"),
+    ];
+    for (i, (fault, cause)) in cases.iter().enumerate() {
+        let path = out.path().join(format!("failed-{i}.h5"));
+        let p = path.display().to_string();
+        let args = [
+            "--max-new-tokens",
+            "5",
+            "--chunk-size",
+            "4",
+            "--trace",
+            &p,
+            "--timeout",
+            "20",
+        ];
+        let (code, _, stderr, _) = run_mpi(3, &args, &[("QWEN3_MPI_FAULT", fault)], 60);
+        assert_ne!(code, 0, "{fault}");
+        assert_ne!(code, 124, "{fault}: hung");
+        if path.exists() {
+            let file = hdf5::File::open(&path).unwrap_or_else(|e| panic!("{fault}: unreadable trace: {e}"));
+            assert_eq!(read_attr(&file, "status"), "failed", "{fault}");
+            let error = read_attr(&file, "error");
+            assert!(
+                error.contains(cause),
+                "{fault}: error attribute {error:?} lacks {cause:?}; stderr:\n{stderr}"
+            );
+            let events: Vec<qwen3_mpi::trace::spans::Span> =
+                file.dataset("ranks/0/events").unwrap().read_raw().unwrap();
+            assert!(!events.is_empty(), "{fault}: no events recorded so far");
+        }
+    }
+    // A setup error every rank agrees on is in the file too.
+    let path = out.path().join("setup.h5");
+    let p = path.display().to_string();
+    let (code, _, _, _) = run_mpi(2, &["--synthetic-prompt", "40950", "--trace", &p], &[], 60);
+    assert_eq!(code, 1);
+    let file = hdf5::File::open(&path).unwrap();
+    assert_eq!(read_attr(&file, "status"), "failed");
+    assert!(read_attr(&file, "error").contains("max_position_embeddings"));
+}

@@ -10,7 +10,10 @@ use crate::trace::summary_table::summary_table;
 pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
     match command {
         TraceCommand::Summary { files } => {
-            let traces = files.iter().map(|f| TraceView::open(f)).collect::<Result<Vec<_>>>()?;
+            let traces = files
+                .iter()
+                .map(|f| TraceView::open(f))
+                .collect::<Result<Vec<_>>>()?;
             print!("{}", summary_table(&traces));
         }
         TraceCommand::Perfetto { file, output } => {

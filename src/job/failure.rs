@@ -16,6 +16,15 @@ pub enum JobError {
     Fatal(anyhow::Error),
 }
 
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobError::Failed { error, .. } | JobError::Fatal(error) => write!(f, "{error:#}"),
+            JobError::PeerFailed => write!(f, "another rank failed (its message names the cause)"),
+        }
+    }
+}
+
 /// Ends the whole job from any thread.
 #[derive(Debug, Clone, Copy)]
 pub struct JobAbort {

@@ -10,6 +10,7 @@ pub mod gather;
 pub mod plan;
 pub mod report;
 pub mod stage_loop;
+pub mod trace_guard;
 pub mod trace_writer;
 pub mod watchdog;
 
@@ -53,8 +54,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let spans = SpanLog::new(Instant::now(), 4096);
 
     // 1. Plan and load this rank's stage; every rank agrees that both worked.
-    let mut plan = plan::prepare(args, &env.world, rank, ranks)?;
-    let trace = plan.trace.take();
+    let plan = plan::prepare(args, &env.world, rank, ranks, &spans)?;
+    let trace = plan.trace.clone();
     let loaded = (|| -> Result<(Qwen3, KvCache, candle_core::Device, Transport, String)> {
         let device = select_device(args.device, env.local_rank, env.local_size)?;
         let override_value = std::env::var(CUDA_AWARE_ENV).ok();
@@ -88,7 +89,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
         Ok((model, kv, device, transport, why))
     })();
-    let (model, kv, device, transport, why) = agree(&env.world, loaded)?;
+    let (model, kv, device, transport, why) =
+        agree(&env.world, loaded).inspect_err(|e| trace.fail(&e.to_string()))?;
     if rank == 0 && device.is_cuda() {
         eprintln!("qwen3-mpi: transport {} ({why})", transport.name());
     }
@@ -98,20 +100,28 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         device,
         transport,
     };
-    let fault = agree(&env.world, Fault::from_env())?;
+    let fault = agree(&env.world, Fault::from_env()).inspect_err(|e| trace.fail(&e.to_string()))?;
 
     // 2. From here on an error on one rank ends the job at once.
     let outcome =
-        run_loaded(args, env, &plan, stage, &watchdog, fault, &spans).and_then(|report| match trace {
+        run_loaded(args, env, &plan, stage, &watchdog, fault, &spans).and_then(|report| match trace.take() {
             Some(trace) => write_job_trace(trace, &report, &plan.files.config, args)
                 .map(|_| report)
                 .map_err(JobError::Fatal),
             None => Ok(report),
         });
     match outcome {
-        Err(JobError::Fatal(error)) => abort.fail(&error),
+        Err(JobError::Fatal(error)) => {
+            trace.fail(&format!("rank {rank}: {error:#}"));
+            abort.fail(&error)
+        }
         // Ok, or an error every rank found together (they disagree on the tokens)
-        other => other,
+        other => {
+            if let Err(e) = &other {
+                trace.fail(&e.to_string());
+            }
+            other
+        }
     }
 }
 

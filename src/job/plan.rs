@@ -14,7 +14,10 @@ use crate::model::source::{ModelFiles, ModelSource};
 use crate::prompt::prompt_ids;
 use crate::schedule::{default_chunk_size, split_prompt, LayerSplit, Schedule};
 use crate::tokenize::TextTokenizer;
+use crate::trace::spans::SpanLog;
 use crate::trace::TraceFile;
+
+use super::trace_guard::TraceGuard;
 
 pub struct JobPlan {
     pub source: ModelSource,
@@ -27,8 +30,8 @@ pub struct JobPlan {
     /// KV positions per layer: prompt plus new tokens.
     pub capacity: usize,
     pub schedule: Arc<Schedule>,
-    /// Rank 0 only.
-    pub trace: Option<TraceFile>,
+    /// Rank 0's trace file (empty elsewhere).
+    pub trace: TraceGuard,
 }
 
 struct RankZeroInputs {
@@ -42,6 +45,7 @@ pub fn prepare(
     world: &SimpleCommunicator,
     rank: usize,
     ranks: usize,
+    spans: &SpanLog,
 ) -> Result<JobPlan, JobError> {
     // 1. Every rank reads the model's config; rank 0 also the tokenizer and prompt.
     let sampling = SamplingParams {
@@ -115,7 +119,12 @@ pub fn prepare(
             Schedule::new(split, split_prompt(ids.len(), chunk_size)),
         ))
     })();
-    let (capacity, chunk_size, schedule) = agree(world, planned)?;
+    let trace = TraceGuard::new(trace, spans.clone());
+    if trace_requested(args, rank) {
+        trace.watch_signals().map_err(JobError::Fatal)?;
+    }
+    let (capacity, chunk_size, schedule) =
+        agree(world, planned).inspect_err(|e| trace.fail(&e.to_string()))?;
     Ok(JobPlan {
         source,
         files,
@@ -134,4 +143,8 @@ fn tokenizer_origin(source: &ModelSource) -> String {
         ModelSource::Tiny => "built-in tokenizer.json".into(),
         ModelSource::Dir(dir) => dir.join("tokenizer.json").display().to_string(),
     }
+}
+
+fn trace_requested(args: &RunArgs, rank: usize) -> bool {
+    rank == 0 && args.trace.is_some()
 }

@@ -31,10 +31,14 @@ fn thread_name(thread: SpanThread) -> &'static str {
 pub fn perfetto_json(trace: &TraceView) -> Value {
     let mut events = Vec::new();
     for (rank, spans) in trace.spans.iter().enumerate() {
-        events.push(json!({"ph": "M", "name": "process_name", "pid": rank, "args": {"name": format!("rank {rank}")}}));
+        events.push(
+            json!({"ph": "M", "name": "process_name", "pid": rank, "args": {"name": format!("rank {rank}")}}),
+        );
         for thread in [SpanThread::Compute, SpanThread::KvSync, SpanThread::WeightLoad] {
-            events.push(json!({"ph": "M", "name": "thread_name", "pid": rank, "tid": thread as u8,
-                "args": {"name": thread_name(thread)}}));
+            events.push(
+                json!({"ph": "M", "name": "thread_name", "pid": rank, "tid": thread as u8,
+                "args": {"name": thread_name(thread)}}),
+            );
         }
         for s in spans {
             let name = match s.kind {

@@ -26,13 +26,19 @@ pub struct TraceView {
 
 impl TraceView {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = hdf5::File::open(path).map_err(|e| anyhow::anyhow!("{}: not a readable HDF5 trace ({e})", path.display()))?;
+        let file = hdf5::File::open(path)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable HDF5 trace ({e})", path.display()))?;
         let text = |name: &str| -> Option<String> {
-            file.attr(name).ok()?.read_scalar::<VarLenUnicode>().ok().map(|v| v.to_string())
+            file.attr(name)
+                .ok()?
+                .read_scalar::<VarLenUnicode>()
+                .ok()
+                .map(|v| v.to_string())
         };
         let int = |name: &str| -> Option<u64> { file.attr(name).ok()?.read_scalar::<u64>().ok() };
         let summary = file.group("summary").ok();
-        let figure = |name: &str| -> Option<f64> { summary.as_ref()?.attr(name).ok()?.read_scalar::<f64>().ok() };
+        let figure =
+            |name: &str| -> Option<f64> { summary.as_ref()?.attr(name).ok()?.read_scalar::<f64>().ok() };
         let world_size = int("world_size").unwrap_or(0);
         let spans = (0..world_size)
             .map(|rank| {

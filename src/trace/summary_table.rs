@@ -14,11 +14,27 @@ pub fn summary_table(traces: &[TraceView]) -> String {
     let _ = writeln!(
         out,
         "{:<32} {:<8} {:>5} {:>6} {:<10} {:<9} {:>9} {:>12} {:>11} {:>12}",
-        "file", "status", "ranks", "chunk", "sync", "transport", "TTFT s", "prefill t/s", "decode t/s", "exposed ms"
+        "file",
+        "status",
+        "ranks",
+        "chunk",
+        "sync",
+        "transport",
+        "TTFT s",
+        "prefill t/s",
+        "decode t/s",
+        "exposed ms"
     );
     for t in traces {
-        let name = t.path.file_name().map_or_else(|| t.path.display().to_string(), |n| n.to_string_lossy().into());
-        let exposed = t.exposed_sync_s.iter().copied().fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let name = t
+            .path
+            .file_name()
+            .map_or_else(|| t.path.display().to_string(), |n| n.to_string_lossy().into());
+        let exposed = t
+            .exposed_sync_s
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         let status = if t.status == "ok" { "ok" } else { "failed" };
         let _ = writeln!(
             out,
