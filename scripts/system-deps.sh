@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system libraries qwen3-mpi builds and runs against (Debian/Ubuntu):
-# Open MPI (mpirun + headers), HDF5, libclang (the mpi crate generates its bindings).
+# Open MPI (mpirun + headers), HDF5, libclang (the mpi crate generates its bindings), and a
+# Python with venv for the results notebooks.
 set -euo pipefail
-packages=(libopenmpi-dev openmpi-bin libhdf5-dev libclang-dev pkg-config)
+packages=(libopenmpi-dev openmpi-bin libhdf5-dev libclang-dev pkg-config python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
