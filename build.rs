@@ -18,6 +18,16 @@ fn main() {
         .includes(&mpi.include_paths)
         .warnings(true)
         .compile("qwen3_mpi_shim");
+    // The commit the binary was built from, for the trace (`unknown` outside a git checkout).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=QWEN3_MPI_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,/usr/local/cuda/lib64");
     }

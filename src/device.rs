@@ -80,6 +80,20 @@ pub fn select_dtype(arg: Option<DTypeArg>, device: &Device) -> DType {
     }
 }
 
+/// The hardware behind a device, for the trace: the GPU's name, or "cpu".
+pub fn device_hardware(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        return cuda
+            .cuda_stream()
+            .context()
+            .name()
+            .unwrap_or_else(|_| "unknown GPU".into());
+    }
+    let _ = device;
+    "cpu".into()
+}
+
 /// Short name for logs and traces.
 pub fn device_name(device: &Device) -> String {
     match device {

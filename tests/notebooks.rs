@@ -8,20 +8,58 @@ fn python() -> std::path::PathBuf {
     let python = std::env::var_os("QWEN3_MPI_PYTHON")
         .map(Into::into)
         .unwrap_or_else(|| repo().join(".venv-results/bin/python"));
-    assert!(python.exists(), "{} is missing: run scripts/python-deps.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/python-deps.sh",
+        python.display()
+    );
     python
 }
 
 #[test]
-fn notebooks_execute_on_cpu_traces_and_draw_their_figures() {
+fn traces_read_with_h5py_hold_the_layout_and_notebooks_draw_their_figures() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    for (ranks, sync) in [(1, "allgather"), (2, "allgather"), (3, "allgather"), (2, "ring"), (3, "ring")] {
-        let trace = runs.join(format!("n{ranks}-{sync}.h5")).display().to_string();
-        let args = ["--synthetic-prompt", "48", "--chunk-size", "8", "--max-new-tokens", "3", "--sync", sync, "--trace", &trace];
-        let (code, _, stderr, _) = run_mpi(ranks, &args, &[], 120);
+    for (ranks, sync) in [
+        (1, "allgather"),
+        (2, "allgather"),
+        (3, "allgather"),
+        (2, "ring"),
+        (3, "ring"),
+    ] {
+        let trace = runs.join(format!("n{ranks}-{sync}.h5"));
+        let t = trace.display().to_string();
+        let args = [
+            "--synthetic-prompt",
+            "48",
+            "--chunk-size",
+            "8",
+            "--max-new-tokens",
+            "3",
+            "--sync",
+            sync,
+            "--trace",
+            &t,
+            "--json",
+        ];
+        let (code, stdout, stderr, _) = run_mpi(ranks, &args, &[], 120);
         assert_eq!(code, 0, "{ranks} ranks {sync}: {stderr}");
+        if ranks == 3 {
+            // The layout contract, read with h5py, against the run's JSON report.
+            let report = dir.path().join(format!("n{ranks}-{sync}.json"));
+            std::fs::write(&report, &stdout).unwrap();
+            let check = std::process::Command::new(&python)
+                .arg(repo().join("results/check_trace.py"))
+                .args([&trace, &report])
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "check_trace.py: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
     }
     let figures = dir.path().join("figures");
     let out = std::process::Command::new(&python)
@@ -30,9 +68,21 @@ fn notebooks_execute_on_cpu_traces_and_draw_their_figures() {
         .arg(&figures)
         .output()
         .unwrap();
-    assert!(out.status.success(), "notebooks failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    for figure in ["timeline.png", "kv_sync_bandwidth.png", "kv_sync_exposed.png", "scaling.png"] {
-        let size = std::fs::metadata(figures.join(figure)).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "notebooks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for figure in [
+        "timeline.png",
+        "kv_sync_bandwidth.png",
+        "kv_sync_exposed.png",
+        "scaling.png",
+    ] {
+        let size = std::fs::metadata(figures.join(figure))
+            .map(|m| m.len())
+            .unwrap_or(0);
         assert!(size > 10_000, "{figure} missing or empty ({size} bytes)");
     }
 }

@@ -203,3 +203,52 @@ fn failed_jobs_leave_a_complete_file_marked_failed_or_none() {
     assert_eq!(read_attr(&file, "status"), "failed");
     assert!(read_attr(&file, "error").contains("max_position_embeddings"));
 }
+
+#[test]
+fn trace_tools_summarise_and_export_for_perfetto() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("tools.h5");
+    let p = path.display().to_string();
+    let (code, _, stderr, _) = run_mpi(
+        3,
+        &[
+            "--synthetic-prompt",
+            "30",
+            "--chunk-size",
+            "6",
+            "--max-new-tokens",
+            "3",
+            "--trace",
+            &p,
+        ],
+        &[],
+        120,
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, stdout, stderr) = run_cli(&["trace", "summary", &p]);
+    assert_eq!(code, 0, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("tools.h5"))
+        .unwrap_or_else(|| panic!("no row:\n{stdout}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&fields[1..5], &["ok", "3", "6", "allgather"], "{row}");
+
+    let json_path = out.path().join("tools.json");
+    let (code, _, stderr) = run_cli(&["trace", "perfetto", &p, "-o", &json_path.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().unwrap();
+    let pids: std::collections::BTreeSet<u64> = events.iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(pids.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(events.iter().any(|e| e["ph"] == "X" && e["cat"] == "kv-sync"));
+    assert!(events
+        .iter()
+        .all(|e| e["ph"] != "X" || e["dur"].as_f64().unwrap() >= 0.0));
+
+    let (code, _, stderr) = run_cli(&["trace", "summary", "/nonexistent.h5"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent.h5"), "{stderr}");
+}

@@ -7,6 +7,7 @@ pub mod failure;
 pub mod fault;
 pub mod first_token;
 pub mod gather;
+pub mod placement;
 pub mod plan;
 pub mod report;
 pub mod stage_loop;
@@ -22,7 +23,7 @@ use anyhow::Result;
 use mpi::traits::*;
 
 use crate::cli::RunArgs;
-use crate::device::{device_name, select_device, select_dtype};
+use crate::device::{device_hardware, device_name, select_device, select_dtype};
 use crate::generate::{decode, Sampler};
 use crate::model::{KvCache, Qwen3, StageParts};
 use crate::sync::{make_transport, KvSyncWorker};
@@ -282,6 +283,8 @@ fn run_loaded(
     let mut rows = vec![0f64; RankFigures::FIELDS * ranks];
     env.world.all_gather_into(&mine.to_row()[..], &mut rows[..]);
     let spans_per_rank = gather::spans_to_root(&env.world, &spans.snapshot(), watchdog).map_err(fail)?;
+    let hostnames = placement::gather_strings(&env.world, &MpiEnv::hostname());
+    let devices = placement::gather_strings(&env.world, &device_hardware(device));
     let decode_s: f64 = outcome.step_seconds.iter().sum();
     let text = match &plan.tokenizer {
         Some(t) => t.decode(&outcome.generated).map_err(fail)?,
@@ -317,6 +320,9 @@ fn run_loaded(
         prompt_ids: plan.prompt_ids.clone(),
         prefill_logits,
         spans_per_rank,
+        hostnames,
+        devices,
+        start_time: plan.start_time.clone(),
     })
 }
 

@@ -30,6 +30,8 @@ pub struct JobPlan {
     /// KV positions per layer: prompt plus new tokens.
     pub capacity: usize,
     pub schedule: Arc<Schedule>,
+    /// UTC, RFC 3339, when setup began.
+    pub start_time: String,
     /// Rank 0's trace file (empty elsewhere).
     pub trace: TraceGuard,
 }
@@ -47,6 +49,7 @@ pub fn prepare(
     ranks: usize,
     spans: &SpanLog,
 ) -> Result<JobPlan, JobError> {
+    let start_time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // 1. Every rank reads the model's config; rank 0 also the tokenizer and prompt.
     let sampling = SamplingParams {
         temperature: args.temperature,
@@ -126,6 +129,7 @@ pub fn prepare(
     let (capacity, chunk_size, schedule) =
         agree(world, planned).inspect_err(|e| trace.fail(&e.to_string()))?;
     Ok(JobPlan {
+        start_time,
         source,
         files,
         tokenizer,

@@ -84,6 +84,12 @@ pub struct JobReport {
     /// Every rank's spans, on rank 0 (empty elsewhere).
     #[serde(skip)]
     pub spans_per_rank: Vec<Vec<crate::trace::spans::Span>>,
+    /// Host of each rank.
+    pub hostnames: Vec<String>,
+    /// Device hardware of each rank (GPU name or "cpu").
+    pub devices: Vec<String>,
+    /// UTC, RFC 3339, when the job started.
+    pub start_time: String,
 }
 
 impl JobReport {

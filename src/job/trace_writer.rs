@@ -28,6 +28,10 @@ pub fn write_job_trace(
     trace.attr_u64("prompt_tokens", report.prompt_tokens as u64)?;
     trace.attr_u64("new_tokens", report.new_tokens as u64)?;
     trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;
+    trace.attr_str("git_commit", env!("QWEN3_MPI_GIT_COMMIT"))?;
+    trace.attr_str("start_time", &report.start_time)?;
+    trace.attr_str("hostnames", &serde_json::to_string(&report.hostnames)?)?;
+    trace.attr_str("device_names", &serde_json::to_string(&report.devices)?)?;
     trace.attr_f64("ttft_s", report.ttft_s)?;
     trace.attr_f64("prefill_s", report.prefill_s)?;
     trace.attr_f64("decode_s", report.decode_s)?;
