@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use mpi::datatype::UserDatatype;
 
-use super::in_place::in_place_layout;
+use super::in_place::InPlaceBlocks;
 use super::worker::SyncStats;
 use super::{KvTransport, SyncStrategy};
 use crate::model::KvCache;
@@ -53,42 +53,47 @@ impl KvTransport for DeviceSync {
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
         self.stream.context().bind_to_thread()?;
-        let (counts, displs) = in_place_layout(call, self.kv.capacity())?;
         let base = device_address(self.kv.storage(), &self.stream)?;
-        let position_bytes = self.kv.position_bytes() as u64;
-        let ranks = call.blocks.len();
-        let mine = counts[self.rank] as u64 * position_bytes;
+        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), self.kv.position_bytes(), base)?;
+        let (me, ranks) = (self.rank, call.blocks.len());
         match self.strategy {
             SyncStrategy::Allgather | SyncStrategy::Nccl => {
                 // SAFETY: `base` is the cache's device address; every displacement + count is a
                 // block inside it (in_place_layout); MPI is CUDA-aware (checked at setup).
                 unsafe {
-                    allgatherv_in_place(&self.comm.0, base as *mut c_void, &counts, &displs, &self.unit)?
+                    allgatherv_in_place(
+                        &self.comm.0,
+                        base as *mut c_void,
+                        &blocks.counts,
+                        &blocks.displs,
+                        &self.unit,
+                    )?
                 };
-                stats.bytes_sent += mine * (ranks as u64 - 1);
-                let others: i64 = counts.iter().map(|&c| c as i64).sum::<i64>() - counts[self.rank] as i64;
-                stats.bytes_received += others as u64 * position_bytes;
+                stats.bytes_sent += (blocks.bytes(me) * (ranks - 1)) as u64;
+                stats.bytes_received += (0..ranks)
+                    .filter(|&q| q != me)
+                    .map(|q| blocks.bytes(q) as u64)
+                    .sum::<u64>();
             }
             SyncStrategy::Ring => {
-                let at = |q: usize| (base + displs[q] as u64 * position_bytes) as *mut c_void;
-                for step in ring_steps(ranks, self.rank) {
+                for step in ring_steps(ranks, me) {
                     let (s, r) = (step.send_origin, step.recv_origin);
                     // SAFETY: as above; the block forwarded was received into the cache in the
                     // step before (or is this rank's own).
                     unsafe {
                         sendrecv(
                             &self.comm.0,
-                            at(s),
-                            counts[s],
+                            blocks.address(s) as *const c_void,
+                            blocks.counts[s],
                             step.send_to as i32,
-                            at(r),
-                            counts[r],
+                            blocks.address(r) as *mut c_void,
+                            blocks.counts[r],
                             step.recv_from as i32,
                             &self.unit,
                         )?
                     };
-                    stats.bytes_sent += counts[s] as u64 * position_bytes;
-                    stats.bytes_received += counts[r] as u64 * position_bytes;
+                    stats.bytes_sent += blocks.bytes(s) as u64;
+                    stats.bytes_received += blocks.bytes(r) as u64;
                 }
             }
         }

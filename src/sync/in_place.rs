@@ -25,10 +25,45 @@ pub fn in_place_layout(call: &KvSyncCall, capacity: usize) -> Result<(Vec<i32>, 
     Ok((counts, displs))
 }
 
+/// One call's blocks located in a cache at device (or host) address `base`.
+#[derive(Debug, Clone)]
+pub struct InPlaceBlocks {
+    pub base: u64,
+    pub counts: Vec<i32>,
+    pub displs: Vec<i32>,
+    pub position_bytes: usize,
+}
+
+impl InPlaceBlocks {
+    pub fn new(call: &KvSyncCall, capacity: usize, position_bytes: usize, base: u64) -> Result<Self> {
+        let (counts, displs) = in_place_layout(call, capacity)?;
+        Ok(Self {
+            base,
+            counts,
+            displs,
+            position_bytes,
+        })
+    }
+
+    /// Address of rank `q`'s block.
+    pub fn address(&self, q: usize) -> u64 {
+        self.base + (self.displs[q] as usize * self.position_bytes) as u64
+    }
+
+    /// Bytes of rank `q`'s block.
+    pub fn bytes(&self, q: usize) -> usize {
+        self.counts[q] as usize * self.position_bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::schedule::{split_prompt, LayerSplit, Schedule};
+
+    fn displs_of(schedule: &Schedule, capacity: usize) -> usize {
+        in_place_layout(&schedule.kv_sync_calls()[0], capacity).unwrap().1[0] as usize
+    }
 
     #[test]
     fn blocks_land_at_their_layer_and_positions_without_overlap() {
@@ -52,6 +87,11 @@ mod tests {
                 }
             }
         }
+        let blocks = InPlaceBlocks::new(&schedule.kv_sync_calls()[0], capacity, 10, 1000).unwrap();
+        assert_eq!(
+            blocks.address(0),
+            1000 + (displs_of(&schedule, capacity) * 10) as u64
+        );
         // every layer's prompt positions, nothing beyond
         for layer in 0..6 {
             for pos in 0..capacity {

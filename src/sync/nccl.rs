@@ -11,7 +11,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::cuda_backend::cudarc::nccl::{result, sys};
 use mpi::traits::*;
 
-use super::in_place::in_place_layout;
+use super::in_place::InPlaceBlocks;
 use super::worker::SyncStats;
 use super::{KvTransport, SyncStrategy};
 use crate::model::KvCache;
@@ -128,11 +128,10 @@ impl KvTransport for NcclSync {
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
         self.stream.context().bind_to_thread()?;
-        let (counts, displs) = in_place_layout(call, self.kv.capacity())?;
-        let pb = self.kv.position_bytes();
         let base = device_address(self.kv.storage(), &self.stream)?;
-        let at = |q: usize| base + (displs[q] as usize * pb) as u64;
-        let bytes = |q: usize| counts[q] as usize * pb;
+        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), self.kv.position_bytes(), base)?;
+        let at = |q: usize| blocks.address(q);
+        let bytes = |q: usize| blocks.bytes(q);
         let (me, ranks) = (self.rank, call.blocks.len());
         // SAFETY (all sends and receives below): addresses are blocks inside the cache
         // (in_place_layout); the stream is synchronised before this call returns.

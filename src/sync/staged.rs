@@ -9,7 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream};
 use mpi::datatype::PartitionMut;
 use mpi::traits::*;
 
-use super::in_place::in_place_layout;
+use super::in_place::InPlaceBlocks;
 use super::pieces::{piece_positions, plan_pieces};
 use super::worker::SyncStats;
 use super::KvTransport;
@@ -69,13 +69,13 @@ impl KvTransport for StagedAllgather {
         let stream = self.stream.clone();
         stream.context().bind_to_thread()?;
         let pb = self.kv.position_bytes();
-        let (counts, displs) = in_place_layout(call, self.kv.capacity())?;
-        let positions: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
+        let base = device_address(self.kv.storage(), &stream)?; // this rank's block is written
+        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), pb, base)?;
+        let positions: Vec<usize> = blocks.counts.iter().map(|&c| c as usize).collect();
         let pieces = plan_pieces(&positions, piece_positions(self.piece_bytes, pb));
         let piece_len = piece_positions(self.piece_bytes, pb) * pb;
         let ranks = positions.len();
-        let base = device_address(self.kv.storage(), &stream)?; // this rank's block is written
-        let block_address = |q: usize, position: usize| base + ((displs[q] as usize + position) * pb) as u64;
+        let block_address = |q: usize, position: usize| blocks.address(q) + (position * pb) as u64;
 
         let mut to_host: [Option<CudaEvent>; 2] = [None, None];
         let mut to_device: [Option<CudaEvent>; 2] = [None, None];
