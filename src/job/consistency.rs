@@ -7,11 +7,7 @@ use mpi::traits::*;
 use super::watchdog::Watchdog;
 
 /// FNV-1a over bytes: a cheap hash for cross-rank checks.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+pub use crate::model::synthetic::fnv1a64 as fnv1a;
 
 /// Every rank's hash of its generated ids; an error names the ranks that differ from rank 0.
 pub fn check_ranks_agree(world: &SimpleCommunicator, generated: &[u32], watchdog: &Watchdog) -> Result<()> {

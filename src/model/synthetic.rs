@@ -12,8 +12,9 @@
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// FNV-1a, 64 bit: a stable hash of the tensor name.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// FNV-1a, 64 bit: a stable hash of the tensor name (and, elsewhere, of bytes to compare
+/// across ranks).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= b as u64;
