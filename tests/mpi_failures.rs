@@ -38,3 +38,25 @@ fn stalled_rank_is_reported_by_the_watchdog() {
     assert!(stderr.contains("timed out after 3 s waiting for"), "{stderr}");
     assert!(secs < 20.0, "took {secs:.1} s");
 }
+
+#[test]
+fn twenty_kills_at_scattered_points_never_hang() {
+    // Points spread over prefill steps and decode steps of 3 ranks (4-token chunks of a
+    // 20-token prompt: 5 chunks, 7 steps; 6 tokens to decode).
+    for i in 0..20u64 {
+        let z = qwen3_mpi::model::synthetic::splitmix64(7, i);
+        let rank = z % 3;
+        let fault = if (z >> 8) % 3 == 0 {
+            format!("kill@{rank}:decode:{}", (z >> 16) % 5)
+        } else {
+            format!("kill@{rank}:prefill:{}", (z >> 16) % 7)
+        };
+        let (code, stderr, secs) = with_fault(&fault, "15");
+        assert_ne!(
+            code, 0,
+            "{fault}: the job succeeded although a rank was killed\n{stderr}"
+        );
+        assert_ne!(code, 124, "{fault}: the job hung until the test's time limit");
+        assert!(secs < 20.0, "{fault}: took {secs:.1} s");
+    }
+}
