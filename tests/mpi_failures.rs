@@ -46,7 +46,7 @@ fn twenty_kills_at_scattered_points_never_hang() {
     for i in 0..20u64 {
         let z = qwen3_mpi::model::synthetic::splitmix64(7, i);
         let rank = z % 3;
-        let fault = if (z >> 8) % 3 == 0 {
+        let fault = if (z >> 8).is_multiple_of(3) {
             format!("kill@{rank}:decode:{}", (z >> 16) % 5)
         } else {
             format!("kill@{rank}:prefill:{}", (z >> 16) % 7)
