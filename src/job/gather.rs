@@ -7,6 +7,7 @@ use mpi::traits::*;
 
 use super::watchdog::Watchdog;
 use crate::trace::spans::{span_from_row, span_to_row, Span, SPAN_FIELDS};
+use crate::transport::mpi_raw::packed_displacements;
 
 /// On rank 0: the spans of every rank (index = rank). Elsewhere: empty.
 pub fn spans_to_root(
@@ -25,14 +26,7 @@ pub fn spans_to_root(
     }
     let mut counts = vec![0i32; world.size() as usize];
     root.gather_into_root(&count, &mut counts[..]);
-    let displs: Vec<i32> = counts
-        .iter()
-        .scan(0i32, |at, &c| {
-            let d = *at;
-            *at += c;
-            Some(d)
-        })
-        .collect();
+    let displs: Vec<i32> = packed_displacements(&counts);
     let mut all = vec![0i64; counts.iter().map(|&c| c as usize).sum()];
     {
         let mut partition = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);

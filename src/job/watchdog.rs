@@ -74,10 +74,6 @@ impl Watchdog {
             id,
         }
     }
-
-    pub fn timeout(&self) -> Duration {
-        self.state.timeout
-    }
 }
 
 pub struct WaitGuard {

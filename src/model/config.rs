@@ -101,19 +101,6 @@ impl Qwen3Config {
         }
         Ok(())
     }
-
-    /// Query heads per KV head (GQA group size).
-    pub fn group_size(&self) -> usize {
-        self.num_attention_heads / self.num_key_value_heads
-    }
-
-    /// Parameters outside the embedding table(s): what FLOP counts use.
-    pub fn non_embedding_params(&self) -> usize {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let attn = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads) + 2 * d;
-        let mlp = 3 * h * i;
-        self.num_hidden_layers * (attn + mlp + 2 * h) + h
-    }
 }
 
 /// Rejects configs whose features this implementation does not have, instead of running them

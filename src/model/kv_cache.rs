@@ -48,10 +48,6 @@ impl KvCache {
         self.capacity
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers
-    }
-
     pub fn dtype(&self) -> DType {
         self.data.dtype()
     }

@@ -12,6 +12,7 @@ use super::worker::SyncStats;
 use super::KvTransport;
 use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
+use crate::transport::mpi_raw::packed_displacements;
 use crate::transport::SharedComm;
 
 pub struct HostAllgather {
@@ -48,14 +49,7 @@ impl KvTransport for HostAllgather {
             .iter()
             .map(|&p| i32::try_from(p * bytes_per_position))
             .collect::<Result<_, _>>()?;
-        let displs: Vec<i32> = counts
-            .iter()
-            .scan(0i32, |offset, &c| {
-                let d = *offset;
-                *offset += c;
-                Some(d)
-            })
-            .collect();
+        let displs: Vec<i32> = packed_displacements(&counts);
         let send = match &call.blocks[self.rank] {
             Some(block) => self.io.read(&self.kv, block)?,
             None => Vec::new(),

@@ -13,7 +13,7 @@ use super::worker::SyncStats;
 use super::{KvTransport, SyncStrategy};
 use crate::model::KvCache;
 use crate::schedule::{ring_steps, KvSyncCall};
-use crate::transport::device_memory::{device_address, side_stream};
+use crate::transport::device_memory::side_stream;
 use crate::transport::mpi_raw::{allgatherv_in_place, bytes_datatype, sendrecv};
 use crate::transport::SharedComm;
 
@@ -52,9 +52,7 @@ impl KvTransport for DeviceSync {
     }
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
-        self.stream.context().bind_to_thread()?;
-        let base = device_address(self.kv.storage(), &self.stream)?;
-        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), self.kv.position_bytes(), base)?;
+        let blocks = InPlaceBlocks::in_gpu_cache(call, &self.kv, &self.stream)?;
         let (me, ranks) = (self.rank, call.blocks.len());
         match self.strategy {
             SyncStrategy::Allgather | SyncStrategy::Nccl => {
@@ -63,7 +61,7 @@ impl KvTransport for DeviceSync {
                 unsafe {
                     allgatherv_in_place(
                         &self.comm.0,
-                        base as *mut c_void,
+                        blocks.base as *mut c_void,
                         &blocks.counts,
                         &blocks.displs,
                         &self.unit,

@@ -45,6 +45,19 @@ impl InPlaceBlocks {
         })
     }
 
+    /// The call's blocks in `kv` on the GPU, once `stream` has seen compute's writes to the cache
+    /// (binds the CUDA context to this thread first).
+    #[cfg(feature = "cuda")]
+    pub fn in_gpu_cache(
+        call: &KvSyncCall,
+        kv: &crate::model::KvCache,
+        stream: &candle_core::cuda_backend::cudarc::driver::CudaStream,
+    ) -> Result<Self> {
+        stream.context().bind_to_thread()?;
+        let base = crate::transport::device_memory::device_address(kv.storage(), stream)?;
+        Self::new(call, kv.capacity(), kv.position_bytes(), base)
+    }
+
     /// Address of rank `q`'s block.
     pub fn address(&self, q: usize) -> u64 {
         self.base + (self.displs[q] as usize * self.position_bytes) as u64

@@ -16,7 +16,7 @@ use super::worker::SyncStats;
 use super::{KvTransport, SyncStrategy};
 use crate::model::KvCache;
 use crate::schedule::{ring_steps, KvSyncCall};
-use crate::transport::device_memory::{device_address, side_stream};
+use crate::transport::device_memory::side_stream;
 use crate::transport::SharedComm;
 
 pub struct NcclSync {
@@ -127,9 +127,7 @@ impl KvTransport for NcclSync {
     }
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
-        self.stream.context().bind_to_thread()?;
-        let base = device_address(self.kv.storage(), &self.stream)?;
-        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), self.kv.position_bytes(), base)?;
+        let blocks = InPlaceBlocks::in_gpu_cache(call, &self.kv, &self.stream)?;
         let at = |q: usize| blocks.address(q);
         let bytes = |q: usize| blocks.bytes(q);
         let (me, ranks) = (self.rank, call.blocks.len());

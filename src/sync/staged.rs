@@ -15,7 +15,7 @@ use super::worker::SyncStats;
 use super::KvTransport;
 use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
-use crate::transport::device_memory::{device_address, side_stream, PinnedBuffer};
+use crate::transport::device_memory::{side_stream, PinnedBuffer};
 use crate::transport::SharedComm;
 
 /// Bytes per rank per piece (`QWEN3_MPI_STAGE_PIECE_BYTES` overrides).
@@ -67,10 +67,8 @@ impl KvTransport for StagedAllgather {
 
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()> {
         let stream = self.stream.clone();
-        stream.context().bind_to_thread()?;
         let pb = self.kv.position_bytes();
-        let base = device_address(self.kv.storage(), &stream)?; // this rank's block is written
-        let blocks = InPlaceBlocks::new(call, self.kv.capacity(), pb, base)?;
+        let blocks = InPlaceBlocks::in_gpu_cache(call, &self.kv, &stream)?; // this rank's block is written
         let positions: Vec<usize> = blocks.counts.iter().map(|&c| c as usize).collect();
         let pieces = plan_pieces(&positions, piece_positions(self.piece_bytes, pb));
         let piece_len = piece_positions(self.piece_bytes, pb) * pb;

@@ -42,10 +42,6 @@ impl TraceFile {
         Ok(trace)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.final_path
-    }
-
     fn file(&self) -> Result<&hdf5::File> {
         self.file.as_ref().context("trace file already closed")
     }

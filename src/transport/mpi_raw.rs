@@ -33,6 +33,19 @@ pub fn bytes_datatype(bytes: usize) -> Result<UserDatatype> {
     Ok(UserDatatype::contiguous(count, &u8::equivalent_datatype()))
 }
 
+/// Displacements of consecutive variable-count blocks: the running sum of `counts`, starting at 0
+/// (the layout `MPI_Allgatherv` and `MPI_Gatherv` receive into).
+pub fn packed_displacements(counts: &[c_int]) -> Vec<c_int> {
+    counts
+        .iter()
+        .scan(0, |offset, &count| {
+            let at = *offset;
+            *offset += count;
+            Some(at)
+        })
+        .collect()
+}
+
 fn check(code: c_int, what: &str) -> Result<()> {
     if code != 0 {
         bail!("{what} failed with MPI error code {code}");
@@ -97,4 +110,13 @@ pub unsafe fn sendrecv(
         ffi::RSMPI_STATUS_IGNORE,
     );
     check(code, "MPI_Sendrecv")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn displacements_are_running_sums() {
+        assert_eq!(super::packed_displacements(&[3, 0, 5, 2]), vec![0, 3, 3, 8]);
+        assert!(super::packed_displacements(&[]).is_empty());
+    }
 }
