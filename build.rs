@@ -1,7 +1,8 @@
 //! Build steps beside cargo's own:
 //! - compiles `src/transport/mpi_shim.c` against the MPI headers the mpi crate found, for
 //!   MPI_IN_PLACE and the CUDA-awareness query;
-//! - with `--features cuda`, an rpath to the usual CUDA library folder, so the binary finds
+//! - with `--features cuda`, our CUDA kernels (`src/model/kernels/*.cu`) compiled to PTX by
+//!   nvcc (through cudaforge, as candle's own kernels), and an rpath to the usual CUDA library folder, so the binary finds
 //!   cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH.
 
 fn main() {
@@ -30,5 +31,22 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/HEAD");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,/usr/local/cuda/lib64");
+        build_kernels();
     }
 }
+
+#[cfg(feature = "cuda")]
+fn build_kernels() {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let ptx = cudaforge::KernelBuilder::new()
+        .source_files(["src/model/kernels/attention.cu"])
+        .arg("-std=c++17")
+        .arg("-O3")
+        .build_ptx()
+        .unwrap_or_else(|e| panic!("cannot compile src/model/kernels/attention.cu: {e}"));
+    ptx.write(out.join("kernels_ptx.rs"))
+        .unwrap_or_else(|e| panic!("cannot write the kernels' PTX list: {e}"));
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build_kernels() {}

@@ -15,6 +15,7 @@ use qwen3_mpi::transport::mpi_env::{launcher_rank, MpiEnv};
 fn main() -> ExitCode {
     let args = match Cli::try_parse().map(Cli::into_action) {
         Ok(Action::Run(args)) => args,
+        Ok(Action::BenchComm(args)) => return bench_comm(&args),
         Ok(Action::Trace(command)) => {
             return match run_trace_tool(&command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +69,25 @@ fn main() -> ExitCode {
         Err(JobError::Fatal(error)) => {
             eprintln!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `qwen3-mpi bench-comm`: any error ends every rank (peers may be inside a collective).
+fn bench_comm(args: &qwen3_mpi::bench::comm::CommBenchArgs) -> ExitCode {
+    qwen3_mpi::cli::logging::init_logging();
+    let env = match MpiEnv::init() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
+            return ExitCode::FAILURE;
+        }
+    };
+    match qwen3_mpi::bench::comm::run_comm_bench(args, &env) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qwen3-mpi: error: rank {}: bench-comm: {e:#}", env.rank);
+            env.abort(1)
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::comm::CommBenchArgs;
 use crate::device::{DTypeArg, DeviceArg};
 use crate::sync::SyncStrategy;
 use crate::transport::TransportArg;
@@ -29,6 +30,8 @@ pub enum Command {
     /// Read trace files (no MPI).
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// Time the KV sync alone: one layer's K/V block per rank, every transport and size.
+    BenchComm(CommBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +54,7 @@ pub enum TraceCommand {
 pub enum Action {
     Run(RunArgs),
     Trace(TraceCommand),
+    BenchComm(CommBenchArgs),
 }
 
 impl Cli {
@@ -58,6 +62,7 @@ impl Cli {
         match self.command {
             Some(Command::Run(args)) => Action::Run(args),
             Some(Command::Trace(command)) => Action::Trace(command),
+            Some(Command::BenchComm(args)) => Action::BenchComm(args),
             None => Action::Run(self.run),
         }
     }
@@ -136,6 +141,11 @@ pub struct RunArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,
+
+    /// Run the prefill N times (benchmarks: the runs after the first are warm); every run's
+    /// TTFT is reported, the last run's figures and spans are the job's.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub prefill_runs: u64,
 
     /// HDF5 trace file to write.
     #[arg(long, value_name = "FILE.h5")]

@@ -26,13 +26,15 @@ use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name, select_device, select_dtype};
 use crate::generate::{decode, Sampler};
 use crate::model::{KvCache, Qwen3, StageParts};
-use crate::sync::{make_transport, KvSyncWorker};
+use crate::sync::{make_transport, warm_up, KvSyncWorker, KvTransport};
+use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::mpi_raw::library_cuda_support;
+use crate::transport::progress::MpiProgress;
 use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::selection::NCCL_BUILT;
-use crate::transport::MpiEnv;
 use crate::transport::{choose_transport, CudaAwareness, Transport};
+use crate::transport::{MpiEnv, SharedComm};
 use background_load::BackgroundLoad;
 use failure::{agree, JobAbort, JobError};
 use fault::{Fault, Phase};
@@ -87,7 +89,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             started.elapsed().as_secs_f64(),
             transport.name()
         );
-        let kv = KvCache::new(cfg, plan.capacity, dtype, &device)?;
+        let ipc = transport == Transport::Device; // CUDA-aware MPI maps it over IPC
+        let kv = KvCache::with_memory(cfg, plan.capacity, dtype, &device, ipc)?;
         Ok((model, kv, device, transport, why))
     })();
     let (model, kv, device, transport, why) =
@@ -155,78 +158,84 @@ fn run_loaded(
     let cfg = plan.files.config.clone();
     let kv = Arc::new(kv);
     let owned = plan.schedule.split().range(rank);
-    let rest = BackgroundLoad::start(
-        cfg.clone(),
-        plan.files.weights.clone(),
-        owned,
-        plan.capacity,
-        model.dtype(),
-        device.clone(),
-        spans.clone(),
-    )
-    .map_err(fail)?;
-    let sync_comm = env.duplicate();
-    let pipe_comm = env.duplicate();
-
-    // 2. Prefill: every rank runs its stage; the KV sync thread trails it.
-    env.world.barrier();
-    let t0 = Instant::now();
-    let transport_name = transport.name();
-    let (strategy, _) = args.sync.with_transport(args.transport);
-    let transport = make_transport(strategy, transport, sync_comm, rank, kv.clone()).map_err(fail)?;
-    let sync = KvSyncWorker::spawn(
-        transport,
-        rank,
-        plan.schedule.clone(),
-        watchdog.clone(),
-        spans.clone(),
-    )
-    .map_err(fail)?;
-    let ctx = StageContext {
-        model: &model,
-        kv: &kv,
-        schedule: &plan.schedule,
-        rank,
-        prompt_ids: &plan.prompt_ids,
-        pipe: &pipe_comm.0,
-        sync: &sync,
-        watchdog,
-        abort: JobAbort { rank },
-        fault,
-        spans,
-    };
-    let (logits, stage_times) = run_stage(&ctx);
-
-    // 3. First token from the last rank's logits.
-    let mut sampler = Sampler::new(plan.sampling);
-    let waited = Instant::now();
-    let (first, prefill_logits) =
-        first_token::share_first_token(&env.world, logits, cfg.vocab_size, &mut sampler, watchdog)
-            .map_err(fail)?;
-    let ttft_s = t0.elapsed().as_secs_f64();
-    spans.record(
-        SpanKind::Wait,
-        SpanThread::Compute,
-        SpanAt {
-            peer: ranks as i32 - 1,
-            ..SpanAt::NONE
-        },
-        waited,
+    let mut rest = Some(
+        BackgroundLoad::start(
+            cfg.clone(),
+            plan.files.weights.clone(),
+            owned,
+            plan.capacity,
+            model.dtype(),
+            device.clone(),
+            spans.clone(),
+        )
+        .map_err(fail)?,
     );
+    let pipe_comm = env.duplicate();
+    let mut idle_comm = Some(env.duplicate()); // for the progress thread
 
-    // 4. Every rank needs the whole cache and model before decoding.
-    let drain = Instant::now();
-    let sync_stats = {
-        let _wait = watchdog.waiting_for("the KV sync to finish");
-        sync.finish().map_err(fail)?
+    // 2-4. Prefill, first token, KV sync drained; `--prefill-runs N` repeats it (warm timings:
+    //      every run recomputes the same cache), and the trace keeps the last run's spans.
+    let (strategy, _) = args.sync.with_transport(args.transport);
+    let transport_name = transport.name();
+    // One transport for every run, its first-use costs paid before the clock starts.
+    let mut kv_transport = make_transport(strategy, transport, env.duplicate(), rank, kv.clone())
+        .and_then(|mut t| {
+            let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
+            warm_up(t.as_mut(), ranks, longest.min(plan.capacity / ranks)).map(|_| t)
+        })
+        .map_err(fail)?;
+    let runs = args.prefill_runs.max(1) as usize;
+    let mut ttft_runs_s = Vec::with_capacity(runs);
+    let mut last = None;
+    for run in 0..runs {
+        if run > 0 {
+            spans.forget(&PREFILL_SPANS);
+        }
+        let pass = PrefillPass {
+            env,
+            plan,
+            model: &model,
+            kv: &kv,
+            device,
+            pipe: &pipe_comm.0,
+            watchdog,
+            fault: if run == 0 { fault } else { None },
+            spans,
+        };
+        let idle = idle_comm
+            .take()
+            .ok_or_else(|| fail(anyhow::anyhow!("no progress communicator")))?;
+        let (prefill, transport_back, idle) = pass.run(kv_transport, idle).map_err(fail)?;
+        idle_comm = Some(idle);
+        kv_transport = transport_back;
+        if run + 1 < runs {
+            // warm runs measure prefill alone, not beside the rest of the weights loading
+            if let Some(rest) = rest.take() {
+                rest.complete_into(&mut model).map_err(fail)?;
+            }
+        }
+        ttft_runs_s.push(prefill.ttft_s);
+        last = Some(prefill);
+    }
+    let Some(Prefill {
+        mut sampler,
+        first,
+        prefill_logits,
+        ttft_s,
+        prefill_s,
+        stage_times,
+        sync_stats,
+        exposed_sync_s,
+    }) = last
+    else {
+        return Err(fail(anyhow::anyhow!("no prefill ran")));
     };
-    let exposed_sync_s = drain.elapsed().as_secs_f64();
-    spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
-    let prefill_s = t0.elapsed().as_secs_f64();
     if let Some(dir) = &args.dump {
         dump(dir, rank, &kv, plan.prompt_ids.len(), &prefill_logits).map_err(fail)?;
     }
-    rest.complete_into(&mut model).map_err(fail)?;
+    if let Some(rest) = rest.take() {
+        rest.complete_into(&mut model).map_err(fail)?;
+    }
 
     // 5. Decode on every rank, no communication; rank 0 streams the text.
     let mut stream = plan.tokenizer.as_ref().map(|t| t.stream());
@@ -305,6 +314,7 @@ fn run_loaded(
         generated_ids: outcome.generated,
         text,
         ttft_s,
+        ttft_runs_s,
         prefill_s,
         prefill_tokens_per_s: plan.prompt_ids.len() as f64 / prefill_s,
         decode_s,
@@ -313,6 +323,7 @@ fn run_loaded(
         } else {
             0.0
         },
+        decode_ms_per_token_median: median(&outcome.step_seconds) * 1e3,
         per_rank: rows
             .chunks(RankFigures::FIELDS)
             .map(RankFigures::from_row)
@@ -324,6 +335,123 @@ fn run_loaded(
         devices,
         start_time: plan.start_time.clone(),
     })
+}
+
+/// Spans of one prefill run (dropped from the trace when another run follows).
+const PREFILL_SPANS: [SpanKind; 7] = [
+    SpanKind::Embed,
+    SpanKind::LayerCompute,
+    SpanKind::KvSync,
+    SpanKind::Send,
+    SpanKind::Recv,
+    SpanKind::Wait,
+    SpanKind::LmHead,
+];
+
+/// What one prefill run leaves: the first token (and the sampler that drew it), the logits
+/// and where the time went.
+struct Prefill {
+    sampler: Sampler,
+    first: u32,
+    prefill_logits: Vec<f32>,
+    ttft_s: f64,
+    prefill_s: f64,
+    stage_times: stage_loop::StageTimes,
+    sync_stats: crate::sync::SyncStats,
+    exposed_sync_s: f64,
+}
+
+/// Everything one prefill run needs.
+struct PrefillPass<'a> {
+    env: &'a MpiEnv,
+    plan: &'a JobPlan,
+    model: &'a Qwen3,
+    kv: &'a Arc<KvCache>,
+    device: &'a candle_core::Device,
+    pipe: &'a mpi::topology::SimpleCommunicator,
+    watchdog: &'a Watchdog,
+    fault: Option<Fault>,
+    spans: &'a SpanLog,
+}
+
+impl PrefillPass<'_> {
+    /// Every rank runs its stage with the KV sync thread trailing it; the first token comes
+    /// from the last rank's logits; then the KV sync drains.
+    fn run(
+        &self,
+        transport: Box<dyn KvTransport>,
+        idle: SharedComm,
+    ) -> Result<(Prefill, Box<dyn KvTransport>, SharedComm)> {
+        let (env, plan, spans, watchdog) = (self.env, self.plan, self.spans, self.watchdog);
+        let (rank, ranks) = (env.rank, env.size);
+        let device_spans = DeviceSpans::start(self.device, spans)?;
+        env.world.barrier();
+        let t0 = Instant::now();
+        let sync = KvSyncWorker::spawn(
+            transport,
+            rank,
+            plan.schedule.clone(),
+            watchdog.clone(),
+            spans.clone(),
+        )?;
+        let ctx = StageContext {
+            model: self.model,
+            kv: self.kv,
+            schedule: &plan.schedule,
+            rank,
+            prompt_ids: &plan.prompt_ids,
+            pipe: self.pipe,
+            sync: &sync,
+            watchdog,
+            abort: JobAbort { rank },
+            fault: self.fault,
+            spans,
+            device_spans: &device_spans,
+        };
+        let progress = MpiProgress::start(idle)?;
+        let (logits, stage_times) = run_stage(&ctx);
+        let idle = progress.stop()?;
+
+        // The first token from the last rank's logits.
+        let mut sampler = Sampler::new(plan.sampling);
+        let waited = Instant::now();
+        let vocab = plan.files.config.vocab_size;
+        let (first, prefill_logits) =
+            first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog)?;
+        let ttft_s = t0.elapsed().as_secs_f64();
+        let last_rank = SpanAt {
+            peer: ranks as i32 - 1,
+            ..SpanAt::NONE
+        };
+        spans.record(SpanKind::Wait, SpanThread::Compute, last_rank, waited);
+
+        // Every rank needs the whole cache before decoding.
+        let drain = Instant::now();
+        let (sync_stats, transport) = {
+            let _wait = watchdog.waiting_for("the KV sync to finish");
+            sync.finish()?
+        };
+        let exposed_sync_s = drain.elapsed().as_secs_f64();
+        spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        let prefill = Prefill {
+            sampler,
+            first,
+            prefill_logits,
+            ttft_s,
+            prefill_s: t0.elapsed().as_secs_f64(),
+            stage_times,
+            sync_stats,
+            exposed_sync_s,
+        };
+        Ok((prefill, transport, idle))
+    }
+}
+
+/// The middle value (0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `--dump DIR`: this rank's KV cache after prefill, and on rank 0 the prefill logits.

@@ -72,10 +72,14 @@ pub struct JobReport {
     pub generated_ids: Vec<u32>,
     pub text: String,
     pub ttft_s: f64,
+    /// TTFT of every prefill run (`--prefill-runs`); `ttft_s` is the last.
+    pub ttft_runs_s: Vec<f64>,
     pub prefill_s: f64,
     pub prefill_tokens_per_s: f64,
     pub decode_s: f64,
     pub decode_tokens_per_s: f64,
+    /// Median time of one decode step (the first steps also load kernels).
+    pub decode_ms_per_token_median: f64,
     pub per_rank: Vec<RankFigures>,
     #[serde(skip)]
     pub prompt_ids: Vec<u32>,

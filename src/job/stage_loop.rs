@@ -16,7 +16,9 @@ use super::fault::{Fault, Phase};
 use super::watchdog::Watchdog;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{Schedule, StageOp};
+use crate::sync::ready::BlockReady;
 use crate::sync::KvSyncWorker;
+use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::host_bytes::{tensor_from_bytes, tensor_to_bytes};
 
@@ -43,6 +45,8 @@ pub struct StageContext<'a> {
     pub abort: JobAbort,
     pub fault: Option<Fault>,
     pub spans: &'a SpanLog,
+    /// Times compute spans on the GPU's clock (events) where there is one.
+    pub device_spans: &'a DeviceSpans,
 }
 
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
@@ -95,6 +99,11 @@ pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
             send.wait();
         }
         loop_state.times.send_wait_s = started.elapsed().as_secs_f64();
+        match ctx.device_spans.finish(ctx.spans) {
+            Ok(Some(gpu_busy_s)) => loop_state.times.compute_s = gpu_busy_s,
+            Ok(None) => {}
+            Err(error) => ctx.abort.fail(&error),
+        }
         (loop_state.logits, loop_state.times)
     })
 }
@@ -118,6 +127,7 @@ fn run_op<'a, 's>(
     let model = ctx.model;
     let started = Instant::now();
     let record = |kind, at: SpanAt| ctx.spans.record(kind, SpanThread::Compute, at, started);
+    let record_compute = |mark, kind, at: SpanAt| ctx.device_spans.end(mark, kind, at, ctx.spans);
     let at = |chunk: usize| SpanAt {
         chunk: chunk as i32,
         step: step as i32,
@@ -131,9 +141,10 @@ fn run_op<'a, 's>(
     };
     match op {
         StageOp::Embed { chunk } => {
+            let mark = ctx.device_spans.begin()?;
             state.hidden = Some(model.embed(&ctx.prompt_ids[chunk.positions()])?); // (L, hidden)
             state.times.compute_s += started.elapsed().as_secs_f64();
-            record(SpanKind::Embed, at(chunk.index));
+            record_compute(mark, SpanKind::Embed, at(chunk.index))?;
         }
         StageOp::RecvHidden { chunk, from } => {
             let request = recvs[chunk.index]
@@ -160,15 +171,17 @@ fn run_op<'a, 's>(
             state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
         }
         StageOp::ComputeLayer { layer, chunk } => {
+            let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, &format!("layer {layer}"))?;
             state.hidden = Some(model.forward_layer(layer, &hidden, chunk.start, ctx.kv)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
-            record(
+            record_compute(
+                mark,
                 SpanKind::LayerCompute,
                 SpanAt::layer_chunk(layer, chunk.index, step),
-            );
+            )?;
         }
-        StageOp::KvSync { call } => ctx.sync.submit(call)?,
+        StageOp::KvSync { call } => ctx.sync.submit(call, BlockReady::mark(model.device())?)?,
         StageOp::SendHidden { chunk, to } => {
             let hidden = take_hidden(state, &format!("the send of chunk {}", chunk.index))?;
             let buffer = &send_buffers[chunk.index];
@@ -189,10 +202,11 @@ fn run_op<'a, 's>(
             );
         }
         StageOp::Logits { chunk } => {
+            let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, "the lm_head")?;
             state.logits = Some(model.logits_last(&hidden)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
-            record(SpanKind::LmHead, at(chunk.index));
+            record_compute(mark, SpanKind::LmHead, at(chunk.index))?;
         }
     }
     Ok(())

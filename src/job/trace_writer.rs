@@ -55,9 +55,12 @@ fn write_summary(trace: &TraceFile, report: &JobReport) -> Result<()> {
         ("prefill_tokens_per_s", report.prefill_tokens_per_s),
         ("decode_s", report.decode_s),
         ("decode_tokens_per_s", report.decode_tokens_per_s),
+        ("decode_ms_per_token_median", report.decode_ms_per_token_median),
     ] {
         trace.group_attr_f64("summary", name, value)?;
     }
+    // not under /summary, whose datasets are per rank
+    trace.dataset("prefill_runs/ttft_s", &report.ttft_runs_s)?;
     let per_rank = &report.per_rank;
     trace.dataset(
         "summary/kv_bytes_sent",

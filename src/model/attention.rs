@@ -63,6 +63,12 @@ impl Attention {
 
         // 3. This chunk's K/V into the cache, then read the prefix [0, end)
         kv.write(self.layer, start, &k, &v)?;
+        #[cfg(feature = "cuda")]
+        if len > 1 && super::flash_attention::supported(&q, d) && !reference_attention() {
+            let layer_kv = kv.layer(self.layer)?; // (capacity, 2, KVH, D)
+            let out = super::flash_attention::prefill_attention(&q, &layer_kv, start)?; // (L, H, D)
+            return Ok(self.o_proj.forward(&out.reshape((len, h * d))?)?); // (L, hidden)
+        }
         let (k_all, v_all) = kv.prefix(self.layer, end)?; // (end, KVH, D)
         let k_all = k_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
         let v_all = v_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
@@ -91,12 +97,21 @@ impl Attention {
     }
 }
 
+/// `QWEN3_MPI_ATTENTION=reference` keeps prefill on the GPU on the unfused path (checks).
+#[cfg(feature = "cuda")]
+fn reference_attention() -> bool {
+    static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFERENCE.get_or_init(|| std::env::var("QWEN3_MPI_ATTENTION").as_deref() == Ok("reference"))
+}
+
 /// Additive causal mask for queries at `[start, start + len)` over keys `[0, start + len)`:
-/// 0 where key ≤ query, −∞ elsewhere. (L, end), f32.
+/// 0 where key ≤ query, −∞ elsewhere. (L, end), f32, built on `device` (no host copy).
 fn causal_mask(start: usize, len: usize, device: &candle_core::Device) -> Result<Tensor> {
     let end = start + len;
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..end).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (len, end), device)?)
+    let queries = Tensor::arange(start as u32, end as u32, device)?.reshape((len, 1))?; // (L, 1)
+    let keys = Tensor::arange(0u32, end as u32, device)?.reshape((1, end))?; // (1, end)
+    let visible = keys.broadcast_le(&queries)?; // (L, end), u8
+    let zero = Tensor::zeros((len, end), DType::F32, device)?;
+    let hidden = Tensor::full(f32::NEG_INFINITY, (len, end), device)?;
+    Ok(visible.where_cond(&zero, &hidden)?)
 }

@@ -11,17 +11,41 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::Qwen3Config;
 
-/// Zeroed cache memory; on a GPU with `QWEN3_MPI_KV_ALLOC=malloc`, IPC-capable memory.
-fn allocate(shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+/// Zeroed cache memory. On a GPU the cache is outside candle's event tracking: compute writes
+/// blocks on its stream while the KV sync reads and fills other blocks on its own, and tracking
+/// the one big allocation would make every cache write wait for every sync call. Ordering is
+/// explicit instead (the sync waits for the compute event after the block's layer, and is
+/// drained before decode). `ipc_capable` (or `QWEN3_MPI_KV_ALLOC=malloc`) takes plain
+/// `cuMemAlloc` memory that CUDA IPC can share.
+fn allocate(shape: &[usize], dtype: DType, device: &Device, ipc_capable: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if device.is_cuda() {
+    if let Device::Cuda(cuda) = device {
         use crate::transport::device_memory::{ipc_capable_zeros, KV_ALLOC_ENV};
-        match std::env::var(KV_ALLOC_ENV).as_deref() {
-            Ok("malloc") => return ipc_capable_zeros(shape, dtype, device),
-            Ok("pool") | Err(_) => {}
+        let ipc = match std::env::var(KV_ALLOC_ENV).as_deref() {
+            Ok("malloc") => true,
+            Ok("pool") => false,
+            Err(_) => ipc_capable,
             Ok(other) => bail!("{KV_ALLOC_ENV}={other}: expected `pool` or `malloc`"),
+        };
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        let tracking = context.is_event_tracking();
+        // SAFETY: only this allocation is made while tracking is off (no other thread
+        // allocates yet: the cache is made before the background weight load starts); its
+        // zeroing is complete before any other stream sees it (synchronised below).
+        unsafe { context.disable_event_tracking() };
+        let data = if ipc {
+            ipc_capable_zeros(shape, dtype, device)
+        } else {
+            Tensor::zeros(shape, dtype, device).map_err(Into::into)
+        };
+        if tracking {
+            unsafe { context.enable_event_tracking() };
         }
+        stream.synchronize()?;
+        return data;
     }
+    let _ = ipc_capable;
     Ok(Tensor::zeros(shape, dtype, device)?)
 }
 
@@ -35,10 +59,22 @@ pub struct KvCache {
 impl KvCache {
     /// Allocates (zeroed) K/V for all `cfg.num_hidden_layers` layers.
     pub fn new(cfg: &Qwen3Config, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Self::with_memory(cfg, capacity, dtype, device, false)
+    }
+
+    /// As `new`; on a GPU with `ipc_capable`, in memory CUDA IPC can share (what a
+    /// CUDA-aware MPI needs to move blocks GPU to GPU directly).
+    pub fn with_memory(
+        cfg: &Qwen3Config,
+        capacity: usize,
+        dtype: DType,
+        device: &Device,
+        ipc_capable: bool,
+    ) -> Result<Self> {
         let layers = cfg.num_hidden_layers;
         let shape = [layers, capacity, 2, cfg.num_key_value_heads, cfg.head_dim];
         Ok(Self {
-            data: allocate(&shape, dtype, device)?,
+            data: allocate(&shape, dtype, device, ipc_capable)?,
             layers,
             capacity,
         })
@@ -70,7 +106,7 @@ impl KvCache {
     }
 
     /// One layer: (capacity, 2, n_kv_heads, head_dim), a contiguous view.
-    fn layer(&self, layer: usize) -> Result<Tensor> {
+    pub fn layer(&self, layer: usize) -> Result<Tensor> {
         if layer >= self.layers {
             bail!("layer {layer} is outside the KV cache ({} layers)", self.layers);
         }

@@ -3,6 +3,8 @@
 pub mod attention;
 pub mod config;
 pub mod decoder_layer;
+#[cfg(feature = "cuda")]
+pub mod flash_attention;
 pub mod kv_cache;
 pub mod layer_weights;
 pub mod mlp;

@@ -10,6 +10,7 @@ pub mod kv_blocks;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod pieces;
+pub mod ready;
 pub mod ring;
 #[cfg(feature = "cuda")]
 pub mod staged;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::model::KvCache;
-use crate::schedule::KvSyncCall;
+use crate::schedule::{Chunk, KvBlock, KvSyncCall};
 use crate::transport::{SharedComm, Transport, TransportArg};
 
 /// Moves the KV blocks of one sync call between ranks (one implementation per strategy and
@@ -30,6 +31,33 @@ use crate::transport::{SharedComm, Transport, TransportArg};
 pub trait KvTransport: Send {
     fn name(&self) -> &'static str;
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()>;
+}
+
+/// One sync call with every transport's first-use costs (NCCL and CUDA IPC connect lazily,
+/// per peer and per size; staging buffers are allocated): every rank sends `positions` of layer
+/// 0 of a cache that holds nothing yet. Collective: every rank calls it once, before prefill.
+pub fn warm_up(transport: &mut dyn KvTransport, ranks: usize, positions: usize) -> Result<()> {
+    if ranks < 2 || positions == 0 {
+        return Ok(());
+    }
+    transport.run_call(&one_block_per_rank(ranks, positions), &mut SyncStats::default())
+}
+
+/// A sync call in which rank q contributes layer 0 at positions `[q·P, (q+1)·P)`.
+pub fn one_block_per_rank(ranks: usize, positions: usize) -> KvSyncCall {
+    let block = |q: usize| KvBlock {
+        layer: 0,
+        chunk: Chunk {
+            index: q,
+            start: q * positions,
+            end: (q + 1) * positions,
+        },
+    };
+    KvSyncCall {
+        step: 0,
+        local_layer: 0,
+        blocks: (0..ranks).map(|q| Some(block(q))).collect(),
+    }
 }
 
 /// The KV transport for `strategy` over `transport`.

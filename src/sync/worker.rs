@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
+use super::ready::BlockReady;
 use super::KvTransport;
 use crate::job::failure::JobAbort;
 use crate::job::watchdog::Watchdog;
@@ -25,8 +26,8 @@ pub struct SyncStats {
 }
 
 pub struct KvSyncWorker {
-    queue: mpsc::Sender<usize>,
-    thread: JoinHandle<Result<SyncStats>>,
+    queue: mpsc::Sender<(usize, BlockReady)>,
+    thread: JoinHandle<Result<(SyncStats, Box<dyn KvTransport>)>>,
 }
 
 impl KvSyncWorker {
@@ -38,15 +39,18 @@ impl KvSyncWorker {
         watchdog: Watchdog,
         spans: SpanLog,
     ) -> Result<Self> {
-        let (queue, calls) = mpsc::channel::<usize>();
+        let (queue, calls) = mpsc::channel::<(usize, BlockReady)>();
         let thread = std::thread::Builder::new()
             .name("kv-sync".into())
-            .spawn(move || -> Result<SyncStats> {
+            .spawn(move || -> Result<(SyncStats, Box<dyn KvTransport>)> {
                 let mut stats = SyncStats::default();
-                for index in calls {
+                for (index, ready) in calls {
                     let call = &schedule.kv_sync_calls()[index];
                     if call.blocks.len() < 2 {
                         continue; // one rank: its cache is already whole
+                    }
+                    if let Err(error) = ready.wait() {
+                        JobAbort { rank }.fail(&error.context("waiting for a KV block to be computed"));
                     }
                     let _wait = watchdog.waiting_for(format!(
                         "KV sync ({}) of step {}, local layer {}",
@@ -72,22 +76,23 @@ impl KvSyncWorker {
                     spans.record(SpanKind::KvSync, SpanThread::KvSync, at, started);
                     stats.calls += 1;
                 }
-                Ok(stats)
+                Ok((stats, transport))
             })
             .context("cannot start the KV sync thread")?;
         Ok(Self { queue, thread })
     }
 
-    /// Hands call `index` of the schedule to the communication thread.
-    pub fn submit(&self, index: usize) -> Result<()> {
+    /// Hands call `index` of the schedule to the communication thread; it starts once
+    /// `ready` (this rank's block is in the cache).
+    pub fn submit(&self, index: usize, ready: BlockReady) -> Result<()> {
         self.queue
-            .send(index)
+            .send((index, ready))
             .map_err(|_| anyhow!("the KV sync thread has stopped"))
     }
 
     /// Waits until every submitted call is done (the caller times this: it is the sync time
-    /// compute could not hide).
-    pub fn finish(self) -> Result<SyncStats> {
+    /// compute could not hide); gives the transport back for the next prefill.
+    pub fn finish(self) -> Result<(SyncStats, Box<dyn KvTransport>)> {
         drop(self.queue);
         self.thread
             .join()

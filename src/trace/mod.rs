@@ -1,5 +1,6 @@
 //! The HDF5 file every job writes.
 
+pub mod device_spans;
 pub mod file;
 pub mod perfetto;
 pub mod read;

@@ -25,6 +25,7 @@ fn thread_name(thread: SpanThread) -> &'static str {
         SpanThread::Compute => "compute",
         SpanThread::KvSync => "kv-sync",
         SpanThread::WeightLoad => "weight-load",
+        SpanThread::GpuStream => "gpu-stream",
     }
 }
 
@@ -34,7 +35,7 @@ pub fn perfetto_json(trace: &TraceView) -> Value {
         events.push(
             json!({"ph": "M", "name": "process_name", "pid": rank, "args": {"name": format!("rank {rank}")}}),
         );
-        for thread in [SpanThread::Compute, SpanThread::KvSync, SpanThread::WeightLoad] {
+        for thread in SpanThread::ALL {
             events.push(
                 json!({"ph": "M", "name": "thread_name", "pid": rank, "tid": thread as u8,
                 "args": {"name": thread_name(thread)}}),

@@ -26,6 +26,12 @@ pub enum SpanThread {
     Compute = 0,
     KvSync = 1,
     WeightLoad = 2,
+    /// GPU work of the compute thread, timed by CUDA events on its stream.
+    GpuStream = 3,
+}
+
+impl SpanThread {
+    pub const ALL: [SpanThread; 4] = [Self::Compute, Self::KvSync, Self::WeightLoad, Self::GpuStream];
 }
 
 /// One span; -1 where a field does not apply. Times in ns since the job's common origin (taken
@@ -95,8 +101,23 @@ impl SpanLog {
         }
     }
 
-    fn ns(&self, t: Instant) -> i64 {
+    /// `t` in ns on the job's clock.
+    pub fn ns_at(&self, t: Instant) -> i64 {
         i64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// Adds a span timed elsewhere (on a GPU's clock, already on the job's clock).
+    pub fn push(&self, span: Span) {
+        if let Ok(mut spans) = self.spans.lock() {
+            spans.push(span);
+        }
+    }
+
+    /// Drops the spans of `kinds` recorded so far (those of a warm-up prefill).
+    pub fn forget(&self, kinds: &[SpanKind]) {
+        if let Ok(mut spans) = self.spans.lock() {
+            spans.retain(|s| !kinds.contains(&s.kind));
+        }
     }
 
     /// Records a span from `started` until now.
@@ -109,8 +130,8 @@ impl SpanLog {
             step: at.step,
             peer: at.peer,
             bytes: at.bytes,
-            t_start_ns: self.ns(started),
-            t_end_ns: self.ns(Instant::now()),
+            t_start_ns: self.ns_at(started),
+            t_end_ns: self.ns_at(Instant::now()),
         };
         if let Ok(mut spans) = self.spans.lock() {
             spans.push(span);
@@ -155,9 +176,7 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;
-    let thread = [SpanThread::Compute, SpanThread::KvSync, SpanThread::WeightLoad]
-        .get(usize::try_from(r[1]).ok()?)
-        .copied()?;
+    let thread = SpanThread::ALL.get(usize::try_from(r[1]).ok()?).copied()?;
     Some(Span {
         kind,
         thread,

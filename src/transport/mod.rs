@@ -6,6 +6,7 @@ pub mod device_memory;
 pub mod host_bytes;
 pub mod mpi_env;
 pub mod mpi_raw;
+pub mod progress;
 pub mod selection;
 
 pub use mpi_env::{MpiEnv, SharedComm};

@@ -1,0 +1,197 @@
+//! `qwen3-mpi bench-comm`: the KV sync alone, call by call. Each call has the shape prefill
+//! makes: every rank contributes one layer's K/V for `bytes_per_rank / position_bytes`
+//! positions of one chunk and ends with every rank's block, moved by the job's own transports
+//! (`src/sync`). Beside them, the MPI library's plain `MPI_Allgather` of the same bytes on host
+//! memory is timed as a baseline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use mpi::collective::SystemOperation;
+use mpi::traits::*;
+
+use super::comm_table::{format_rows, CommRow};
+use crate::device::{select_device, select_dtype, DTypeArg, DeviceArg};
+use crate::model::{KvCache, Qwen3Config};
+use crate::sync::{make_transport, one_block_per_rank, SyncStats, SyncStrategy};
+use crate::trace::TraceFile;
+use crate::transport::mpi_raw::library_cuda_support;
+use crate::transport::selection::{CUDA_AWARE_ENV, NCCL_BUILT};
+use crate::transport::{choose_transport, CudaAwareness, MpiEnv, TransportArg};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommBenchArgs {
+    /// Bytes of K/V each rank contributes per call, e.g. `256KiB,1MiB,4MiB,16MiB`.
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB,16MiB,64MiB", value_parser = parse_bytes)]
+    pub sizes: Vec<u64>,
+
+    /// Timed calls per size (after the warm-up calls).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+
+    /// KV sync strategies to time.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "allgather,ring")]
+    pub sync: Vec<SyncStrategy>,
+
+    /// Transports to time (one that cannot run here is skipped with the reason).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub transport: Vec<TransportArg>,
+
+    /// K/V heads and head size of the model whose blocks are moved (default: Qwen3-8B's).
+    #[arg(long, default_value_t = 8)]
+    pub kv_heads: usize,
+
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
+
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+
+    /// HDF5 file for the table (`/comm`, one row per transport, sync and size).
+    #[arg(long, value_name = "FILE.h5")]
+    pub trace: Option<PathBuf>,
+
+    /// Print the rows as one JSON line after the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text).map_err(|e| format!("`{text}` is not a size in bytes: {e}"))
+}
+
+/// Runs every (transport, sync, size) on every rank; rank 0 prints and writes the table.
+pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>> {
+    let (rank, ranks) = (env.rank, env.size);
+    let device = select_device(args.device, env.local_rank, env.local_size)?;
+    let dtype = select_dtype(args.dtype, &device);
+    let awareness = CudaAwareness::detect(
+        std::env::var(CUDA_AWARE_ENV).ok().as_deref(),
+        library_cuda_support(),
+    )?;
+    let cfg = block_config(args);
+    let position_bytes = 2 * args.kv_heads * args.head_dim * dtype.size_in_bytes();
+    let mut rows = Vec::new();
+    for &bytes in &args.sizes {
+        let positions = (bytes as usize / position_bytes).max(1);
+        let bytes_per_rank = positions * position_bytes;
+        let call = one_block_per_rank(ranks, positions);
+        let kv = KvCache::with_memory(&cfg, ranks * positions, dtype, &device, awareness.aware)?;
+        let kv = Arc::new(kv);
+        let host = time_calls(env, args, || {
+            let mine = vec![rank as u8; bytes_per_rank];
+            let mut all = vec![0u8; bytes_per_rank * ranks];
+            env.world.all_gather_into(&mine[..], &mut all[..]);
+            Ok(())
+        })?;
+        rows.push(CommRow::from_times(
+            "mpi-host-baseline",
+            "allgather",
+            ranks,
+            bytes_per_rank,
+            &host,
+        ));
+        let mut timed = Vec::new();
+        for &arg in &args.transport {
+            let transport = match choose_transport(arg, device.is_cuda(), &awareness, NCCL_BUILT) {
+                Ok((transport, _)) if timed.contains(&transport) => continue, // `auto` again
+                Ok((transport, _)) => transport,
+                Err(why) => {
+                    if rank == 0 {
+                        eprintln!("qwen3-mpi: bench-comm: skipping --transport {arg:?}: {why:#}");
+                    }
+                    continue;
+                }
+            };
+            timed.push(transport);
+            for &strategy in &args.sync {
+                let mut sync = make_transport(strategy, transport, env.duplicate(), rank, kv.clone())?;
+                let times = time_calls(env, args, || sync.run_call(&call, &mut SyncStats::default()))?;
+                let name = transport.name();
+                rows.push(CommRow::from_times(
+                    name,
+                    strategy.name(),
+                    ranks,
+                    bytes_per_rank,
+                    &times,
+                ));
+            }
+        }
+    }
+    if rank == 0 {
+        print!("{}", format_rows(&rows));
+        if args.json {
+            println!("{}", serde_json::to_string(&rows)?);
+        }
+        if let Some(path) = &args.trace {
+            write_table(path, &rows, env, &device, dtype)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// Times `warmup + iters` calls, each started together after a barrier; returns the slowest
+/// rank's time of every timed call.
+fn time_calls(env: &MpiEnv, args: &CommBenchArgs, mut call: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(args.iters as usize);
+    for i in 0..args.warmup + args.iters {
+        env.world.barrier();
+        let started = Instant::now();
+        call()?;
+        let mine = started.elapsed().as_secs_f64();
+        let mut slowest = 0f64;
+        env.world
+            .all_reduce_into(&mine, &mut slowest, SystemOperation::max());
+        if i >= args.warmup {
+            times.push(slowest);
+        }
+    }
+    Ok(times)
+}
+
+/// A one-layer model shape whose cache holds the blocks.
+fn block_config(args: &CommBenchArgs) -> Qwen3Config {
+    Qwen3Config {
+        hidden_size: args.kv_heads * args.head_dim,
+        intermediate_size: 1,
+        num_hidden_layers: 1,
+        num_attention_heads: args.kv_heads,
+        num_key_value_heads: args.kv_heads,
+        head_dim: args.head_dim,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        max_position_embeddings: usize::MAX,
+        tie_word_embeddings: true,
+        vocab_size: 1,
+        checkpoint_dtype: None,
+        eos_token_ids: Vec::new(),
+    }
+}
+
+fn write_table(
+    path: &std::path::Path,
+    rows: &[CommRow],
+    env: &MpiEnv,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<()> {
+    let trace = TraceFile::create(path).with_context(|| format!("--trace {}", path.display()))?;
+    trace.attr_str("kind", "bench-comm")?;
+    trace.attr_str("command_line", &std::env::args().collect::<Vec<_>>().join(" "))?;
+    trace.attr_u64("world_size", env.size as u64)?;
+    trace.attr_str("device", &crate::device::device_name(device))?;
+    trace.attr_str("dtype", &format!("{dtype:?}").to_lowercase())?;
+    trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;
+    trace.attr_str("git_commit", env!("QWEN3_MPI_GIT_COMMIT"))?;
+    trace.dataset("comm", rows)?;
+    trace.finish("ok")?;
+    Ok(())
+}

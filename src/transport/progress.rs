@@ -1,0 +1,49 @@
+//! A thread that keeps MPI's progress engine turning while the compute thread is inside GPU
+//! work. Hidden states go out with non-blocking sends; a large one travels by rendezvous, and
+//! Open MPI moves it only while some thread of the sender is inside an MPI call. Without this,
+//! a chunk's hidden state can wait on the sender until its next send (measured on 2 x H200,
+//! Qwen3-8B shape, 16K tokens: the next stage got chunk 0 after 0.3-0.9 s instead of 50 ms).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use mpi::traits::*;
+
+use super::SharedComm;
+
+/// How often the thread enters MPI (a probe on a communicator no message is ever sent on).
+const POLL: Duration = Duration::from_micros(50);
+
+pub struct MpiProgress {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<SharedComm>,
+}
+
+impl MpiProgress {
+    /// Starts polling on `idle` (a communicator of its own); `stop` gives it back.
+    pub fn start(idle: SharedComm) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mpi-progress".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    let _ = idle.0.any_process().immediate_probe();
+                    std::thread::sleep(POLL);
+                }
+                idle
+            })
+            .context("cannot start the MPI progress thread")?;
+        Ok(Self { stop, thread })
+    }
+
+    pub fn stop(self) -> Result<SharedComm> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the MPI progress thread panicked"))
+    }
+}
