@@ -1,8 +1,8 @@
 //! `qwen3-mpi bench-comm`: the KV sync alone, call by call. Each call has the shape prefill
 //! makes: every rank contributes one layer's K/V for `bytes_per_rank / position_bytes`
 //! positions of one chunk and ends with every rank's block, moved by the job's own transports
-//! (`src/sync`). Beside them, the MPI library's plain `MPI_Allgather` of the same bytes on host
-//! memory is timed as a baseline.
+//! (`src/sync`), and checked: every rank's block must arrive whole. Beside them, the MPI
+//! library's plain `MPI_Allgather` of the same bytes on host memory is timed as a baseline.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,8 +114,11 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
             timed.push(transport);
             for &strategy in &args.sync {
                 let mut sync = make_transport(strategy, transport, env.duplicate(), rank, kv.clone())?;
+                prepare_blocks(&kv, rank, ranks, positions)?;
                 let times = time_calls(env, args, || sync.run_call(&call, &mut SyncStats::default()))?;
                 let name = transport.name();
+                check_blocks(&kv, ranks, positions)
+                    .with_context(|| format!("{name} {} moved the wrong bytes", strategy.name()))?;
                 rows.push(CommRow::from_times(
                     name,
                     strategy.name(),
@@ -155,6 +158,35 @@ fn time_calls(env: &MpiEnv, args: &CommBenchArgs, mut call: impl FnMut() -> Resu
         }
     }
     Ok(times)
+}
+
+/// This rank's block holds rank + 1 everywhere, the others zeros (so a transport that moves
+/// nothing, or the wrong block, is caught).
+fn prepare_blocks(kv: &KvCache, rank: usize, ranks: usize, positions: usize) -> Result<()> {
+    let shape = kv.block(0, 0, positions)?.shape().clone(); // (P, 2, KVH, D)
+    for q in 0..ranks {
+        let value = if q == rank { q as f32 + 1.0 } else { 0.0 };
+        let block =
+            candle_core::Tensor::full(value, shape.clone(), kv.storage().device())?.to_dtype(kv.dtype())?;
+        kv.write_block(0, q * positions, &block)?;
+    }
+    kv.storage().device().synchronize()?; // the cache is outside event tracking on a GPU
+    Ok(())
+}
+
+/// Every rank's block arrived whole.
+fn check_blocks(kv: &KvCache, ranks: usize, positions: usize) -> Result<()> {
+    for q in 0..ranks {
+        let values = kv
+            .block(0, q * positions, positions)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if let Some(bad) = values.iter().position(|&v| v != q as f32 + 1.0) {
+            anyhow::bail!("rank {q}'s block differs at element {bad}: {}", values[bad]);
+        }
+    }
+    Ok(())
 }
 
 /// A one-layer model shape whose cache holds the blocks.
