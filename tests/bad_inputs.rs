@@ -68,3 +68,44 @@ fn a_corrupt_file_only_one_rank_reads_fails_that_rank_and_ends_the_job() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_model_too_large_for_the_memory_stops_before_loading_with_the_numbers() {
+    let model = materialize("gqa-tied-5x");
+    let m = model.path().display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let trace = out.path().join("too-big.h5");
+    let t = trace.display().to_string();
+    let args = ["--model", &m, "--max-memory", "64KiB", "--trace", &t];
+    assert_job_fails(3, &args, 1, "the model does not fit: it needs");
+    let (_, _, stderr, _) = run_mpi(3, &args, &[], 60);
+    assert!(stderr.contains("but 0.000 GiB is --max-memory"), "{stderr}");
+    // the trace is complete and says why, or absent; never half-written
+    let file = hdf5::File::open(&trace).expect("a trace marked failed");
+    let status = file
+        .attr("status")
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap();
+    assert_eq!(status.as_str(), "failed");
+    assert!(!out.path().join("too-big.h5.partial").exists());
+    // and with room, the same job runs
+    let (code, _, stderr, _) = run_mpi(3, &["--model", &m, "--max-memory", "4GiB"], &[], 60);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn ranks_that_generate_different_tokens_are_reported() {
+    let (code, _, stderr, secs) = run_mpi(
+        3,
+        &["--max-new-tokens", "6"],
+        &[("QWEN3_MPI_FAULT", "diverge@1:decode:3")],
+        60,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(secs < 20.0);
+    assert!(
+        stderr.contains("ranks disagree on the generated tokens: ranks [1] differ from rank 0"),
+        "{stderr}"
+    );
+}

@@ -24,7 +24,7 @@ use crate::transport::{choose_transport, CudaAwareness, MpiEnv, TransportArg};
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommBenchArgs {
     /// Bytes of K/V each rank contributes per call, e.g. `256KiB,1MiB,4MiB,16MiB`.
-    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB,16MiB,64MiB", value_parser = parse_bytes)]
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB,16MiB,64MiB", value_parser = crate::cli::args::parse_bytes)]
     pub sizes: Vec<u64>,
 
     /// Timed calls per size (after the warm-up calls).
@@ -62,10 +62,6 @@ pub struct CommBenchArgs {
     /// Print the rows as one JSON line after the table.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    parse_size::parse_size(text).map_err(|e| format!("`{text}` is not a size in bytes: {e}"))
 }
 
 /// Runs every (transport, sync, size) on every rank; rank 0 prints and writes the table.

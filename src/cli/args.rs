@@ -119,6 +119,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: f64,
 
+    /// Memory a rank may use, e.g. `70GiB` (default: what its device has free). The whole model
+    /// and the KV cache must fit, or the job stops before loading, with the numbers.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+
     /// Compute precision (default: f32 on CPU, bf16 on GPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
@@ -159,6 +164,10 @@ pub struct RunArgs {
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]
     pub json: bool,
+}
+
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text).map_err(|e| format!("`{text}` is not a size in bytes: {e}"))
 }
 
 fn parse_timeout(text: &str) -> Result<f64, String> {

@@ -1,6 +1,8 @@
 //! Fault injection for the failure tests: `QWEN3_MPI_FAULT=<action>@<rank>:<phase>:<step>`
 //! makes rank `<rank>` fail at step `<step>` of `<phase>` (`prefill` or `decode`).
-//! Actions: `error` (an ordinary error), `kill` (SIGKILL itself), `stall` (SIGSTOP itself).
+//! Actions: `error` (an ordinary error), `kill` (SIGKILL itself), `stall` (SIGSTOP itself),
+//! `diverge` (decode only: this rank's token of that step is altered before the cross-rank
+//! check, as if it had computed a different one).
 
 use anyhow::{bail, Result};
 
@@ -11,6 +13,7 @@ pub enum FaultAction {
     Error,
     Kill,
     Stall,
+    Diverge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +41,9 @@ impl Fault {
 
     pub fn parse(text: &str) -> Result<Self> {
         let malformed = || {
-            anyhow::anyhow!("{FAULT_ENV}={text}: expected <error|kill|stall>@<rank>:<prefill|decode>:<step>")
+            anyhow::anyhow!(
+                "{FAULT_ENV}={text}: expected <error|kill|stall|diverge>@<rank>:<prefill|decode>:<step>"
+            )
         };
         let (action, rest) = text.split_once('@').ok_or_else(malformed)?;
         let mut fields = rest.split(':');
@@ -52,6 +57,7 @@ impl Fault {
                 "error" => FaultAction::Error,
                 "kill" => FaultAction::Kill,
                 "stall" => FaultAction::Stall,
+                "diverge" => FaultAction::Diverge,
                 _ => return Err(malformed()),
             },
             rank: rank.parse().map_err(|_| malformed())?,
@@ -74,8 +80,21 @@ impl Fault {
             FaultAction::Error => bail!("injected fault ({FAULT_ENV}) at {phase:?} step {step}"),
             FaultAction::Kill => raise(libc::SIGKILL),
             FaultAction::Stall => raise(libc::SIGSTOP),
+            FaultAction::Diverge => {}
         }
         Ok(())
+    }
+
+    /// `generated` as this rank reports it to the cross-rank check: with a `diverge` fault
+    /// planned here, its token at the fault's decode step is altered.
+    pub fn as_checked(fault: Option<&Self>, rank: usize, generated: &[u32]) -> Vec<u32> {
+        let mut ids = generated.to_vec();
+        if let Some(f) = fault.filter(|f| f.action == FaultAction::Diverge && f.rank == rank) {
+            if let Some(id) = ids.get_mut(f.step) {
+                *id ^= 1;
+            }
+        }
+        ids
     }
 }
 

@@ -7,6 +7,7 @@ pub mod failure;
 pub mod fault;
 pub mod first_token;
 pub mod gather;
+pub mod memory_plan;
 pub mod placement;
 pub mod plan;
 pub mod report;
@@ -72,6 +73,9 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             embed: rank == 0,
             head: rank == ranks - 1,
         };
+        let need = memory_plan::MemoryNeed::of(cfg, plan.capacity, dtype);
+        let budget = memory_plan::memory_budget(args.max_memory, &device)?;
+        memory_plan::check_fits(need, budget, cfg, plan.capacity)?;
         let started = Instant::now();
         let model = Qwen3::load(
             cfg,
@@ -273,11 +277,10 @@ fn run_loaded(
     if rank == 0 {
         let _ = writeln!(stdout);
     }
-    consistency::check_ranks_agree(&env.world, &outcome.generated, watchdog).map_err(|error| {
-        JobError::Failed {
-            error,
-            report: rank == 0,
-        }
+    let checked = Fault::as_checked(fault.as_ref(), rank, &outcome.generated);
+    consistency::check_ranks_agree(&env.world, &checked, watchdog).map_err(|error| JobError::Failed {
+        error,
+        report: rank == 0,
     })?;
 
     // 6. Figures from every rank to everyone (small), report on rank 0.

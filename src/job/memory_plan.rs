@@ -1,0 +1,123 @@
+//! Whether the whole model and the KV cache fit on this rank's device, checked before anything
+//! is loaded. Every rank ends up holding every layer (decode is redundant), so each needs the
+//! full model, not only its stage.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+
+use crate::model::Qwen3Config;
+
+/// Bytes this rank will hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryNeed {
+    pub weights: u64,
+    pub kv_cache: u64,
+}
+
+impl MemoryNeed {
+    pub fn of(cfg: &Qwen3Config, capacity: usize, dtype: DType) -> Self {
+        let (hidden, inter, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let per_layer = hidden * q + 2 * hidden * kv + q * hidden // q, k, v, o projections
+            + 2 * d                                                 // q and k norms
+            + 3 * hidden * inter                                    // gate, up, down
+            + 2 * hidden; // the layer's two RMSNorms
+        let embeddings = cfg.vocab_size * hidden * if cfg.tie_word_embeddings { 1 } else { 2 };
+        let params = cfg.num_hidden_layers * per_layer + embeddings + hidden;
+        let size = dtype.size_in_bytes() as u64;
+        Self {
+            weights: params as u64 * size,
+            kv_cache: (cfg.num_hidden_layers * capacity * 2 * kv) as u64 * size,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache
+    }
+}
+
+/// Memory this rank may use: `--max-memory` if given, else what the device has free (on the
+/// CPU, the kernel's MemAvailable); `None` when neither is known.
+pub fn memory_budget(max_memory: Option<u64>, device: &Device) -> Result<Option<(u64, &'static str)>> {
+    if let Some(limit) = max_memory {
+        return Ok(Some((limit, "--max-memory")));
+    }
+    Ok(free_memory(device)?.map(|free| (free, "free on the device")))
+}
+
+fn free_memory(device: &Device) -> Result<Option<u64>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            cuda.cuda_stream().context().bind_to_thread()?;
+            let (free, _total) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info()?;
+            Ok(Some(free as u64))
+        }
+        Device::Cpu => Ok(std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// An error with the numbers when `need` exceeds `budget`.
+pub fn check_fits(
+    need: MemoryNeed,
+    budget: Option<(u64, &str)>,
+    cfg: &Qwen3Config,
+    capacity: usize,
+) -> Result<()> {
+    let Some((available, source)) = budget else {
+        return Ok(());
+    };
+    if need.total() > available {
+        bail!(
+            "the model does not fit: it needs {} (weights {} for all {} layers, which every rank holds \
+             to decode, + KV cache {} for {capacity} positions), but {} is {source}",
+            gib(need.total()),
+            gib(need.weights),
+            cfg.num_hidden_layers,
+            gib(need.kv_cache),
+            gib(available)
+        );
+    }
+    Ok(())
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.3} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwen3_8b_needs_its_parameter_count_in_bf16() {
+        let cfg = Qwen3Config {
+            hidden_size: 4096,
+            intermediate_size: 12288,
+            num_hidden_layers: 36,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            vocab_size: 151936,
+            checkpoint_dtype: None,
+            eos_token_ids: vec![],
+        };
+        let need = MemoryNeed::of(&cfg, 16384, DType::BF16);
+        // Qwen3-8B has 8,190,735,360 parameters (its model card: 8.2B)
+        assert_eq!(need.weights, 8_190_735_360 * 2);
+        // 36 layers x 16384 positions x (K + V) x 8 heads x 128 x 2 bytes = 2.25 GiB
+        assert_eq!(need.kv_cache, 36 * 16384 * 2 * 8 * 128 * 2);
+        let err = check_fits(need, Some((16 << 30, "--max-memory")), &cfg, 16384).unwrap_err();
+        assert!(err.to_string().contains("15.256 GiB for all 36 layers"), "{err}");
+        assert!(check_fits(need, Some((20 << 30, "--max-memory")), &cfg, 16384).is_ok());
+    }
+}
