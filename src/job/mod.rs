@@ -30,6 +30,7 @@ use crate::model::{KvCache, Qwen3, StageParts};
 use crate::sync::{make_transport, warm_up, KvSyncWorker, KvTransport};
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+use crate::transport::hidden_out::HostBuffer;
 use crate::transport::mpi_raw::library_cuda_support;
 use crate::transport::progress::MpiProgress;
 use crate::transport::selection::CUDA_AWARE_ENV;
@@ -176,6 +177,9 @@ fn run_loaded(
     );
     let pipe_comm = env.duplicate();
     let mut idle_comm = Some(env.duplicate()); // for the progress thread
+    let row_bytes = cfg.hidden_size * model.dtype().size_in_bytes();
+    let mut out_buffers =
+        stage_loop::hidden_buffers(rank, ranks, &plan.schedule, row_bytes, device).map_err(fail)?;
 
     // 2-4. Prefill, first token, KV sync drained; `--prefill-runs N` repeats it (warm timings:
     //      every run recomputes the same cache), and the trace keeps the last run's spans.
@@ -209,7 +213,7 @@ fn run_loaded(
         let idle = idle_comm
             .take()
             .ok_or_else(|| fail(anyhow::anyhow!("no progress communicator")))?;
-        let (prefill, transport_back, idle) = pass.run(kv_transport, idle).map_err(fail)?;
+        let (prefill, transport_back, idle) = pass.run(kv_transport, idle, &mut out_buffers).map_err(fail)?;
         idle_comm = Some(idle);
         kv_transport = transport_back;
         if run + 1 < runs {
@@ -384,6 +388,7 @@ impl PrefillPass<'_> {
         &self,
         transport: Box<dyn KvTransport>,
         idle: SharedComm,
+        out_buffers: &mut [HostBuffer],
     ) -> Result<(Prefill, Box<dyn KvTransport>, SharedComm)> {
         let (env, plan, spans, watchdog) = (self.env, self.plan, self.spans, self.watchdog);
         let (rank, ranks) = (env.rank, env.size);
@@ -412,7 +417,7 @@ impl PrefillPass<'_> {
             device_spans: &device_spans,
         };
         let progress = MpiProgress::start(idle)?;
-        let (logits, stage_times) = run_stage(&ctx);
+        let (logits, stage_times) = run_stage(&ctx, out_buffers);
         let idle = progress.stop()?;
 
         // The first token from the last rank's logits.

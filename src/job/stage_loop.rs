@@ -2,7 +2,7 @@
 //! receives posted before the first step and leave by non-blocking sends; each computed layer's
 //! K/V goes to the KV sync thread.
 
-use std::cell::OnceCell;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -20,7 +20,8 @@ use crate::sync::ready::BlockReady;
 use crate::sync::KvSyncWorker;
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
-use crate::transport::host_bytes::{tensor_from_bytes, tensor_to_bytes};
+use crate::transport::hidden_out::{HostBuffer, StagedHidden};
+use crate::transport::host_bytes::tensor_from_bytes;
 
 /// Where one rank's prefill time went.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -49,9 +50,28 @@ pub struct StageContext<'a> {
     pub device_spans: &'a DeviceSpans,
 }
 
+/// Host buffers for this rank's outgoing hidden states, one per chunk (none on the last rank),
+/// made once per job.
+pub fn hidden_buffers(
+    rank: usize,
+    ranks: usize,
+    schedule: &Schedule,
+    row_bytes: usize,
+    device: &candle_core::Device,
+) -> Result<Vec<HostBuffer>> {
+    if rank + 1 == ranks {
+        return Ok(Vec::new());
+    }
+    schedule
+        .chunks()
+        .iter()
+        .map(|c| HostBuffer::new(c.len() * row_bytes, device))
+        .collect()
+}
+
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
 /// An error here ends the job (pending MPI requests cannot be abandoned).
-pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
+pub fn run_stage(ctx: &StageContext, out_buffers: &mut [HostBuffer]) -> (Option<Tensor>, StageTimes) {
     let chunks = ctx.schedule.chunks();
     let cfg = ctx.model.config();
     let hidden_bytes = |len: usize| len * cfg.hidden_size * ctx.model.dtype().size_in_bytes();
@@ -59,12 +79,13 @@ pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
         0 => Vec::new(),
         _ => chunks.iter().map(|c| vec![0u8; hidden_bytes(c.len())]).collect(),
     };
-    let send_buffers: Vec<OnceCell<Vec<u8>>> = chunks.iter().map(|_| OnceCell::new()).collect();
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
             logits: None,
             times: StageTimes::default(),
+            out_buffers: out_buffers.iter_mut().map(Some).collect(),
+            staged: VecDeque::new(),
             sends: Vec::new(),
         };
         let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
@@ -86,11 +107,17 @@ pub fn run_stage(ctx: &StageContext) -> (Option<Tensor>, StageTimes) {
                     ctx.abort.fail(&error);
                 }
             }
-            if let Err(error) = run_op(ctx, scope, &send_buffers, &mut recvs, &mut loop_state, step, op) {
+            let done = post_staged_sends(ctx, scope, &mut loop_state, false)
+                .and_then(|_| run_op(ctx, &mut recvs, &mut loop_state, step, op))
+                .and_then(|_| post_staged_sends(ctx, scope, &mut loop_state, false));
+            if let Err(error) = done {
                 ctx.abort.fail(&error);
             }
         }
         let started = Instant::now();
+        if let Err(error) = post_staged_sends(ctx, scope, &mut loop_state, true) {
+            ctx.abort.fail(&error);
+        }
         for (chunk, send) in loop_state.sends.drain(..) {
             let _wait = ctx.watchdog.waiting_for(format!(
                 "send of chunk {chunk}'s hidden state to rank {}",
@@ -112,13 +139,52 @@ struct LoopState<'a, 's> {
     hidden: Option<Tensor>,
     logits: Option<Tensor>,
     times: StageTimes,
+    /// One host buffer per chunk, taken when the chunk's hidden state is staged.
+    out_buffers: Vec<Option<&'a mut HostBuffer>>,
+    /// Hidden states on their way to host memory: (chunk, destination rank, step, staging).
+    staged: VecDeque<(usize, usize, usize, StagedHidden<'a>)>,
     sends: Vec<(usize, Request<'a, [u8], &'s LocalScope<'a>>)>,
+}
+
+/// Posts the sends of staged hidden states whose bytes have reached host memory, in chunk
+/// order; with `wait`, all of them.
+fn post_staged_sends<'a, 's>(
+    ctx: &StageContext,
+    scope: &'s LocalScope<'a>,
+    state: &mut LoopState<'a, 's>,
+    wait: bool,
+) -> Result<()> {
+    while let Some((_, _, _, staged)) = state.staged.front() {
+        if !staged.is_ready() {
+            if !wait {
+                return Ok(());
+            }
+            staged.wait()?;
+        }
+        let Some((chunk, to, step, staged)) = state.staged.pop_front() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let buffer: &'a HostBuffer = staged.buffer;
+        let bytes = buffer.as_slice();
+        let next = ctx.pipe.process_at_rank(to as i32);
+        state
+            .sends
+            .push((chunk, next.immediate_send_with_tag(scope, bytes, chunk as i32)));
+        let at = SpanAt {
+            chunk: chunk as i32,
+            step: step as i32,
+            peer: to as i32,
+            bytes: bytes.len() as u64,
+            ..SpanAt::NONE
+        };
+        ctx.spans.record(SpanKind::Send, SpanThread::Compute, at, started);
+    }
+    Ok(())
 }
 
 fn run_op<'a, 's>(
     ctx: &StageContext,
-    scope: &'s LocalScope<'a>,
-    send_buffers: &'a [OnceCell<Vec<u8>>],
     recvs: &mut [Option<Request<'a, [u8], &'s LocalScope<'a>>>],
     state: &mut LoopState<'a, 's>,
     step: usize,
@@ -183,23 +249,16 @@ fn run_op<'a, 's>(
         }
         StageOp::KvSync { call } => ctx.sync.submit(call, BlockReady::mark(model.device())?)?,
         StageOp::SendHidden { chunk, to } => {
+            // The copy to host memory is queued behind this chunk's kernels; the send is posted
+            // once it has passed (post_staged_sends), while this thread queues the next chunk.
             let hidden = take_hidden(state, &format!("the send of chunk {}", chunk.index))?;
-            let buffer = &send_buffers[chunk.index];
-            buffer
-                .set(tensor_to_bytes(&hidden)?)
-                .map_err(|_| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
-            let bytes = buffer.get().map(Vec::as_slice).unwrap_or_default();
-            let next = ctx.pipe.process_at_rank(to as i32);
-            let request = next.immediate_send_with_tag(scope, bytes, chunk.index as i32);
-            state.sends.push((chunk.index, request));
-            record(
-                SpanKind::Send,
-                SpanAt {
-                    peer: to as i32,
-                    bytes: bytes.len() as u64,
-                    ..at(chunk.index)
-                },
-            );
+            let buffer = state
+                .out_buffers
+                .get_mut(chunk.index)
+                .and_then(Option::take)
+                .ok_or_else(|| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
+            let staged = StagedHidden::stage(&hidden, buffer)?;
+            state.staged.push_back((chunk.index, to, step, staged));
         }
         StageOp::Logits { chunk } => {
             let mark = ctx.device_spans.begin()?;

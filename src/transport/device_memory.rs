@@ -8,21 +8,25 @@ use candle_core::{DType, Storage, Tensor};
 /// that was queued before this call (the stream waits for the tensor's last write event; the
 /// host then waits for the stream). Only that stream is synchronised, never the device.
 pub fn device_address(tensor: &Tensor, stream: &CudaStream) -> Result<u64> {
-    let address = {
-        let (storage, layout) = tensor.storage_and_layout();
-        let Storage::Cuda(cuda) = &*storage else {
-            bail!("tensor is not on a GPU");
-        };
-        let base = match tensor.dtype() {
-            DType::BF16 => cuda.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
-            DType::F16 => cuda.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
-            DType::F32 => cuda.as_cuda_slice::<f32>()?.device_ptr(stream).0,
-            other => bail!("no device transport for dtype {other:?}"),
-        };
-        base + (layout.start_offset() * tensor.dtype().size_in_bytes()) as u64
-    };
+    let address = queued_address(tensor, stream)?;
     stream.synchronize()?;
     Ok(address)
+}
+
+/// The device address of `tensor`'s first element for work queued on `stream` (the stream
+/// that wrote it): nothing is synchronised, the caller's copy runs in stream order.
+pub fn queued_address(tensor: &Tensor, stream: &CudaStream) -> Result<u64> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cuda(cuda) = &*storage else {
+        bail!("tensor is not on a GPU");
+    };
+    let base = match tensor.dtype() {
+        DType::BF16 => cuda.as_cuda_slice::<half::bf16>()?.device_ptr(stream).0,
+        DType::F16 => cuda.as_cuda_slice::<half::f16>()?.device_ptr(stream).0,
+        DType::F32 => cuda.as_cuda_slice::<f32>()?.device_ptr(stream).0,
+        other => bail!("no device copy for dtype {other:?}"),
+    };
+    Ok(base + (layout.start_offset() * tensor.dtype().size_in_bytes()) as u64)
 }
 
 /// A stream of its own on the tensor's device, for communication beside compute.

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod device_memory;
+pub mod hidden_out;
 pub mod host_bytes;
 pub mod mpi_env;
 pub mod mpi_raw;

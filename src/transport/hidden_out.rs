@@ -1,0 +1,105 @@
+//! A chunk's hidden state on its way to the next stage. On a GPU the copy to page-locked host
+//! memory is queued on the compute stream behind the kernels that produced it, and the compute
+//! thread goes on queueing the next chunk; the send is posted once the copy's event has passed.
+//! On the CPU the bytes are copied at once. Buffers are made once per job, one per chunk, so no
+//! allocation or page pinning happens inside the prefill.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// Host memory for one chunk's hidden state (page-locked on a GPU).
+pub enum HostBuffer {
+    Plain(Vec<u8>),
+    #[cfg(feature = "cuda")]
+    Pinned(super::device_memory::PinnedBuffer),
+}
+
+impl HostBuffer {
+    pub fn new(len: usize, device: &Device) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            return Ok(Self::Pinned(super::device_memory::PinnedBuffer::new(len)?));
+        }
+        let _ = device;
+        Ok(Self::Plain(vec![0u8; len]))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Plain(v) => v,
+            #[cfg(feature = "cuda")]
+            Self::Pinned(p) => p.as_slice(),
+        }
+    }
+}
+
+/// A staged hidden state: its bytes are in `buffer` once `is_ready`.
+pub struct StagedHidden<'a> {
+    pub buffer: &'a HostBuffer,
+    /// Kept alive until the copy has read it.
+    _hidden: Tensor,
+    #[cfg(feature = "cuda")]
+    copied: Option<candle_core::cuda_backend::cudarc::driver::CudaEvent>,
+}
+
+impl<'a> StagedHidden<'a> {
+    /// Starts moving `hidden` (contiguous) into `buffer`.
+    pub fn stage(hidden: &Tensor, buffer: &'a mut HostBuffer) -> Result<Self> {
+        let hidden = hidden.contiguous()?;
+        let len = hidden.elem_count() * hidden.dtype().size_in_bytes();
+        match buffer {
+            HostBuffer::Plain(bytes) => {
+                let data = super::host_bytes::tensor_to_bytes(&hidden)?;
+                if data.len() != len || bytes.len() != len {
+                    bail!(
+                        "hidden state of {} bytes for a buffer of {}",
+                        data.len(),
+                        bytes.len()
+                    );
+                }
+                bytes.copy_from_slice(&data);
+                Ok(Self {
+                    buffer,
+                    _hidden: hidden,
+                    #[cfg(feature = "cuda")]
+                    copied: None,
+                })
+            }
+            #[cfg(feature = "cuda")]
+            HostBuffer::Pinned(pinned) => {
+                if pinned.len() != len {
+                    bail!("hidden state of {len} bytes for a buffer of {}", pinned.len());
+                }
+                let stream = hidden.device().as_cuda_device()?.cuda_stream();
+                let address = super::device_memory::queued_address(&hidden, &stream)?;
+                // SAFETY: `address` holds `len` bytes of `hidden`, which this value keeps alive;
+                // the buffer is read (by the send) only after `copied` has passed.
+                unsafe { pinned.copy_from_device(0, address, len, &stream)? };
+                let copied = Some(stream.record_event(None)?);
+                Ok(Self {
+                    buffer,
+                    _hidden: hidden,
+                    copied,
+                })
+            }
+        }
+    }
+
+    /// Whether the bytes are in host memory (never blocks).
+    pub fn is_ready(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Some(event) = &self.copied {
+            return event.is_complete();
+        }
+        true
+    }
+
+    /// Blocks until the bytes are in host memory.
+    pub fn wait(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(event) = &self.copied {
+            event.synchronize()?;
+        }
+        Ok(())
+    }
+}
