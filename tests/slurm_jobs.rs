@@ -335,3 +335,38 @@ fn sweep_task_past_the_grid_fails_naming_the_array_to_submit() {
         "{stderr}"
     );
 }
+
+#[test]
+fn comm_bench_job_times_the_kv_sync_and_writes_its_table() {
+    let env = [
+        ("SIZES", "4KiB,64KiB"),
+        ("ITERS", "2"),
+        ("SYNCS", "allgather,ring"),
+    ];
+    let job = submit("jobs/comm-bench.slurm", &["--ntasks=3"], &env);
+    assert_completed(&job, 1);
+    let path = job.trace(&format!("comm-bench/{}.h5", job.id));
+    let file = hdf5::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), job.logs()));
+    assert_eq!(text_attr(&file, "status"), "ok");
+    assert_eq!(int_attr(&file, "world_size"), 3);
+    let rows: Vec<qwen3_mpi::bench::comm_table::CommRow> = file.dataset("comm").unwrap().read_raw().unwrap();
+    // per size: the MPI baseline, then allgather and ring over the host transport (CPU)
+    let names: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.transport.to_string(), r.sync.to_string()))
+        .collect();
+    let per_size = [
+        ("mpi-host-baseline", "allgather"),
+        ("host", "allgather"),
+        ("host", "ring"),
+    ];
+    let expected: Vec<(String, String)> = per_size
+        .iter()
+        .chain(per_size.iter())
+        .map(|(t, s)| (t.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(names, expected, "{}", job.logs());
+    assert!(rows
+        .iter()
+        .all(|r| r.iters == 2 && r.ranks == 3 && r.median_s > 0.0));
+}
