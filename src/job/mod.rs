@@ -10,6 +10,7 @@ pub mod gather;
 pub mod memory_plan;
 pub mod placement;
 pub mod plan;
+pub mod prefill_pass;
 pub mod report;
 pub mod stage_loop;
 pub mod trace_guard;
@@ -25,24 +26,21 @@ use mpi::traits::*;
 
 use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name, select_device, select_dtype};
-use crate::generate::{decode, Sampler};
+use crate::generate::decode;
 use crate::model::{KvCache, Qwen3, StageParts};
-use crate::sync::{make_transport, warm_up, KvSyncWorker, KvTransport};
-use crate::trace::device_spans::DeviceSpans;
+use crate::sync::{make_transport, warm_up};
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
-use crate::transport::hidden_out::HostBuffer;
 use crate::transport::mpi_raw::library_cuda_support;
-use crate::transport::progress::MpiProgress;
 use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::selection::NCCL_BUILT;
+use crate::transport::MpiEnv;
 use crate::transport::{choose_transport, CudaAwareness, Transport};
-use crate::transport::{MpiEnv, SharedComm};
 use background_load::BackgroundLoad;
 use failure::{agree, JobAbort, JobError};
 use fault::{Fault, Phase};
 use plan::JobPlan;
+use prefill_pass::{Prefill, PrefillPass, PREFILL_SPANS};
 use report::{JobReport, RankFigures};
-use stage_loop::{run_stage, StageContext};
 use trace_writer::write_job_trace;
 use watchdog::Watchdog;
 
@@ -342,117 +340,6 @@ fn run_loaded(
         devices,
         start_time: plan.start_time.clone(),
     })
-}
-
-/// Spans of one prefill run (dropped from the trace when another run follows).
-const PREFILL_SPANS: [SpanKind; 7] = [
-    SpanKind::Embed,
-    SpanKind::LayerCompute,
-    SpanKind::KvSync,
-    SpanKind::Send,
-    SpanKind::Recv,
-    SpanKind::Wait,
-    SpanKind::LmHead,
-];
-
-/// What one prefill run leaves: the first token (and the sampler that drew it), the logits
-/// and where the time went.
-struct Prefill {
-    sampler: Sampler,
-    first: u32,
-    prefill_logits: Vec<f32>,
-    ttft_s: f64,
-    prefill_s: f64,
-    stage_times: stage_loop::StageTimes,
-    sync_stats: crate::sync::SyncStats,
-    exposed_sync_s: f64,
-}
-
-/// Everything one prefill run needs.
-struct PrefillPass<'a> {
-    env: &'a MpiEnv,
-    plan: &'a JobPlan,
-    model: &'a Qwen3,
-    kv: &'a Arc<KvCache>,
-    device: &'a candle_core::Device,
-    pipe: &'a mpi::topology::SimpleCommunicator,
-    watchdog: &'a Watchdog,
-    fault: Option<Fault>,
-    spans: &'a SpanLog,
-}
-
-impl PrefillPass<'_> {
-    /// Every rank runs its stage with the KV sync thread trailing it; the first token comes
-    /// from the last rank's logits; then the KV sync drains.
-    fn run(
-        &self,
-        transport: Box<dyn KvTransport>,
-        idle: SharedComm,
-        out_buffers: &mut [HostBuffer],
-    ) -> Result<(Prefill, Box<dyn KvTransport>, SharedComm)> {
-        let (env, plan, spans, watchdog) = (self.env, self.plan, self.spans, self.watchdog);
-        let (rank, ranks) = (env.rank, env.size);
-        let device_spans = DeviceSpans::start(self.device, spans)?;
-        env.world.barrier();
-        let t0 = Instant::now();
-        let sync = KvSyncWorker::spawn(
-            transport,
-            rank,
-            plan.schedule.clone(),
-            watchdog.clone(),
-            spans.clone(),
-        )?;
-        let ctx = StageContext {
-            model: self.model,
-            kv: self.kv,
-            schedule: &plan.schedule,
-            rank,
-            prompt_ids: &plan.prompt_ids,
-            pipe: self.pipe,
-            sync: &sync,
-            watchdog,
-            abort: JobAbort { rank },
-            fault: self.fault,
-            spans,
-            device_spans: &device_spans,
-        };
-        let progress = MpiProgress::start(idle)?;
-        let (logits, stage_times) = run_stage(&ctx, out_buffers);
-        let idle = progress.stop()?;
-
-        // The first token from the last rank's logits.
-        let mut sampler = Sampler::new(plan.sampling);
-        let waited = Instant::now();
-        let vocab = plan.files.config.vocab_size;
-        let (first, prefill_logits) =
-            first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog)?;
-        let ttft_s = t0.elapsed().as_secs_f64();
-        let last_rank = SpanAt {
-            peer: ranks as i32 - 1,
-            ..SpanAt::NONE
-        };
-        spans.record(SpanKind::Wait, SpanThread::Compute, last_rank, waited);
-
-        // Every rank needs the whole cache before decoding.
-        let drain = Instant::now();
-        let (sync_stats, transport) = {
-            let _wait = watchdog.waiting_for("the KV sync to finish");
-            sync.finish()?
-        };
-        let exposed_sync_s = drain.elapsed().as_secs_f64();
-        spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
-        let prefill = Prefill {
-            sampler,
-            first,
-            prefill_logits,
-            ttft_s,
-            prefill_s: t0.elapsed().as_secs_f64(),
-            stage_times,
-            sync_stats,
-            exposed_sync_s,
-        };
-        Ok((prefill, transport, idle))
-    }
 }
 
 /// The middle value (0 for none).

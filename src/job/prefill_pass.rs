@@ -1,0 +1,134 @@
+//! One prefill run: every rank runs its stage with the KV sync thread trailing it, the first
+//! token comes from the last rank's logits, then the sync drains. `--prefill-runs` repeats it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use mpi::traits::*;
+
+use super::failure::JobAbort;
+use super::fault::Fault;
+use super::first_token;
+use super::plan::JobPlan;
+use super::stage_loop::{run_stage, StageContext, StageTimes};
+use super::watchdog::Watchdog;
+use crate::generate::Sampler;
+use crate::model::{KvCache, Qwen3};
+use crate::sync::{KvSyncWorker, KvTransport, SyncStats};
+use crate::trace::device_spans::DeviceSpans;
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+use crate::transport::hidden_out::HostBuffer;
+use crate::transport::progress::MpiProgress;
+use crate::transport::{MpiEnv, SharedComm};
+
+/// Spans of one prefill run (dropped from the trace when another run follows).
+pub const PREFILL_SPANS: [SpanKind; 7] = [
+    SpanKind::Embed,
+    SpanKind::LayerCompute,
+    SpanKind::KvSync,
+    SpanKind::Send,
+    SpanKind::Recv,
+    SpanKind::Wait,
+    SpanKind::LmHead,
+];
+
+/// What one prefill run leaves: the first token (and the sampler that drew it), the logits
+/// and where the time went.
+pub struct Prefill {
+    pub sampler: Sampler,
+    pub first: u32,
+    pub prefill_logits: Vec<f32>,
+    pub ttft_s: f64,
+    pub prefill_s: f64,
+    pub stage_times: StageTimes,
+    pub sync_stats: SyncStats,
+    pub exposed_sync_s: f64,
+}
+
+/// Everything one prefill run needs.
+pub struct PrefillPass<'a> {
+    pub env: &'a MpiEnv,
+    pub plan: &'a JobPlan,
+    pub model: &'a Qwen3,
+    pub kv: &'a Arc<KvCache>,
+    pub device: &'a candle_core::Device,
+    pub pipe: &'a mpi::topology::SimpleCommunicator,
+    pub watchdog: &'a Watchdog,
+    pub fault: Option<Fault>,
+    pub spans: &'a SpanLog,
+}
+
+impl PrefillPass<'_> {
+    /// Every rank runs its stage with the KV sync thread trailing it; the first token comes
+    /// from the last rank's logits; then the KV sync drains.
+    pub fn run(
+        &self,
+        transport: Box<dyn KvTransport>,
+        idle: SharedComm,
+        out_buffers: &mut [HostBuffer],
+    ) -> Result<(Prefill, Box<dyn KvTransport>, SharedComm)> {
+        let (env, plan, spans, watchdog) = (self.env, self.plan, self.spans, self.watchdog);
+        let (rank, ranks) = (env.rank, env.size);
+        let device_spans = DeviceSpans::start(self.device, spans)?;
+        env.world.barrier();
+        let t0 = Instant::now();
+        let sync = KvSyncWorker::spawn(
+            transport,
+            rank,
+            plan.schedule.clone(),
+            watchdog.clone(),
+            spans.clone(),
+        )?;
+        let ctx = StageContext {
+            model: self.model,
+            kv: self.kv,
+            schedule: &plan.schedule,
+            rank,
+            prompt_ids: &plan.prompt_ids,
+            pipe: self.pipe,
+            sync: &sync,
+            watchdog,
+            abort: JobAbort { rank },
+            fault: self.fault,
+            spans,
+            device_spans: &device_spans,
+        };
+        let progress = MpiProgress::start(idle)?;
+        let (logits, stage_times) = run_stage(&ctx, out_buffers);
+        let idle = progress.stop()?;
+
+        // The first token from the last rank's logits.
+        let mut sampler = Sampler::new(plan.sampling);
+        let waited = Instant::now();
+        let vocab = plan.files.config.vocab_size;
+        let (first, prefill_logits) =
+            first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog)?;
+        let ttft_s = t0.elapsed().as_secs_f64();
+        let last_rank = SpanAt {
+            peer: ranks as i32 - 1,
+            ..SpanAt::NONE
+        };
+        spans.record(SpanKind::Wait, SpanThread::Compute, last_rank, waited);
+
+        // Every rank needs the whole cache before decoding.
+        let drain = Instant::now();
+        let (sync_stats, transport) = {
+            let _wait = watchdog.waiting_for("the KV sync to finish");
+            sync.finish()?
+        };
+        let exposed_sync_s = drain.elapsed().as_secs_f64();
+        spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        let prefill = Prefill {
+            sampler,
+            first,
+            prefill_logits,
+            ttft_s,
+            prefill_s: t0.elapsed().as_secs_f64(),
+            stage_times,
+            sync_stats,
+            exposed_sync_s,
+        };
+        Ok((prefill, transport, idle))
+    }
+}
