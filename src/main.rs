@@ -33,15 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    qwen3_mpi::cli::logging::init_logging();
-    let env = match MpiEnv::init() {
+    let env = match start_mpi() {
         Ok(env) => env,
-        Err(e) => {
-            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    qwen3_mpi::cli::logging::set_log_rank(env.rank);
     match run_job(&args, &env) {
         Ok(report) => {
             if env.rank == 0 {
@@ -75,19 +70,30 @@ fn main() -> ExitCode {
 
 /// `qwen3-mpi bench-comm`: any error ends every rank (peers may be inside a collective).
 fn bench_comm(args: &qwen3_mpi::bench::comm::CommBenchArgs) -> ExitCode {
-    qwen3_mpi::cli::logging::init_logging();
-    let env = match MpiEnv::init() {
+    let env = match start_mpi() {
         Ok(env) => env,
-        Err(e) => {
-            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match qwen3_mpi::bench::comm::run_comm_bench(args, &env) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qwen3-mpi: error: rank {}: bench-comm: {e:#}", env.rank);
             env.abort(1)
+        }
+    }
+}
+
+/// Logging, then MPI; a failure is one line naming the rank the launcher gave.
+fn start_mpi() -> Result<MpiEnv, ExitCode> {
+    qwen3_mpi::cli::logging::init_logging();
+    match MpiEnv::init() {
+        Ok(env) => {
+            qwen3_mpi::cli::logging::set_log_rank(env.rank);
+            Ok(env)
+        }
+        Err(e) => {
+            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
+            Err(ExitCode::FAILURE)
         }
     }
 }

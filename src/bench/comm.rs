@@ -82,9 +82,9 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         let call = one_block_per_rank(ranks, positions);
         let kv = KvCache::with_memory(&cfg, ranks * positions, dtype, &device, awareness.aware)?;
         let kv = Arc::new(kv);
+        let mine = vec![rank as u8; bytes_per_rank];
+        let mut all = vec![0u8; bytes_per_rank * ranks];
         let host = time_calls(env, args, || {
-            let mine = vec![rank as u8; bytes_per_rank];
-            let mut all = vec![0u8; bytes_per_rank * ranks];
             env.world.all_gather_into(&mine[..], &mut all[..]);
             Ok(())
         })?;

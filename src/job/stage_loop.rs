@@ -107,8 +107,7 @@ pub fn run_stage(ctx: &StageContext, out_buffers: &mut [HostBuffer]) -> (Option<
                     ctx.abort.fail(&error);
                 }
             }
-            let done = post_staged_sends(ctx, scope, &mut loop_state, false)
-                .and_then(|_| run_op(ctx, &mut recvs, &mut loop_state, step, op))
+            let done = run_op(ctx, &mut recvs, &mut loop_state, step, op)
                 .and_then(|_| post_staged_sends(ctx, scope, &mut loop_state, false));
             if let Err(error) = done {
                 ctx.abort.fail(&error);

@@ -49,15 +49,10 @@ impl<'a> StagedHidden<'a> {
         let len = hidden.elem_count() * hidden.dtype().size_in_bytes();
         match buffer {
             HostBuffer::Plain(bytes) => {
-                let data = super::host_bytes::tensor_to_bytes(&hidden)?;
-                if data.len() != len || bytes.len() != len {
-                    bail!(
-                        "hidden state of {} bytes for a buffer of {}",
-                        data.len(),
-                        bytes.len()
-                    );
+                if bytes.len() != len {
+                    bail!("hidden state of {len} bytes for a buffer of {}", bytes.len());
                 }
-                bytes.copy_from_slice(&data);
+                *bytes = super::host_bytes::tensor_to_bytes(&hidden)?;
                 Ok(Self {
                     buffer,
                     _hidden: hidden,
