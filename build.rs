@@ -39,11 +39,14 @@ fn main() {
 fn build_kernels() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let ptx = cudaforge::KernelBuilder::new()
-        .source_files(["src/model/kernels/attention.cu"])
+        .source_files([
+            "src/model/kernels/attention.cu",
+            "src/model/kernels/decode_attention.cu",
+        ])
         .arg("-std=c++17")
         .arg("-O3")
         .build_ptx()
-        .unwrap_or_else(|e| panic!("cannot compile src/model/kernels/attention.cu: {e}"));
+        .unwrap_or_else(|e| panic!("cannot compile src/model/kernels/*.cu: {e}"));
     ptx.write(out.join("kernels_ptx.rs"))
         .unwrap_or_else(|e| panic!("cannot write the kernels' PTX list: {e}"));
 }

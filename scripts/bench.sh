@@ -7,7 +7,8 @@
 #                               the multi-GPU runs, default 16384), LONG (4 GPUs, 32768), RUNS
 #                               (prefill runs per job, 4), DEADLINE (epoch s; default 540 s on),
 #                               HF_LENGTHS / HF_DECODE ("" skips transformers' runs), COMM=0,
-#                               ONLY (a regex: only runs whose name matches)
+#                               ONLY (a regex: only runs whose name matches), EXTRA_ARGS (added
+#                               to every qwen3-mpi run, e.g. "--chunking uniform" for an A/B)
 # Results: OUTDIR/bench.md (table), OUTDIR/traces.tar.xz (HDF5 of every run), logs.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
@@ -31,7 +32,7 @@ run() { # name launcher ranks args...
   if [ "$(date +%s)" -gt "$deadline" ]; then echo "run $name skipped (time budget)" >> "$out/logs/failures.txt"; return; fi
   echo "$name $(date +%s.%N) start" >> "$out/logs/windows.txt"
   RUST_LOG=info timeout 300 $launcher -n "$n" "$bin" --model $model --json --max-new-tokens 17 --prefill-runs "$runs" \
-    --trace "$out/traces/$name.h5" "$@" > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
+    --trace "$out/traces/$name.h5" "$@" ${EXTRA_ARGS:-} > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
     echo "run $name failed: $(grep -m1 -i error "$out/logs/$name.err")" | tee -a "$out/logs/failures.txt"
   echo "$name $(date +%s.%N) end" >> "$out/logs/windows.txt"
 }
@@ -41,17 +42,23 @@ if [ "$gpus" -ge 2 ]; then
     run "2gpu-$multi-$s-nccl" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport nccl
     run "2gpu-$multi-$s-device" $cudampi 2 --synthetic-prompt "$multi" --sync $s --transport device
     run "2gpu-$multi-$s-host" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport host
+    run "2gpu-$multi-$s-ipc" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport ipc
   done
 fi
-[ "$gpus" -ge 3 ] && run "3gpu-$multi-allgather-nccl" mpirun 3 --synthetic-prompt "$multi" --transport nccl
+if [ "$gpus" -ge 3 ]; then
+  run "3gpu-$multi-allgather-nccl" mpirun 3 --synthetic-prompt "$multi" --transport nccl
+  run "3gpu-$multi-allgather-ipc" mpirun 3 --synthetic-prompt "$multi" --transport ipc
+fi
 if [ "$gpus" -ge 4 ]; then
   run "4gpu-$multi-allgather-nccl" mpirun 4 --synthetic-prompt "$multi" --transport nccl
   run "4gpu-$multi-allgather-device" $cudampi 4 --synthetic-prompt "$multi" --transport device
+  run "4gpu-$multi-allgather-ipc" mpirun 4 --synthetic-prompt "$multi" --transport ipc
 fi
 [ "$gpus" -eq 2 ] && run "3ranks-2gpu-$multi-allgather-nccl" mpirun 3 --synthetic-prompt "$multi" --transport nccl
 # issue 9: the longer prompt across four GPUs, against one GPU
 if [ "$gpus" -ge 4 ] && [ -n "${LONG:-32768}" ]; then
   run "4gpu-${LONG:-32768}-allgather-nccl" mpirun 4 --synthetic-prompt "${LONG:-32768}" --transport nccl
+  run "4gpu-${LONG:-32768}-allgather-ipc" mpirun 4 --synthetic-prompt "${LONG:-32768}" --transport ipc
   run "1gpu-${LONG:-32768}" mpirun 1 --synthetic-prompt "${LONG:-32768}"
 fi
 if [ "${COMM:-1}" != 0 ]; then
@@ -64,6 +71,7 @@ comm() { # name transports [VAR=value...]
     echo "$name failed" >> "$out/logs/failures.txt"
 }
 comm comm-2-pool device,host,nccl
+comm comm-2-ipc ipc,nccl
 comm comm-2-malloc device QWEN3_MPI_KV_ALLOC=malloc
 comm comm-2-cma host OMPI_MCA_btl_vader_single_copy_mechanism=cma
 fi

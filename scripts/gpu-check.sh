@@ -7,6 +7,8 @@
 #   scripts/gpu-check.sh [OUTDIR]    (binary: target/cuda/release/qwen3-mpi or .carry/qwen3-mpi.xz,
 #                                     both from scripts/build-cuda.sh)
 #   env: ONLY_TIMING=1 skips the correctness runs; COMM=0 skips the KV-sync microbenchmark;
+#        ONLY=REGEX runs only the runs whose name matches (p*-1gpu are the references: keep them);
+#        COMM_TRANSPORTS, COMM_SIZES: what bench-comm times (default every transport, 1-64 MiB);
 #        no run starts after DEADLINE (epoch seconds; default BUDGET_S=540 seconds from the start).
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
@@ -36,6 +38,7 @@ python3 $gc/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --ref
 run() { # name launcher ranks args...
   local name=$1 launcher=$2 n=$3 t0; shift 3; t0=$(date +%s.%N)
   if [ "$n" -gt "$gpus" ] && [ "$n" -ne 3 ]; then return; fi
+  [[ "$name" =~ ${ONLY:-.} ]] || return 0
   if [ "$(date +%s)" -gt "$deadline" ]; then echo "- $name: skipped (time budget)" >> "$md"; return; fi
   RUST_LOG=info timeout 120 $launcher -n "$n" "$bin" --model /tmp/model --json --trace "$out/traces/$name.h5" "$@" \
     > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
@@ -52,24 +55,38 @@ if [ -z "${ONLY_TIMING:-}" ]; then
     run "p1-2gpu-$s-host" mpirun 2 "${p[@]}" --sync $s --transport host
     run "p1-2gpu-$s-device" $cudampi 2 "${p[@]}" --sync $s --transport device
     run "p1-2gpu-$s-nccl" mpirun 2 "${p[@]}" --sync $s --transport nccl
+    run "p1-2gpu-$s-ipc" mpirun 2 "${p[@]}" --sync $s --transport ipc
   done
   QWEN3_MPI_KV_ALLOC=malloc run "p1-2gpu-allgather-device-malloc" $cudampi 2 "${p[@]}" --transport device
   # three ranks: on three GPUs, or two of them sharing one GPU on a two-GPU machine
   run p1-3ranks-allgather-nccl mpirun 3 "${p[@]}" --transport nccl
   run p1-3ranks-ring-device $cudampi 3 "${p[@]}" --sync ring --transport device
   run p1-3ranks-allgather-host mpirun 3 "${p[@]}" --transport host
+  run p1-3ranks-allgather-ipc mpirun 3 "${p[@]}" --transport ipc
+  run p1-3ranks-auto mpirun 3 "${p[@]}"   # the users' command: the transport `auto` picks
   run p1-4gpu-allgather-device $cudampi 4 "${p[@]}" --transport device
   run p1-4gpu-ring-nccl mpirun 4 "${p[@]}" --sync ring --transport nccl
   run p1-4gpu-allgather-host mpirun 4 "${p[@]}" --transport host
+  run p1-4gpu-allgather-ipc mpirun 4 "${p[@]}" --transport ipc
+  # decode over a long cache (flash-decode kernel, many key splits) and 128-row prefill tiles,
+  # each generated token against transformers' greedy choice for the same prefix
+  python3 $gc/decode_check.py prompt /tmp/ref/long.txt --tokens 3000
+  d=(--prompt-file /tmp/ref/long.txt --max-new-tokens 24 --chunk-size 1024)
+  run d-1gpu mpirun 1 "${d[@]}"
+  QWEN3_MPI_ATTENTION=reference run d-1gpu-reference-attention mpirun 1 "${d[@]}"
+  run d-2gpu-allgather-nccl mpirun 2 "${d[@]}" --transport nccl
+  run d-4gpu-allgather-ipc mpirun 4 "${d[@]}" --transport ipc
+  { echo; echo "## Decode after a long prompt vs transformers (teacher-forced greedy)"
+    python3 $gc/decode_check.py verify /tmp/model /tmp/ref/long.txt "$out"/runs/d-*.json; } >> "$md" 2>&1 || status=1
   { echo; echo "## Generated ids across rank counts, syncs and transports"
     python3 $gc/summarize.py ids "$out/runs/p1-1gpu.json" "$out"/runs/p1-[234]*.json; } >> "$md" 2>&1 || status=1
 fi
 
 # 4. The KV sync alone: one layer's block per rank (chunk 256..16K tokens of Qwen3-8B's K/V)
-sizes=1MiB,2MiB,4MiB,8MiB,16MiB,64MiB
+sizes=${COMM_SIZES:-1MiB,2MiB,4MiB,8MiB,16MiB,64MiB}
 for n in 2 4; do
   [ "$n" -gt "$gpus" ] || [ "${COMM:-1}" = 0 ] && continue
-  timeout 120 $cudampi -n $n "$bin" bench-comm --sizes $sizes --transport device,nccl,host --sync allgather,ring \
+  timeout 120 $cudampi -n $n "$bin" bench-comm --sizes $sizes --transport "${COMM_TRANSPORTS:-device,nccl,ipc,host}" --sync allgather,ring \
     --trace "$out/traces/bench-comm-$n.h5" --json > "$out/runs/bench-comm-$n.txt" 2> "$out/logs/bench-comm-$n.err" ||
     { echo "bench-comm -n $n failed: $(grep -m1 -i error "$out/logs/bench-comm-$n.err")" | tee -a "$md"; status=1; }
   bytes=$(python3 -c "print(','.join(str(int(s[:-3]) << 20) for s in '$sizes'.split(',')))")
@@ -82,12 +99,13 @@ done
 t=(--synthetic-prompt "${TIMING_TOKENS:-8192}" --chunk-size "${TIMING_CHUNK:-1024}" --max-new-tokens 4 --prefill-runs 2)
 run t-1gpu mpirun 1 "${t[@]}"
 QWEN3_MPI_ATTENTION=reference run t-1gpu-reference-attention mpirun 1 "${t[@]}"
-for tr in nccl device host; do
+for tr in nccl device host ipc; do
   launcher=mpirun; [ $tr = device ] && launcher=$cudampi
   run "t-2gpu-allgather-$tr" $launcher 2 "${t[@]}" --transport $tr
 done
 run t-2gpu-ring-nccl mpirun 2 "${t[@]}" --sync ring --transport nccl
 run t-4gpu-allgather-nccl mpirun 4 "${t[@]}" --transport nccl
+run t-4gpu-allgather-ipc mpirun 4 "${t[@]}" --transport ipc
 { echo; echo "## Long-prompt timing"; python3 $gc/summarize.py timing "$out"/runs/t-*.json; } >> "$md" 2>&1
 echo "total: $(( $(date +%s) - began )) s" >> "$md"
 tar -C "$out" -cJf "$out/traces.tar.xz" traces && tar -C "$out" -cJf "$out/runs-and-logs.tar.xz" runs logs &&

@@ -124,6 +124,7 @@ fn bench_comm_times_every_sync_beside_the_mpi_baseline() {
             [
                 ("mpi-host-baseline", "allgather"),
                 ("host", "allgather"),
+                ("host-mpi", "allgather"),
                 ("host", "ring"),
             ]
             .map(|(t, s)| (t.to_owned(), s.to_owned(), b))

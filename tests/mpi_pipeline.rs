@@ -18,9 +18,22 @@ struct Case {
     sync: &'static str,
     chunk: usize,
     layers: Option<&'static str>,
+    /// `--chunking`: `uniform`, or `balanced` (shorter chunks later)
+    chunking: &'static str,
 }
 
 fn job(model: &Path, case: &Case, prompt: &str, dump: &Path) -> Vec<u32> {
+    job_with_env(model, case, prompt, dump, &[]).0
+}
+
+/// As [`job`], with `env` set for every rank; also gives stderr.
+fn job_with_env(
+    model: &Path,
+    case: &Case,
+    prompt: &str,
+    dump: &Path,
+    env: &[(&str, &str)],
+) -> (Vec<u32>, String) {
     let model = model.display().to_string();
     let chunk = case.chunk.to_string();
     let dump = dump.display().to_string();
@@ -35,12 +48,30 @@ fn job(model: &Path, case: &Case, prompt: &str, dump: &Path) -> Vec<u32> {
         &chunk,
     ];
     args.extend(["--sync", case.sync, "--dump", &dump, "--json", "--timeout", "60"]);
+    args.extend(["--chunking", case.chunking]);
     if let Some(layers) = case.layers {
         args.extend(["--layers", layers]);
     }
-    let (code, stdout, stderr, _) = run_mpi(case.ranks, &args, &[], 120);
-    assert_eq!(code, 0, "{} ranks {}: {stderr}", case.ranks, case.sync);
-    expected_ids(&json_report(&stdout), "generated_ids")
+    let (code, stdout, stderr, _) = run_mpi(case.ranks, &args, env, 120);
+    assert_eq!(code, 0, "{} ranks {} {env:?}: {stderr}", case.ranks, case.sync);
+    let report = json_report(&stdout);
+    let lengths: Vec<u64> = report["chunk_lengths"]
+        .as_array()
+        .expect("chunk_lengths in the report")
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        lengths.iter().sum::<u64>(),
+        report["prompt_tokens"].as_u64().unwrap()
+    );
+    if case.chunking == "balanced" {
+        assert!(
+            lengths[0] > lengths[lengths.len() - 1],
+            "balanced chunks {lengths:?}"
+        );
+    }
+    (expected_ids(&report, "generated_ids"), stderr)
 }
 
 fn load_kv(path: &Path) -> HashMap<String, Tensor> {
@@ -73,47 +104,61 @@ fn ranks_strategies_and_chunkings_reproduce_one_process_and_transformers() {
             sync: "allgather",
             chunk: 7,
             layers: None,
+            chunking: "uniform",
         },
         Case {
             ranks: 2,
             sync: "ring",
             chunk: 7,
             layers: None,
+            chunking: "uniform",
         },
         Case {
             ranks: 3,
             sync: "ring",
             chunk: 5,
             layers: Some("1,3,1"),
+            chunking: "uniform",
         },
         Case {
             ranks: 3,
             sync: "allgather",
             chunk: 38,
             layers: None,
+            chunking: "uniform",
         }, // one chunk, three ranks
         Case {
             ranks: 4,
             sync: "allgather",
             chunk: 16,
             layers: Some("2,1,1,1"),
+            chunking: "uniform",
         }, // 3 chunks < 4 ranks
         Case {
             ranks: 4,
             sync: "ring",
             chunk: 3,
             layers: None,
+            chunking: "uniform",
         },
+        Case {
+            ranks: 3,
+            sync: "allgather",
+            chunk: 5,
+            layers: None,
+            chunking: "balanced",
+        }, // 8 chunks, later ones shorter
     ];
-    let mut baselines: HashMap<usize, HashMap<String, Tensor>> = HashMap::new();
+    let mut baselines: HashMap<(usize, &str), HashMap<String, Tensor>> = HashMap::new();
     for case in &cases {
-        let base = baselines.entry(case.chunk).or_insert_with(|| {
+        let base = baselines.entry((case.chunk, case.chunking)).or_insert_with(|| {
             let dir = tempfile::tempdir().unwrap();
             let one = Case {
                 ranks: 1,
                 sync: "allgather",
                 chunk: case.chunk,
                 layers: None,
+                chunking: case.chunking,
             };
             assert_eq!(
                 job(model.path(), &one, prompt, dir.path()),
@@ -126,13 +171,57 @@ fn ranks_strategies_and_chunkings_reproduce_one_process_and_transformers() {
         let dir = tempfile::tempdir().unwrap();
         let ids = job(model.path(), case, prompt, dir.path());
         let what = format!(
-            "{} ranks, {}, chunk {}, layers {:?}",
-            case.ranks, case.sync, case.chunk, case.layers
+            "{} ranks, {}, chunk {} {}, layers {:?}",
+            case.ranks, case.sync, case.chunk, case.chunking, case.layers
         );
         assert_eq!(ids, reference, "{what}: tokens differ from transformers");
         for rank in 0..case.ranks {
             let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
             assert_same_cache(&cache, base, &format!("{what}, rank {rank}"));
+        }
+    }
+}
+
+#[test]
+fn host_allgather_through_mpi_and_through_the_shared_window_give_the_one_process_cache() {
+    let model = materialize(FIXTURE);
+    let exp = expected(FIXTURE);
+    let prompt = exp["prompt"].as_str().unwrap();
+    // 8 chunks of up to 5 positions over 3 ranks: calls where some ranks have no block
+    let case = |ranks| Case {
+        ranks,
+        sync: "allgather",
+        chunk: 5,
+        layers: (ranks == 3).then_some("2,2,1"),
+        chunking: "uniform",
+    };
+    let one = tempfile::tempdir().unwrap();
+    let reference = job(model.path(), &case(1), prompt, one.path());
+    let base = load_kv(&one.path().join("kv-rank0.safetensors"));
+    for (path, used) in [
+        (
+            "mpi",
+            "KV sync over host memory: allgather (QWEN3_MPI_HOST_PATH=mpi)",
+        ),
+        (
+            "window",
+            "KV sync over host memory: allgather through a node-shared host window",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("QWEN3_MPI_HOST_PATH", path), ("RUST_LOG", "info")];
+        let (ids, stderr) = job_with_env(model.path(), &case(3), prompt, dir.path(), &env);
+        assert!(
+            stderr.contains(used),
+            "QWEN3_MPI_HOST_PATH={path}: no `{used}` in\n{stderr}"
+        );
+        assert_eq!(
+            ids, reference,
+            "QWEN3_MPI_HOST_PATH={path}: tokens differ from one process"
+        );
+        for rank in 0..3 {
+            let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
+            assert_same_cache(&cache, &base, &format!("QWEN3_MPI_HOST_PATH={path}, rank {rank}"));
         }
     }
 }

@@ -350,7 +350,8 @@ fn comm_bench_job_times_the_kv_sync_and_writes_its_table() {
     assert_eq!(text_attr(&file, "status"), "ok");
     assert_eq!(int_attr(&file, "world_size"), 3);
     let rows: Vec<qwen3_mpi::bench::comm_table::CommRow> = file.dataset("comm").unwrap().read_raw().unwrap();
-    // per size: the MPI baseline, then allgather and ring over the host transport (CPU)
+    // per size: the MPI baseline, then allgather over the host transport (the node-shared
+    // window), the host allgather through MPI beside it, and the ring (CPU)
     let names: Vec<(String, String)> = rows
         .iter()
         .map(|r| (r.transport.to_string(), r.sync.to_string()))
@@ -358,6 +359,7 @@ fn comm_bench_job_times_the_kv_sync_and_writes_its_table() {
     let per_size = [
         ("mpi-host-baseline", "allgather"),
         ("host", "allgather"),
+        ("host-mpi", "allgather"),
         ("host", "ring"),
     ];
     let expected: Vec<(String, String)> = per_size

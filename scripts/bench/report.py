@@ -134,7 +134,7 @@ def main(out):
         print(f"| {gpu} | {n} | {ours:.2f} | {h['ms_per_token']:.2f} | {floor:.2f} | {ours/floor:.2f}x |" if h else
               f"| {gpu} | {n} | {ours:.2f} | - | {floor:.2f} | {ours/floor:.2f}x |")
     print("\n## Prefill across GPUs (pipeline of ranks, per-layer KV sync)\n")
-    print("| card | run | ranks | sync | transport | tokens | chunks | TTFT s | speedup vs 1 GPU | ideal R·C/(C+R−1) | pipeline efficiency | speedup / ranks | exposed KV sync ms (max rank) | % of TTFT | KV sync GB/s (rank 0 sent / busy) | peak GPU MiB per rank |")
+    print("| card | run | ranks | sync | transport | tokens | chunks | TTFT s | speedup vs 1 GPU | ideal R·C/(C+R−1) | pipeline efficiency | speedup / ranks | exposed KV sync ms (max rank; drain after the first token, delays decode) | % of TTFT | KV sync GB/s (rank 0 sent / busy) | peak GPU MiB per rank |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in sorted(k for k in runs if not k.startswith("1gpu-")):
         r = runs[name]

@@ -1,6 +1,6 @@
 # Sourced by the GPU-machine scripts: the binary ($bin), NCCL on the library path, a CUDA-aware
 # Open MPI under /opt/ompi-cuda (`cudampi` runs its mpirun), and the launcher settings.
-bin="$repo/target/cuda/release/qwen3-mpi"
+bin="${BIN:-$repo/target/cuda/release/qwen3-mpi}"   # BIN= another build (A/B runs)
 if [ ! -x "$bin" ] && [ -f .carry/qwen3-mpi.xz ]; then bin=/tmp/qwen3-mpi; xz -dc .carry/qwen3-mpi.xz > $bin; chmod +x $bin; fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RUST_LOG=warn

@@ -2,7 +2,9 @@
 //! makes: every rank contributes one layer's K/V for `bytes_per_rank / position_bytes`
 //! positions of one chunk and ends with every rank's block, moved by the job's own transports
 //! (`src/sync`), and checked: every rank's block must arrive whole. Beside them, the MPI
-//! library's plain `MPI_Allgather` of the same bytes on host memory is timed as a baseline.
+//! library's plain `MPI_Allgather` of the same bytes on host memory is timed as a baseline,
+//! and where `--transport host` runs through the node-shared window (one node), the host
+//! allgather through MPI that it replaces (row `host-mpi`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +17,11 @@ use mpi::traits::*;
 use super::comm_table::{format_rows, CommRow};
 use crate::device::{select_device, select_dtype, DTypeArg, DeviceArg};
 use crate::model::{KvCache, Qwen3Config};
-use crate::sync::{make_transport, one_block_per_rank, SyncStats, SyncStrategy};
+use crate::schedule::KvSyncCall;
+use crate::sync::{
+    make_transport, mpi_host_allgather, one_block_per_rank, shared_window, KvTransport, SyncStats,
+    SyncStrategy,
+};
 use crate::trace::TraceFile;
 use crate::transport::mpi_raw::library_cuda_support;
 use crate::transport::selection::{CUDA_AWARE_ENV, NCCL_BUILT};
@@ -80,7 +86,9 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         let positions = (bytes as usize / position_bytes).max(1);
         let bytes_per_rank = positions * position_bytes;
         let call = one_block_per_rank(ranks, positions);
-        let kv = KvCache::with_memory(&cfg, ranks * positions, dtype, &device, awareness.aware)?;
+        // IPC-capable memory for a CUDA-aware MPI and for our own IPC pushes
+        let ipc = awareness.aware || args.transport.contains(&TransportArg::Ipc);
+        let kv = KvCache::with_memory(&cfg, ranks * positions, dtype, &device, ipc)?;
         let kv = Arc::new(kv);
         let mine = vec![rank as u8; bytes_per_rank];
         let mut all = vec![0u8; bytes_per_rank * ranks];
@@ -97,7 +105,13 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         ));
         let mut timed = Vec::new();
         for &arg in &args.transport {
-            let transport = match choose_transport(arg, device.is_cuda(), &awareness, NCCL_BUILT) {
+            let transport = match choose_transport(
+                arg,
+                device.is_cuda(),
+                env.local_size == env.size,
+                &awareness,
+                NCCL_BUILT,
+            ) {
                 Ok((transport, _)) if timed.contains(&transport) => continue, // `auto` again
                 Ok((transport, _)) => transport,
                 Err(why) => {
@@ -109,19 +123,31 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
             };
             timed.push(transport);
             for &strategy in &args.sync {
-                let mut sync = make_transport(strategy, transport, env.duplicate(), rank, kv.clone())?;
-                prepare_blocks(&kv, rank, ranks, positions)?;
-                let times = time_calls(env, args, || sync.run_call(&call, &mut SyncStats::default()))?;
-                let name = transport.name();
-                check_blocks(&kv, ranks, positions)
-                    .with_context(|| format!("{name} {} moved the wrong bytes", strategy.name()))?;
+                let sync = make_transport(strategy, transport, env.duplicate(), rank, kv.clone(), positions)?;
+                let window = sync.name() == shared_window::NAME;
+                let (name, sync_name) = (transport.name(), strategy.name());
+                let times = time_transport(env, args, sync, &kv, &call, positions)
+                    .with_context(|| format!("{name} {sync_name}"))?;
                 rows.push(CommRow::from_times(
                     name,
-                    strategy.name(),
+                    sync_name,
                     ranks,
                     bytes_per_rank,
                     &times,
                 ));
+                if window {
+                    // the path the window replaces, beside it (`QWEN3_MPI_HOST_PATH=mpi`)
+                    let mpi = mpi_host_allgather(env.duplicate(), rank, kv.clone())?;
+                    let times = time_transport(env, args, mpi, &kv, &call, positions)
+                        .with_context(|| format!("{HOST_MPI_ROW} {sync_name}"))?;
+                    rows.push(CommRow::from_times(
+                        HOST_MPI_ROW,
+                        sync_name,
+                        ranks,
+                        bytes_per_rank,
+                        &times,
+                    ));
+                }
             }
         }
     }
@@ -135,6 +161,31 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         }
     }
     Ok(rows)
+}
+
+/// Row of the host allgather through MPI's own copy, timed beside the shared window it is
+/// replaced by (on a GPU the staged pipeline, on the CPU one `MPI_Allgatherv`).
+pub const HOST_MPI_ROW: &str = "host-mpi";
+
+/// Times `call` through `sync` (see [`time_calls`]), checks that every rank's block arrived,
+/// and closes the transport. Collective.
+fn time_transport(
+    env: &MpiEnv,
+    args: &CommBenchArgs,
+    mut sync: Box<dyn KvTransport>,
+    kv: &KvCache,
+    call: &KvSyncCall,
+    positions: usize,
+) -> Result<Vec<f64>> {
+    let ranks = env.size;
+    prepare_blocks(kv, env.rank, ranks, positions)?;
+    let times = time_calls(env, args, || {
+        sync.run_call(call, &mut SyncStats::default())?;
+        sync.finish() // IPC pushes return before they land
+    })?;
+    check_blocks(kv, ranks, positions).context("moved the wrong bytes")?;
+    sync.close()?;
+    Ok(times)
 }
 
 /// Times `warmup + iters` calls, each started together after a barrier; returns the slowest

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::comm::CommBenchArgs;
 use crate::device::{DTypeArg, DeviceArg};
+use crate::schedule::Chunking;
 use crate::sync::SyncStrategy;
 use crate::transport::TransportArg;
 
@@ -100,6 +101,11 @@ pub struct RunArgs {
     /// Prompt tokens per pipeline chunk (default: from prompt length and rank count).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_size: Option<u64>,
+
+    /// How the prompt is cut: `uniform` gives every chunk `--chunk-size` tokens; `balanced`
+    /// makes later chunks (which attend over more keys) shorter, so each costs about the same.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub chunking: Chunking,
 
     /// Decoder layers per rank, e.g. `12,12,12` (default: as even as possible).
     #[arg(long, value_delimiter = ',', value_name = "N,N,...")]

@@ -31,6 +31,7 @@ use crate::model::{KvCache, Qwen3, StageParts};
 use crate::sync::{make_transport, warm_up};
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::mpi_raw::library_cuda_support;
+use crate::transport::selection::HostPath;
 use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::selection::NCCL_BUILT;
 use crate::transport::MpiEnv;
@@ -64,7 +65,14 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let override_value = std::env::var(CUDA_AWARE_ENV).ok();
         let awareness = CudaAwareness::detect(override_value.as_deref(), library_cuda_support())?;
         let (_, transport_arg) = args.sync.with_transport(args.transport);
-        let (transport, why) = choose_transport(transport_arg, device.is_cuda(), &awareness, NCCL_BUILT)?;
+        let (transport, why) = choose_transport(
+            transport_arg,
+            device.is_cuda(),
+            env.local_size == env.size,
+            &awareness,
+            NCCL_BUILT,
+        )?;
+        HostPath::from_env()?; // read again by the host transport
         let dtype = select_dtype(args.dtype, &device);
         let cfg = &plan.files.config;
         let owned = plan.schedule.split().range(rank);
@@ -92,7 +100,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             started.elapsed().as_secs_f64(),
             transport.name()
         );
-        let ipc = transport == Transport::Device; // CUDA-aware MPI maps it over IPC
+        // CUDA IPC maps it: our own pushes, or a CUDA-aware MPI's
+        let ipc = matches!(transport, Transport::Device | Transport::Ipc);
         let kv = KvCache::with_memory(cfg, plan.capacity, dtype, &device, ipc)?;
         Ok((model, kv, device, transport, why))
     })();
@@ -176,19 +185,17 @@ fn run_loaded(
     let pipe_comm = env.duplicate();
     let mut idle_comm = Some(env.duplicate()); // for the progress thread
     let row_bytes = cfg.hidden_size * model.dtype().size_in_bytes();
-    let mut out_buffers =
-        stage_loop::hidden_buffers(rank, ranks, &plan.schedule, row_bytes, device).map_err(fail)?;
+    let mut hidden_buffers =
+        stage_loop::HiddenBuffers::new(rank, ranks, &plan.schedule, row_bytes, device).map_err(fail)?;
 
     // 2-4. Prefill, first token, KV sync drained; `--prefill-runs N` repeats it (warm timings:
     //      every run recomputes the same cache), and the trace keeps the last run's spans.
     let (strategy, _) = args.sync.with_transport(args.transport);
     let transport_name = transport.name();
     // One transport for every run, its first-use costs paid before the clock starts.
-    let mut kv_transport = make_transport(strategy, transport, env.duplicate(), rank, kv.clone())
-        .and_then(|mut t| {
-            let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
-            warm_up(t.as_mut(), ranks, longest.min(plan.capacity / ranks)).map(|_| t)
-        })
+    let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
+    let mut kv_transport = make_transport(strategy, transport, env.duplicate(), rank, kv.clone(), longest)
+        .and_then(|mut t| warm_up(t.as_mut(), ranks, longest.min(plan.capacity / ranks)).map(|_| t))
         .map_err(fail)?;
     let runs = args.prefill_runs.max(1) as usize;
     let mut ttft_runs_s = Vec::with_capacity(runs);
@@ -211,7 +218,8 @@ fn run_loaded(
         let idle = idle_comm
             .take()
             .ok_or_else(|| fail(anyhow::anyhow!("no progress communicator")))?;
-        let (prefill, transport_back, idle) = pass.run(kv_transport, idle, &mut out_buffers).map_err(fail)?;
+        let (prefill, transport_back, idle) =
+            pass.run(kv_transport, idle, &mut hidden_buffers).map_err(fail)?;
         idle_comm = Some(idle);
         kv_transport = transport_back;
         if run + 1 < runs {
@@ -236,6 +244,7 @@ fn run_loaded(
     else {
         return Err(fail(anyhow::anyhow!("no prefill ran")));
     };
+    kv_transport.close().map_err(fail)?; // decode needs no KV sync
     if let Some(dir) = &args.dump {
         dump(dir, rank, &kv, plan.prompt_ids.len(), &prefill_logits).map_err(fail)?;
     }
@@ -314,6 +323,8 @@ fn run_loaded(
         transport: transport_name.into(),
         chunk_size: plan.chunk_size,
         chunks: plan.schedule.chunks().len(),
+        chunking: args.chunking,
+        chunk_lengths: plan.schedule.chunks().iter().map(|c| c.len()).collect(),
         prompt_tokens: plan.prompt_ids.len(),
         new_tokens: outcome.generated.len(),
         generated_ids: outcome.generated,

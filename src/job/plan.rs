@@ -11,8 +11,12 @@ use super::failure::{agree, JobError};
 use crate::cli::RunArgs;
 use crate::generate::SamplingParams;
 use crate::model::source::{ModelFiles, ModelSource};
+use crate::model::Qwen3Config;
 use crate::prompt::prompt_ids;
-use crate::schedule::{default_chunk_size, split_prompt, LayerSplit, Schedule};
+use crate::schedule::{
+    attention_cost_scale, default_chunk_size, split_prompt, split_prompt_balanced, Chunking, LayerSplit,
+    Schedule,
+};
 use crate::tokenize::TextTokenizer;
 use crate::trace::spans::SpanLog;
 use crate::trace::TraceFile;
@@ -116,11 +120,14 @@ pub fn prepare(
             .chunk_size
             .map(|c| c as usize)
             .unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
-        Ok((
-            capacity,
-            chunk_size,
-            Schedule::new(split, split_prompt(ids.len(), chunk_size)),
-        ))
+        let chunks = match args.chunking {
+            Chunking::Balanced => {
+                let scale = attention_cost_scale(layer_params(cfg), cfg.num_attention_heads * cfg.head_dim);
+                split_prompt_balanced(ids.len(), ids.len().div_ceil(chunk_size), scale)
+            }
+            Chunking::Uniform => split_prompt(ids.len(), chunk_size),
+        };
+        Ok((capacity, chunk_size, Schedule::new(split, chunks)))
     })();
     let trace = TraceGuard::new(trace, spans.clone());
     if trace_requested(args, rank) {
@@ -140,6 +147,13 @@ pub fn prepare(
         schedule: Arc::new(schedule),
         trace,
     })
+}
+
+/// Weights of one decoder layer's matrix products (attention projections and MLP).
+fn layer_params(cfg: &Qwen3Config) -> usize {
+    let (hidden, q_width) = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim);
+    let kv_width = cfg.num_key_value_heads * cfg.head_dim;
+    2 * hidden * q_width + 2 * hidden * kv_width + 3 * hidden * cfg.intermediate_size
 }
 
 fn tokenizer_origin(source: &ModelSource) -> String {

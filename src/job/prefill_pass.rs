@@ -11,14 +11,13 @@ use super::failure::JobAbort;
 use super::fault::Fault;
 use super::first_token;
 use super::plan::JobPlan;
-use super::stage_loop::{run_stage, StageContext, StageTimes};
+use super::stage_loop::{run_stage, HiddenBuffers, StageContext, StageTimes};
 use super::watchdog::Watchdog;
 use crate::generate::Sampler;
 use crate::model::{KvCache, Qwen3};
 use crate::sync::{KvSyncWorker, KvTransport, SyncStats};
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
-use crate::transport::hidden_out::HostBuffer;
 use crate::transport::progress::MpiProgress;
 use crate::transport::{MpiEnv, SharedComm};
 
@@ -66,7 +65,7 @@ impl PrefillPass<'_> {
         &self,
         transport: Box<dyn KvTransport>,
         idle: SharedComm,
-        out_buffers: &mut [HostBuffer],
+        hidden_buffers: &mut HiddenBuffers,
     ) -> Result<(Prefill, Box<dyn KvTransport>, SharedComm)> {
         let (env, plan, spans, watchdog) = (self.env, self.plan, self.spans, self.watchdog);
         let (rank, ranks) = (env.rank, env.size);
@@ -94,8 +93,8 @@ impl PrefillPass<'_> {
             spans,
             device_spans: &device_spans,
         };
-        let progress = MpiProgress::start(idle)?;
-        let (logits, stage_times) = run_stage(&ctx, out_buffers);
+        let progress = MpiProgress::start(idle, self.device.is_cuda())?;
+        let (logits, stage_times) = run_stage(&ctx, hidden_buffers);
         let idle = progress.stop()?;
 
         // The first token from the last rank's logits.

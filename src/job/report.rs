@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::schedule::Chunking;
 use crate::sync::SyncStats;
 
 use super::stage_loop::StageTimes;
@@ -65,8 +66,12 @@ pub struct JobReport {
     pub layer_split: Vec<usize>,
     pub sync: String,
     pub transport: String,
+    /// `--chunk-size`, or the default; with balanced chunking, the average chunk length.
     pub chunk_size: usize,
     pub chunks: usize,
+    /// `--chunking`: `uniform` or `balanced`.
+    pub chunking: Chunking,
+    pub chunk_lengths: Vec<usize>,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub generated_ids: Vec<u32>,
@@ -97,6 +102,16 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// "N" for equal chunks, "first..last" for balanced ones.
+    fn chunk_length_range(&self) -> String {
+        match (self.chunk_lengths.first(), self.chunk_lengths.last()) {
+            (Some(first), Some(last)) if self.chunking == Chunking::Balanced && first != last => {
+                format!("{first}..{last}")
+            }
+            _ => self.chunk_size.to_string(),
+        }
+    }
+
     /// The human-readable summary (after the generated text).
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -109,7 +124,7 @@ impl JobReport {
             self.sync,
             self.transport,
             self.chunks,
-            self.chunk_size,
+            self.chunk_length_range(),
             self.device,
             self.dtype,
             self.model

@@ -50,51 +50,59 @@ pub struct StageContext<'a> {
     pub device_spans: &'a DeviceSpans,
 }
 
-/// Host buffers for this rank's outgoing hidden states, one per chunk (none on the last rank),
-/// made once per job.
-pub fn hidden_buffers(
-    rank: usize,
-    ranks: usize,
-    schedule: &Schedule,
-    row_bytes: usize,
-    device: &candle_core::Device,
-) -> Result<Vec<HostBuffer>> {
-    if rank + 1 == ranks {
-        return Ok(Vec::new());
+/// Host memory for the hidden states between stages, one buffer per chunk each way (none out
+/// of the last rank, none into rank 0), made once per job: page-locked on a GPU, so the copies
+/// to and from the device run at full speed and no pinning happens inside prefill.
+pub struct HiddenBuffers {
+    outgoing: Vec<HostBuffer>,
+    incoming: Vec<HostBuffer>,
+}
+
+impl HiddenBuffers {
+    pub fn new(
+        rank: usize,
+        ranks: usize,
+        schedule: &Schedule,
+        row_bytes: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let per_chunk = |wanted: bool| -> Result<Vec<HostBuffer>> {
+            if !wanted {
+                return Ok(Vec::new());
+            }
+            schedule
+                .chunks()
+                .iter()
+                .map(|c| HostBuffer::new(c.len() * row_bytes, device))
+                .collect()
+        };
+        Ok(Self {
+            outgoing: per_chunk(rank + 1 < ranks)?,
+            incoming: per_chunk(rank > 0)?,
+        })
     }
-    schedule
-        .chunks()
-        .iter()
-        .map(|c| HostBuffer::new(c.len() * row_bytes, device))
-        .collect()
 }
 
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
 /// An error here ends the job (pending MPI requests cannot be abandoned).
-pub fn run_stage(ctx: &StageContext, out_buffers: &mut [HostBuffer]) -> (Option<Tensor>, StageTimes) {
-    let chunks = ctx.schedule.chunks();
-    let cfg = ctx.model.config();
-    let hidden_bytes = |len: usize| len * cfg.hidden_size * ctx.model.dtype().size_in_bytes();
-    let mut recv_buffers: Vec<Vec<u8>> = match ctx.rank {
-        0 => Vec::new(),
-        _ => chunks.iter().map(|c| vec![0u8; hidden_bytes(c.len())]).collect(),
-    };
+pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Tensor>, StageTimes) {
+    let HiddenBuffers { outgoing, incoming } = buffers;
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
             logits: None,
             times: StageTimes::default(),
-            out_buffers: out_buffers.iter_mut().map(Some).collect(),
+            out_buffers: outgoing.iter_mut().map(Some).collect(),
             staged: VecDeque::new(),
             sends: Vec::new(),
         };
         let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
         if ctx.rank > 0 {
             let prev = ctx.pipe.process_at_rank(ctx.rank as i32 - 1);
-            for (index, buffer) in recv_buffers.iter_mut().enumerate() {
+            for (index, buffer) in incoming.iter_mut().enumerate() {
                 recvs.push(Some(prev.immediate_receive_into_with_tag(
                     scope,
-                    &mut buffer[..],
+                    buffer.as_mut_slice(),
                     index as i32,
                 )));
             }
@@ -107,7 +115,7 @@ pub fn run_stage(ctx: &StageContext, out_buffers: &mut [HostBuffer]) -> (Option<
                     ctx.abort.fail(&error);
                 }
             }
-            let done = run_op(ctx, &mut recvs, &mut loop_state, step, op)
+            let done = run_op(ctx, scope, &mut recvs, &mut loop_state, step, op)
                 .and_then(|_| post_staged_sends(ctx, scope, &mut loop_state, false));
             if let Err(error) = done {
                 ctx.abort.fail(&error);
@@ -184,6 +192,7 @@ fn post_staged_sends<'a, 's>(
 
 fn run_op<'a, 's>(
     ctx: &StageContext,
+    scope: &'s LocalScope<'a>,
     recvs: &mut [Option<Request<'a, [u8], &'s LocalScope<'a>>>],
     state: &mut LoopState<'a, 's>,
     step: usize,
@@ -221,7 +230,17 @@ fn run_op<'a, 's>(
                     chunk.index
                 );
                 let _wait = ctx.watchdog.waiting_for(what);
-                request.wait_for_data()
+                // Posts this rank's own sends as soon as their copies have passed, rather than
+                // after the input has come (the next stage would wait for both).
+                let mut request = request;
+                loop {
+                    match request.test_with_data() {
+                        Ok((_, bytes)) => break bytes,
+                        Err(pending) => request = pending,
+                    }
+                    post_staged_sends(ctx, scope, state, false)?;
+                    std::hint::spin_loop();
+                }
             };
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
             record(

@@ -25,6 +25,8 @@ pub fn write_job_trace(
     trace.attr_str("sync_strategy", &report.sync)?;
     trace.attr_str("transport", &report.transport)?;
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
+    trace.attr_str("chunking", report.chunking.name())?;
+    trace.attr_str("chunk_lengths", &serde_json::to_string(&report.chunk_lengths)?)?;
     trace.attr_u64("prompt_tokens", report.prompt_tokens as u64)?;
     trace.attr_u64("new_tokens", report.new_tokens as u64)?;
     trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;

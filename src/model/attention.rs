@@ -69,6 +69,12 @@ impl Attention {
             let out = super::flash_attention::prefill_attention(&q, &layer_kv, start)?; // (L, H, D)
             return Ok(self.o_proj.forward(&out.reshape((len, h * d))?)?); // (L, hidden)
         }
+        #[cfg(feature = "cuda")]
+        if super::flash_decode::supported(&q, d, h, kvh) && !reference_attention() {
+            let layer_kv = kv.layer(self.layer)?; // (capacity, 2, KVH, D)
+            let out = super::flash_decode::decode_attention(&q, &layer_kv, end)?; // (1, H, D)
+            return Ok(self.o_proj.forward(&out.reshape((1, h * d))?)?); // (1, hidden)
+        }
         let (k_all, v_all) = kv.prefix(self.layer, end)?; // (end, KVH, D)
         let k_all = k_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
         let v_all = v_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
@@ -97,7 +103,7 @@ impl Attention {
     }
 }
 
-/// `QWEN3_MPI_ATTENTION=reference` keeps prefill on the GPU on the unfused path (checks).
+/// `QWEN3_MPI_ATTENTION=reference` keeps prefill and decode on the GPU on the unfused path (checks).
 #[cfg(feature = "cuda")]
 fn reference_attention() -> bool {
     static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

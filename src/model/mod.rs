@@ -5,6 +5,15 @@ pub mod config;
 pub mod decoder_layer;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
+#[cfg(feature = "cuda")]
+pub mod flash_decode;
+#[cfg(feature = "cuda")]
+mod kernel_inputs;
+/// Our CUDA kernels as PTX, one constant per `kernels/*.cu` file (built by build.rs).
+#[cfg(feature = "cuda")]
+mod kernels_ptx {
+    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+}
 pub mod kv_cache;
 pub mod layer_weights;
 pub mod mlp;

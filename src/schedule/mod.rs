@@ -6,7 +6,9 @@ pub mod layer_split;
 pub mod pipeline;
 pub mod ring;
 
-pub use chunks::{default_chunk_size, split_prompt, Chunk};
+pub use chunks::{
+    attention_cost_scale, default_chunk_size, split_prompt, split_prompt_balanced, Chunk, Chunking,
+};
 pub use layer_split::LayerSplit;
 pub use pipeline::{KvBlock, KvSyncCall, Schedule, StageOp};
 pub use ring::{ring_steps, RingStep};

@@ -6,12 +6,15 @@ pub mod allgather;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod in_place;
+#[cfg(feature = "cuda")]
+pub mod ipc;
 pub mod kv_blocks;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod pieces;
 pub mod ready;
 pub mod ring;
+pub mod shared_window;
 #[cfg(feature = "cuda")]
 pub mod staged;
 pub mod worker;
@@ -31,6 +34,21 @@ use crate::transport::{SharedComm, Transport, TransportArg};
 pub trait KvTransport: Send {
     fn name(&self) -> &'static str;
     fn run_call(&mut self, call: &KvSyncCall, stats: &mut SyncStats) -> Result<()>;
+
+    /// Waits until every block of the calls run so far has landed on every rank, for
+    /// transports whose calls return before that (IPC pushes). Collective: every rank calls it
+    /// at the end of each prefill's sync, and after the warm-up.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Releases what the transport shares with the other ranks (a shared window). Collective:
+    /// every rank calls it once it is done with the transport, before MPI finalises. A
+    /// transport dropped without it (an error path, ending in `MPI_Abort`) frees nothing
+    /// collective.
+    fn close(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One sync call with every transport's first-use costs (NCCL and CUDA IPC connect lazily,
@@ -40,7 +58,8 @@ pub fn warm_up(transport: &mut dyn KvTransport, ranks: usize, positions: usize) 
     if ranks < 2 || positions == 0 {
         return Ok(());
     }
-    transport.run_call(&one_block_per_rank(ranks, positions), &mut SyncStats::default())
+    transport.run_call(&one_block_per_rank(ranks, positions), &mut SyncStats::default())?;
+    transport.finish()
 }
 
 /// A sync call in which rank q contributes layer 0 at positions `[q·P, (q+1)·P)`.
@@ -60,24 +79,30 @@ pub fn one_block_per_rank(ranks: usize, positions: usize) -> KvSyncCall {
     }
 }
 
-/// The KV transport for `strategy` over `transport`.
+/// The KV transport for `strategy` over `transport`. Collective over `comm`. Blocks have at
+/// most `max_block_positions` positions (the longest chunk): transports that allocate shared
+/// memory size it by this, at construction.
 pub fn make_transport(
     strategy: SyncStrategy,
     transport: Transport,
     comm: SharedComm,
     rank: usize,
     kv: Arc<KvCache>,
+    max_block_positions: usize,
 ) -> Result<Box<dyn KvTransport>> {
     match transport {
-        #[cfg(feature = "cuda")]
-        Transport::Host if strategy == SyncStrategy::Allgather && kv.storage().device().is_cuda() => {
-            Ok(Box::new(staged::StagedAllgather::new(comm, rank, kv)?))
+        Transport::Host if strategy == SyncStrategy::Ring => {
+            Ok(Box::new(ring::HostRing::new(comm, rank, kv)?))
         }
-        Transport::Host => host_transport(strategy, comm, rank, kv),
+        Transport::Host => host_allgather(comm, rank, kv, max_block_positions),
         #[cfg(feature = "cuda")]
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
         Transport::Device => anyhow::bail!("--transport device needs a build with `--features cuda`"),
+        #[cfg(feature = "cuda")]
+        Transport::Ipc => Ok(Box::new(ipc::IpcPush::new(comm, rank, kv)?)),
+        #[cfg(not(feature = "cuda"))]
+        Transport::Ipc => anyhow::bail!("--transport ipc needs a build with `--features cuda`"),
         #[cfg(feature = "nccl")]
         Transport::Nccl => Ok(Box::new(nccl::NcclSync::new(strategy, &comm, rank, kv)?)),
         #[cfg(not(feature = "nccl"))]
@@ -85,20 +110,34 @@ pub fn make_transport(
     }
 }
 
-/// The transport for `strategy` over host byte buffers (CPU tensors; on a GPU, one copy of
-/// exactly the block each way on the communication thread's own stream).
-pub fn host_transport(
-    strategy: SyncStrategy,
+/// The allgather over host memory: through a node-shared window when every rank is on one
+/// node (unless `QWEN3_MPI_HOST_PATH=mpi`), else through MPI's own allgather. Every rank makes
+/// the same choice; rank 0 logs it. Collective over `comm`.
+fn host_allgather(
     comm: SharedComm,
     rank: usize,
     kv: Arc<KvCache>,
+    max_block_positions: usize,
 ) -> Result<Box<dyn KvTransport>> {
-    Ok(match strategy {
-        SyncStrategy::Allgather | SyncStrategy::Nccl => {
-            Box::new(allgather::HostAllgather::new(comm, rank, kv)?)
-        }
-        SyncStrategy::Ring => Box::new(ring::HostRing::new(comm, rank, kv)?),
-    })
+    let (window, why) = shared_window::SharedWindowAllgather::select(&comm, rank, &kv, max_block_positions)?;
+    let chosen: Box<dyn KvTransport> = match window {
+        Some(window) => Box::new(window),
+        None => mpi_host_allgather(comm, rank, kv)?,
+    };
+    if rank == 0 {
+        tracing::info!("KV sync over host memory: {} ({why})", chosen.name());
+    }
+    Ok(chosen)
+}
+
+/// The allgather over host memory through MPI's own allgather: pipelined staging through
+/// page-locked buffers on a GPU, one `MPI_Allgatherv` of host copies on the CPU.
+pub fn mpi_host_allgather(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Box<dyn KvTransport>> {
+    #[cfg(feature = "cuda")]
+    if kv.storage().device().is_cuda() {
+        return Ok(Box::new(staged::StagedAllgather::new(comm, rank, kv)?));
+    }
+    Ok(Box::new(allgather::HostAllgather::new(comm, rank, kv)?))
 }
 
 /// `--sync`: how one KV sync call moves the blocks.

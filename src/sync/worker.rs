@@ -76,6 +76,14 @@ impl KvSyncWorker {
                     spans.record(SpanKind::KvSync, SpanThread::KvSync, at, started);
                     stats.calls += 1;
                 }
+                // every rank here, once: the transports whose calls return early (IPC) land now
+                let _wait =
+                    watchdog.waiting_for(format!("KV sync ({}) to land on every rank", transport.name()));
+                let started = Instant::now();
+                if let Err(error) = transport.finish() {
+                    JobAbort { rank }.fail(&error.context("finishing the KV sync"));
+                }
+                stats.busy_s += started.elapsed().as_secs_f64();
                 Ok((stats, transport))
             })
             .context("cannot start the KV sync thread")?;

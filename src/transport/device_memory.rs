@@ -177,3 +177,44 @@ impl Drop for PinnedBuffer {
         let _ = unsafe { free_host(self.ptr as *mut std::ffi::c_void) };
     }
 }
+
+/// Host memory someone else allocated (a shared MPI window), page-locked in place with
+/// `cuMemHostRegister` so copies to and from it run at full PCIe/C2C speed; unregistered on drop.
+pub struct HostRegistration {
+    ptr: *mut std::ffi::c_void,
+    context: std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaContext>,
+}
+
+// SAFETY: the registration is a process-wide property of the range; this value only undoes it.
+unsafe impl Send for HostRegistration {}
+
+impl HostRegistration {
+    /// Page-locks the whole pages around `[ptr, ptr + len)` (portable: for every context).
+    ///
+    /// # Safety
+    /// The range must stay mapped until the value is dropped.
+    pub unsafe fn new(ptr: *mut u8, len: usize, stream: &CudaStream) -> Result<Self> {
+        use candle_core::cuda_backend::cudarc::driver::sys::{
+            cuMemHostRegister_v2, CU_MEMHOSTREGISTER_PORTABLE,
+        };
+        let page = crate::transport::shared_window::page_bytes();
+        let start = ptr as usize / page * page;
+        let end = (ptr as usize + len).div_ceil(page) * page;
+        stream.context().bind_to_thread()?;
+        cuMemHostRegister_v2(start as *mut _, end - start, CU_MEMHOSTREGISTER_PORTABLE).result()?;
+        Ok(Self {
+            ptr: start as *mut _,
+            context: stream.context().clone(),
+        })
+    }
+}
+
+impl Drop for HostRegistration {
+    fn drop(&mut self) {
+        use candle_core::cuda_backend::cudarc::driver::sys::cuMemHostUnregister;
+        // SAFETY: registered in `new`; the owner keeps the range mapped until after this drop
+        // and no copy from or to it is in flight (its stream is synchronised after each call).
+        let _ = self.context.bind_to_thread();
+        let _ = unsafe { cuMemHostUnregister(self.ptr) }.result();
+    }
+}

@@ -24,6 +24,14 @@ impl HostBuffer {
         Ok(Self::Plain(vec![0u8; len]))
     }
 
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Self::Plain(v) => v,
+            #[cfg(feature = "cuda")]
+            Self::Pinned(p) => p.as_mut_slice(),
+        }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Self::Plain(v) => v,

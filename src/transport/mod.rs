@@ -2,6 +2,8 @@
 //! calls on device or host addresses, and tensors as bytes on the wire.
 
 #[cfg(feature = "cuda")]
+pub mod cuda_ipc;
+#[cfg(feature = "cuda")]
 pub mod device_memory;
 pub mod hidden_out;
 pub mod host_bytes;
@@ -9,6 +11,7 @@ pub mod mpi_env;
 pub mod mpi_raw;
 pub mod progress;
 pub mod selection;
+pub mod shared_window;
 
 pub use mpi_env::{MpiEnv, SharedComm};
 pub use selection::{choose_transport, CudaAwareness, Transport, TransportArg};

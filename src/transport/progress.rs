@@ -15,7 +15,23 @@ use mpi::traits::*;
 use super::SharedComm;
 
 /// How often the thread enters MPI (a probe on a communicator no message is ever sent on).
-const POLL: Duration = Duration::from_micros(50);
+/// On a GPU it never sleeps, only yields: the CPU is otherwise idle there, and hidden states
+/// arrive sooner (4 x H200, Qwen3-8B, 16K tokens: TTFT 0.284 → 0.272 s against 50 µs sleeps).
+/// On the CPU it sleeps 50 µs, leaving the cores to compute. `QWEN3_MPI_PROGRESS_POLL_US`
+/// overrides both (0: never sleep).
+const CPU_POLL: Duration = Duration::from_micros(50);
+pub const POLL_ENV: &str = "QWEN3_MPI_PROGRESS_POLL_US";
+
+fn poll_interval(on_gpu: bool) -> Result<Duration> {
+    match std::env::var(POLL_ENV) {
+        Ok(text) => text
+            .parse()
+            .map(Duration::from_micros)
+            .map_err(|_| anyhow!("{POLL_ENV}={text}: expected microseconds")),
+        Err(_) if on_gpu => Ok(Duration::ZERO),
+        Err(_) => Ok(CPU_POLL),
+    }
+}
 
 pub struct MpiProgress {
     stop: Arc<AtomicBool>,
@@ -24,7 +40,8 @@ pub struct MpiProgress {
 
 impl MpiProgress {
     /// Starts polling on `idle` (a communicator of its own); `stop` gives it back.
-    pub fn start(idle: SharedComm) -> Result<Self> {
+    pub fn start(idle: SharedComm, on_gpu: bool) -> Result<Self> {
+        let poll = poll_interval(on_gpu)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -32,7 +49,10 @@ impl MpiProgress {
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     let _ = idle.0.any_process().immediate_probe();
-                    std::thread::sleep(POLL);
+                    match poll.is_zero() {
+                        true => std::thread::yield_now(),
+                        false => std::thread::sleep(poll),
+                    }
                 }
                 idle
             })
