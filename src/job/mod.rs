@@ -35,7 +35,7 @@ use crate::transport::selection::HostPath;
 use crate::transport::selection::CUDA_AWARE_ENV;
 use crate::transport::selection::NCCL_BUILT;
 use crate::transport::MpiEnv;
-use crate::transport::{choose_transport, CudaAwareness, Transport};
+use crate::transport::{choose_transport, CudaAwareness, Transport, TransportArg};
 use background_load::BackgroundLoad;
 use failure::{agree, JobAbort, JobError};
 use fault::{Fault, Phase};
@@ -190,11 +190,27 @@ fn run_loaded(
 
     // 2-4. Prefill, first token, KV sync drained; `--prefill-runs N` repeats it (warm timings:
     //      every run recomputes the same cache), and the trace keeps the last run's spans.
-    let (strategy, _) = args.sync.with_transport(args.transport);
-    let transport_name = transport.name();
+    let (strategy, transport_arg) = args.sync.with_transport(args.transport);
     // One transport for every run, its first-use costs paid before the clock starts.
     let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
-    let mut kv_transport = make_transport(strategy, transport, env.duplicate(), rank, kv.clone(), longest)
+    let made = make_transport(strategy, transport, env.duplicate(), rank, kv.clone(), longest);
+    let (transport, made) = match made {
+        // IPC setup fails on every rank alike (it agrees first), so every rank falls back alike
+        Err(error) if transport == Transport::Ipc && transport_arg == TransportArg::Auto => {
+            let (fallback, why) = transport_across_nodes(device).map_err(fail)?;
+            if rank == 0 {
+                eprintln!(
+                    "qwen3-mpi: transport ipc unavailable ({error:#}); transport {} ({why})",
+                    fallback.name()
+                );
+            }
+            let made = make_transport(strategy, fallback, env.duplicate(), rank, kv.clone(), longest);
+            (fallback, made)
+        }
+        made => (transport, made),
+    };
+    let transport_name = transport.name();
+    let mut kv_transport = made
         .and_then(|mut t| warm_up(t.as_mut(), ranks, longest.min(plan.capacity / ranks)).map(|_| t))
         .map_err(fail)?;
     let runs = args.prefill_runs.max(1) as usize;
@@ -358,6 +374,21 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// What `auto` picks when CUDA IPC cannot join the ranks: as if they spanned several nodes.
+fn transport_across_nodes(device: &candle_core::Device) -> Result<(Transport, String)> {
+    let awareness = CudaAwareness::detect(
+        std::env::var(CUDA_AWARE_ENV).ok().as_deref(),
+        library_cuda_support(),
+    )?;
+    choose_transport(
+        TransportArg::Auto,
+        device.is_cuda(),
+        false,
+        &awareness,
+        NCCL_BUILT,
+    )
 }
 
 /// `--dump DIR`: this rank's KV cache after prefill, and on rank 0 the prefill logits.

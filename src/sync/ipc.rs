@@ -50,29 +50,36 @@ fn all_ok(comm: &SharedComm, ok: bool, what: &str) -> Result<()> {
 }
 
 impl IpcPush {
-    /// Collective over `comm`: every rank exports its cache and maps every peer's.
+    /// Collective over `comm`: every rank exports its cache and maps every peer's. Every rank
+    /// takes part in both exchanges whatever fails locally, so a failure is an error on every
+    /// rank (the caller may fall back to another transport), never a rank left waiting.
     pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Self> {
-        let device = kv.storage().device().clone();
-        let stream = side_stream(&device)?;
-        stream.context().bind_to_thread()?;
-        let local = device_address(kv.storage(), &stream)?;
         let ranks = comm.0.size() as usize;
-        let exported = match ranks {
-            1 => Ok(ExportedMemory {
-                handle: [0; HANDLE_BYTES],
-                offset: 0,
-            }), // no peer to map it
-            _ => export(local),
-        };
+        let device = kv.storage().device().clone();
+        let local = (|| -> Result<(Vec<Arc<CudaStream>>, u64, ExportedMemory)> {
+            let streams = (0..ranks)
+                .map(|_| side_stream(&device))
+                .collect::<Result<Vec<_>>>()?;
+            streams[0].context().bind_to_thread()?;
+            let local = device_address(kv.storage(), &streams[0])?;
+            let exported = match ranks {
+                1 => ExportedMemory {
+                    handle: [0; HANDLE_BYTES],
+                    offset: 0,
+                }, // no peer to map it
+                _ => export(local)?,
+            };
+            Ok((streams, local, exported))
+        })();
         let mut mine = [0u8; ROW];
-        if let Ok(e) = &exported {
+        if let Ok((_, _, e)) = &local {
             mine[0] = 1;
             mine[1..1 + HANDLE_BYTES].copy_from_slice(&e.handle);
             mine[1 + HANDLE_BYTES..].copy_from_slice(&e.offset.to_le_bytes());
         }
         let mut rows = vec![0u8; ROW * ranks];
         comm.0.all_gather_into(&mine[..], &mut rows[..]);
-        exported?;
+        let (streams, local, _) = local?;
         if let Some(q) = (0..ranks).find(|q| rows[q * ROW] == 0) {
             bail!("rank {q} could not export its KV cache for CUDA IPC (cache memory must come from cuMemAlloc)");
         }
@@ -89,14 +96,7 @@ impl IpcPush {
                 PeerMemory::open(&handle, u64::from_le_bytes(offset)).map(Some)
             })
             .collect();
-        all_ok(
-            &comm,
-            opened.is_ok(),
-            "map its peers' KV caches over CUDA IPC (are all ranks on one node?)",
-        )?;
-        let streams = (0..ranks)
-            .map(|_| side_stream(&device))
-            .collect::<Result<Vec<_>>>()?;
+        all_ok(&comm, opened.is_ok(), "map its peers' KV caches over CUDA IPC")?;
         Ok(Self {
             comm,
             rank,
