@@ -8,7 +8,7 @@
 #                               (prefill runs per job, 4), DEADLINE (epoch s; default 540 s on),
 #                               HF_LENGTHS / HF_DECODE ("" skips transformers' runs), COMM=0,
 #                               ONLY (a regex: only runs whose name matches), EXTRA_ARGS (added
-#                               to every qwen3-mpi run, e.g. "--chunking uniform" for an A/B)
+#                               to every qwen3-mpi run, e.g. "--chunking balanced" for an A/B)
 # Results: OUTDIR/bench.md (table), OUTDIR/traces.tar.xz (HDF5 of every run), logs.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
@@ -42,7 +42,7 @@ if [ "$gpus" -ge 2 ]; then
     run "2gpu-$multi-$s-nccl" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport nccl
     run "2gpu-$multi-$s-device" $cudampi 2 --synthetic-prompt "$multi" --sync $s --transport device
     run "2gpu-$multi-$s-host" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport host
-    run "2gpu-$multi-$s-ipc" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport ipc
+    [ $s = allgather ] && run "2gpu-$multi-$s-ipc" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport ipc
   done
 fi
 if [ "$gpus" -ge 3 ]; then

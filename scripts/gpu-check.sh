@@ -55,7 +55,7 @@ if [ -z "${ONLY_TIMING:-}" ]; then
     run "p1-2gpu-$s-host" mpirun 2 "${p[@]}" --sync $s --transport host
     run "p1-2gpu-$s-device" $cudampi 2 "${p[@]}" --sync $s --transport device
     run "p1-2gpu-$s-nccl" mpirun 2 "${p[@]}" --sync $s --transport nccl
-    run "p1-2gpu-$s-ipc" mpirun 2 "${p[@]}" --sync $s --transport ipc
+    [ $s = allgather ] && run "p1-2gpu-$s-ipc" mpirun 2 "${p[@]}" --sync $s --transport ipc   # ipc has no ring
   done
   QWEN3_MPI_KV_ALLOC=malloc run "p1-2gpu-allgather-device-malloc" $cudampi 2 "${p[@]}" --transport device
   # three ranks: on three GPUs, or two of them sharing one GPU on a two-GPU machine

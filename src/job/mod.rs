@@ -28,7 +28,7 @@ use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name, select_device, select_dtype};
 use crate::generate::decode;
 use crate::model::{KvCache, Qwen3, StageParts};
-use crate::sync::{make_transport, warm_up};
+use crate::sync::{make_transport, warm_up, SyncStrategy};
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::mpi_raw::library_cuda_support;
 use crate::transport::selection::HostPath;
@@ -68,11 +68,13 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let (transport, why) = choose_transport(
             transport_arg,
             device.is_cuda(),
-            env.local_size == env.size,
+            // a ring was asked for: ipc pushes have none
+            env.local_size == env.size && args.sync != SyncStrategy::Ring,
             &awareness,
             NCCL_BUILT,
         )?;
         HostPath::from_env()?; // read again by the host transport
+        crate::transport::progress::check_env()?; // read again by each prefill
         let dtype = select_dtype(args.dtype, &device);
         let cfg = &plan.files.config;
         let owned = plan.schedule.split().range(rank);

@@ -238,7 +238,10 @@ fn run_op<'a, 's>(
                         Ok((_, bytes)) => break bytes,
                         Err(pending) => request = pending,
                     }
-                    post_staged_sends(ctx, scope, state, false)?;
+                    // an error must not drop the pending request (rsmpi panics): end the job here
+                    if let Err(error) = post_staged_sends(ctx, scope, state, false) {
+                        ctx.abort.fail(&error);
+                    }
                     std::hint::spin_loop();
                 }
             };
@@ -252,6 +255,9 @@ fn run_op<'a, 's>(
                 },
             );
             let shape = (chunk.len(), model.config().hidden_size);
+            // From page-locked memory the copy to the GPU is asynchronous. The buffer is next
+            // written by the following prefill run's receive, after this run's KV sync has
+            // finished, which waits for the layers queued behind this copy.
             state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
         }
         StageOp::ComputeLayer { layer, chunk } => {

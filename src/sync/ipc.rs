@@ -137,6 +137,18 @@ impl KvTransport for IpcPush {
         Ok(())
     }
 
+    /// Unmaps the peers' caches, then meets them, so that no rank frees its cache while a peer
+    /// still maps it.
+    fn close(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        this.streams[0].context().bind_to_thread()?;
+        for peer in this.peers.into_iter().flatten() {
+            peer.close()?;
+        }
+        this.comm.0.barrier();
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<()> {
         for stream in &self.streams {
             stream.synchronize()?; // this rank's pushes have landed

@@ -99,6 +99,10 @@ pub fn make_transport(
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
         Transport::Device => anyhow::bail!("--transport device needs a build with `--features cuda`"),
+        Transport::Ipc if strategy == SyncStrategy::Ring => anyhow::bail!(
+            "--sync ring does not apply to --transport ipc (each rank pushes its blocks to every peer); \
+             use --sync allgather"
+        ),
         #[cfg(feature = "cuda")]
         Transport::Ipc => Ok(Box::new(ipc::IpcPush::new(comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]

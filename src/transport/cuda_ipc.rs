@@ -74,10 +74,22 @@ impl PeerMemory {
     }
 }
 
-impl Drop for PeerMemory {
-    fn drop(&mut self) {
+impl PeerMemory {
+    /// Unmaps the allocation, reporting a failure (the caller's context must be bound).
+    pub fn close(mut self) -> Result<()> {
+        let base = std::mem::take(&mut self.base);
         // SAFETY: mapped by cuIpcOpenMemHandle in `open`; the owner has synchronised its copies.
-        let _ = unsafe { sys::cuIpcCloseMemHandle(self.base) };
+        check("cuIpcCloseMemHandle", unsafe { sys::cuIpcCloseMemHandle(base) })
+    }
+}
+
+impl Drop for PeerMemory {
+    /// On error paths only (`close` is the normal way): the process is ending anyway.
+    fn drop(&mut self) {
+        if self.base != 0 {
+            // SAFETY: mapped by cuIpcOpenMemHandle in `open` and not yet unmapped.
+            let _ = unsafe { sys::cuIpcCloseMemHandle(self.base) };
+        }
     }
 }
 

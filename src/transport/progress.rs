@@ -22,6 +22,11 @@ use super::SharedComm;
 const CPU_POLL: Duration = Duration::from_micros(50);
 pub const POLL_ENV: &str = "QWEN3_MPI_PROGRESS_POLL_US";
 
+/// Checks `QWEN3_MPI_PROGRESS_POLL_US` at setup, so a bad value ends the job before prefill.
+pub fn check_env() -> Result<()> {
+    poll_interval(false).map(|_| ())
+}
+
 fn poll_interval(on_gpu: bool) -> Result<Duration> {
     match std::env::var(POLL_ENV) {
         Ok(text) => text

@@ -33,6 +33,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_attn_decode_bf16(
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int hk = blockIdx.x, split = blockIdx.y, G = H / KVH;
+    if (G > MAX_G || split_keys > MAX_SPLIT_KEYS) __trap();  // the launcher's bounds (flash_decode.rs)
     const int k_begin = split * split_keys, k_end = min(keys, k_begin + split_keys), n = k_end - k_begin;
     const size_t kv_pos = (size_t)2 * KVH * HEAD_DIM;  // elements between cache positions
     const __nv_bfloat16* k_base = kv + (size_t)hk * HEAD_DIM;
