@@ -74,7 +74,7 @@ if [ -z "${ONLY_TIMING:-}" ]; then
   d=(--prompt-file /tmp/ref/long.txt --max-new-tokens 24 --chunk-size 1024)
   run d-1gpu mpirun 1 "${d[@]}"
   # 1,100-token chunks: 128-row query tiles whose chunk starts off a tile boundary
-  run d-1gpu-chunk1100 mpirun 1 "${d[@]}" --chunk-size 1100
+  run d-1gpu-chunk1100 mpirun 1 --prompt-file /tmp/ref/long.txt --max-new-tokens 24 --chunk-size 1100
   QWEN3_MPI_ATTENTION=reference run d-1gpu-reference-attention mpirun 1 "${d[@]}"
   run d-2gpu-allgather-nccl mpirun 2 "${d[@]}" --transport nccl
   run d-4gpu-allgather-ipc mpirun 4 "${d[@]}" --transport ipc
