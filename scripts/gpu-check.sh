@@ -40,7 +40,7 @@ run() { # name launcher ranks args...
   if [ "$n" -gt "$gpus" ] && [ "$n" -ne 3 ]; then return; fi
   [[ "$name" =~ ${ONLY:-.} ]] || return 0
   if [ "$(date +%s)" -gt "$deadline" ]; then echo "- $name: skipped (time budget)" >> "$md"; return; fi
-  RUST_LOG=info timeout 120 $launcher -n "$n" "$bin" --model /tmp/model --json --trace "$out/traces/$name.h5" "$@" \
+  RUST_LOG=info timeout 120 $launcher -n "$n" "$bin" --model "${MODEL:-/tmp/model}" --json --trace "$out/traces/$name.h5" "$@" \
     > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
     { echo "run $name failed: $(grep -m1 -i error "$out/logs/$name.err")" | tee -a "$md"; status=1; }
   echo "- $name: $(awk "BEGIN{print $(date +%s.%N) - $t0}") s wall" >> "$md"
@@ -79,7 +79,15 @@ if [ -z "${ONLY_TIMING:-}" ]; then
   run d-2gpu-allgather-nccl mpirun 2 "${d[@]}" --transport nccl
   run d-4gpu-allgather-ipc mpirun 4 "${d[@]}" --transport ipc
   { echo; echo "## Decode after a long prompt vs transformers (teacher-forced greedy)"
-    python3 $gc/decode_check.py verify /tmp/model /tmp/ref/long.txt "$out"/runs/d-*.json; } >> "$md" 2>&1 || status=1
+    python3 $gc/decode_check.py verify /tmp/model /tmp/ref/long.txt "$out"/runs/d-[0-9]*.json; } >> "$md" 2>&1 || status=1
+  # the same with 4 query heads per KV head (Qwen3-4B/8B's grouping): 8 layers, 32 heads
+  if [[ "d-g4-1gpu" =~ ${ONLY:-.} ]] && python3 $gc/make_checkpoint.py --out /tmp/model-g4 --tokenizer src/model/tiny \
+      --reference /tmp/ref-g4 --heads 32 --layers 8 > "$out/logs/checkpoint-g4.log" 2>&1; then
+    MODEL=/tmp/model-g4 run d-g4-1gpu mpirun 1 "${d[@]}"
+    MODEL=/tmp/model-g4 run d-g4-2gpu-allgather-ipc mpirun 2 "${d[@]}" --transport ipc
+    { echo; echo "## Decode with 4 query heads per KV head vs transformers"
+      python3 $gc/decode_check.py verify /tmp/model-g4 /tmp/ref/long.txt "$out"/runs/d-g4-*.json; } >> "$md" 2>&1 || status=1
+  fi
   { echo; echo "## Generated ids across rank counts, syncs and transports"
     python3 $gc/summarize.py ids "$out/runs/p1-1gpu.json" "$out"/runs/p1-[234]*.json; } >> "$md" 2>&1 || status=1
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """GPU check, step 1: a random Qwen3-0.6B-shaped checkpoint (bf16) and transformers' bf16
-reference logits at the last prompt position for several prompts.
+reference logits at the last prompt position for several prompts. `--heads 32 --layers 8` makes
+a smaller one with Qwen3-8B's 4 query heads per KV head (for the decode check).
 
 Weights are uniform like src/model/synthetic.rs (norms near 1, small embeddings, linear layers
 scaled by 1/sqrt(fan_in)), drawn with torch from a fixed seed, so the logits are peaked enough
@@ -28,9 +29,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json and tokenizer_config.json")
     ap.add_argument("--reference", required=True, help="folder for reference logits and prompts.json")
+    ap.add_argument("--heads", type=int, default=16, help="query heads (8 KV heads; 32 gives Qwen3-8B's 4 per KV head)")
+    ap.add_argument("--layers", type=int, default=28)
     args = ap.parse_args()
 
-    cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+    cfg = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
                       eos_token_id=151645, dtype="bfloat16")
