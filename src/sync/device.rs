@@ -67,11 +67,8 @@ impl KvTransport for DeviceSync {
                         &self.unit,
                     )?
                 };
-                stats.bytes_sent += (blocks.bytes(me) * (ranks - 1)) as u64;
-                stats.bytes_received += (0..ranks)
-                    .filter(|&q| q != me)
-                    .map(|q| blocks.bytes(q) as u64)
-                    .sum::<u64>();
+                let bytes: Vec<usize> = (0..ranks).map(|q| blocks.bytes(q)).collect();
+                stats.count_exchange(me, &bytes);
             }
             SyncStrategy::Ring => {
                 for step in ring_steps(ranks, me) {

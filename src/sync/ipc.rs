@@ -117,10 +117,8 @@ impl KvTransport for IpcPush {
         // offsets from the start of a cache: the same in every rank's
         let blocks = InPlaceBlocks::new(call, self.kv.capacity(), self.kv.position_bytes(), 0)?;
         let (me, bytes) = (self.rank, blocks.bytes(self.rank));
-        stats.bytes_received += (0..call.blocks.len())
-            .filter(|&q| q != me)
-            .map(|q| blocks.bytes(q) as u64)
-            .sum::<u64>();
+        let all: Vec<usize> = (0..call.blocks.len()).map(|q| blocks.bytes(q)).collect();
+        stats.count_exchange(me, &all);
         if bytes == 0 {
             return Ok(());
         }
@@ -132,7 +130,6 @@ impl KvTransport for IpcPush {
             // lives for the job; compute has finished writing it (the worker waited for its
             // BlockReady), and only this rank writes it in any cache.
             unsafe { copy_async(peer.address + offset, self.local + offset, bytes, stream)? };
-            stats.bytes_sent += bytes as u64;
         }
         Ok(())
     }

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::{CpuStorage, Storage};
 use mpi::collective::SystemOperation;
 use mpi::traits::*;
 
+use super::kv_blocks::BlockIo;
 use super::worker::SyncStats;
 use super::KvTransport;
 use crate::model::KvCache;
@@ -129,11 +130,11 @@ impl KvTransport for SharedWindowAllgather {
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
             gpu.exchange(&mut self.window, &self.kv, self.rank, call, &bytes)?;
-            count(stats, self.rank, &bytes);
+            stats.count_exchange(self.rank, &bytes);
             return Ok(());
         }
         exchange_on_cpu(&mut self.window, &self.kv, self.rank, call, &bytes)?;
-        count(stats, self.rank, &bytes);
+        stats.count_exchange(self.rank, &bytes);
         Ok(())
     }
 
@@ -145,19 +146,8 @@ impl KvTransport for SharedWindowAllgather {
     }
 }
 
-/// What one call moved, logically: this rank's block to each other rank, theirs to it.
-fn count(stats: &mut SyncStats, rank: usize, bytes: &[usize]) {
-    stats.bytes_sent += (bytes[rank] * (bytes.len() - 1)) as u64;
-    stats.bytes_received += bytes
-        .iter()
-        .enumerate()
-        .filter(|&(q, _)| q != rank)
-        .map(|(_, &b)| b as u64)
-        .sum::<u64>();
-}
-
-/// One round on host memory: cache → own slot (one memcpy), then each peer's slot → a tensor
-/// → the cache (candle gives no mutable view of CPU storage: two copies, like `HostAllgather`).
+/// One round on host memory: cache → own slot (one memcpy), then each peer's slot → the cache
+/// through [`BlockIo::write`], as `HostAllgather` does.
 fn exchange_on_cpu(
     window: &mut SharedWindow,
     kv: &KvCache,
@@ -165,6 +155,7 @@ fn exchange_on_cpu(
     call: &KvSyncCall,
     bytes: &[usize],
 ) -> Result<()> {
+    let io = BlockIo::new(kv)?; // on the CPU: nothing to set up
     window.exchange(
         |slot| match &call.blocks[rank] {
             Some(block) => copy_out_of_cpu_cache(kv, block, &mut slot[..bytes[rank]]),
@@ -175,11 +166,7 @@ fn exchange_on_cpu(
                 let Some(block) = block.filter(|_| q != rank) else {
                     continue;
                 };
-                let shape = kv.block(block.layer, 0, block.chunk.len())?.shape().clone(); // (P_q, 2, KVH, D)
-                let device = kv.storage().device();
-                let tensor =
-                    Tensor::from_raw_buffer(&slots[q][..bytes[q]], kv.dtype(), shape.dims(), device)?;
-                kv.write_block(block.layer, block.chunk.start, &tensor)?;
+                io.write(kv, &block, &slots[q][..bytes[q]])?; // (P_q, 2, KVH, D)
             }
             Ok(())
         },

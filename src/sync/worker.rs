@@ -25,6 +25,20 @@ pub struct SyncStats {
     pub busy_s: f64,
 }
 
+impl SyncStats {
+    /// One call in which every rank's block reaches every other rank: `block_bytes[q]` is rank
+    /// q's block. This rank sends its own to each of the others and receives all theirs.
+    pub fn count_exchange(&mut self, rank: usize, block_bytes: &[usize]) {
+        self.bytes_sent += (block_bytes[rank] * (block_bytes.len() - 1)) as u64;
+        self.bytes_received += block_bytes
+            .iter()
+            .enumerate()
+            .filter(|&(q, _)| q != rank)
+            .map(|(_, &b)| b as u64)
+            .sum::<u64>();
+    }
+}
+
 pub struct KvSyncWorker {
     queue: mpsc::Sender<(usize, BlockReady)>,
     thread: JoinHandle<Result<(SyncStats, Box<dyn KvTransport>)>>,
