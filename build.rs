@@ -3,7 +3,12 @@
 //!   MPI_IN_PLACE and the CUDA-awareness query;
 //! - with `--features cuda`, our CUDA kernels (`src/model/kernels/*.cu`) compiled to PTX by
 //!   nvcc (through cudaforge, as candle's own kernels), and an rpath to the usual CUDA library folder, so the binary finds
-//!   cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH.
+//!   cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH;
+//! - with `--features cudnn`, `src/model/cudnn/sdpa_shim.cpp` (the cuDNN frontend, header-only,
+//!   in dynamic-loading mode) compiled by the C++ compiler against the headers named by
+//!   `QWEN3_MPI_CUDNN_INCLUDE` (cudnn.h), `QWEN3_MPI_CUDNN_FRONTEND_INCLUDE` (cudnn_frontend.h)
+//!   and `$CUDA_HOME/include` (scripts/build-cuda.sh sets all three). libcudnn and libcudart are
+//!   not linked: the shim dlopens them at run time.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -33,6 +38,58 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,/usr/local/cuda/lib64");
         build_kernels();
     }
+    if std::env::var_os("CARGO_FEATURE_CUDNN").is_some() {
+        build_cudnn_shim();
+    }
+}
+
+/// The cuDNN attention shim: C++17, linked into the binary with the C++ standard library and
+/// libdl; cuDNN itself is dlopen'd at run time.
+fn build_cudnn_shim() {
+    const SHIM: &str = "src/model/cudnn/sdpa_shim.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    let cudnn = include_dir("QWEN3_MPI_CUDNN_INCLUDE", "cudnn.h");
+    let frontend = include_dir("QWEN3_MPI_CUDNN_FRONTEND_INCLUDE", "cudnn_frontend.h");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let cuda_home = std::env::var_os("CUDA_HOME").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        panic!("--features cudnn: set CUDA_HOME to a CUDA toolkit (for cuda.h and cuda_runtime.h; scripts/build-cuda.sh does)")
+    });
+    let cuda = cuda_home.join("include");
+    for header in ["cuda.h", "cuda_runtime.h"] {
+        if !cuda.join(header).is_file() {
+            panic!(
+                "--features cudnn: no {header} in {} (CUDA_HOME/include)",
+                cuda.display()
+            );
+        }
+    }
+    cc::Build::new()
+        .cpp(true)
+        .file(SHIM)
+        .std("c++17")
+        .opt_level(2)
+        .include(&cudnn)
+        .include(&frontend)
+        .include(&cuda)
+        // the frontend's headers define helpers this file does not use
+        .flag_if_supported("-Wno-unused-function")
+        .flag_if_supported("-Wno-unused-parameter")
+        .compile("qwen3_cudnn_shim");
+    println!("cargo:rustc-link-lib=dl");
+}
+
+/// The folder named by the environment variable `var`, which must hold `header`.
+fn include_dir(var: &str, header: &str) -> std::path::PathBuf {
+    println!("cargo:rerun-if-env-changed={var}");
+    let Some(dir) = std::env::var_os(var).map(std::path::PathBuf::from) else {
+        panic!(
+            "--features cudnn: set {var} to the folder holding {header} (scripts/build-cuda.sh downloads it)"
+        )
+    };
+    if !dir.join(header).is_file() {
+        panic!("--features cudnn: {var}={} holds no {header}", dir.display());
+    }
+    dir
 }
 
 #[cfg(feature = "cuda")]
@@ -42,7 +99,10 @@ fn build_kernels() {
         .source_files([
             "src/model/kernels/attention.cu",
             "src/model/kernels/decode_attention.cu",
+            "src/model/kernels/layer_ops.cu",
+            "src/model/kernels/decode_ops.cu",
         ])
+        .watch(["src/model/kernels/elementwise.cuh"])
         .arg("-std=c++17")
         .arg("-O3")
         .build_ptx()

@@ -8,7 +8,9 @@
 #                               (prefill runs per job, 4), DEADLINE (epoch s; default 540 s on),
 #                               HF_LENGTHS / HF_DECODE ("" skips transformers' runs), COMM=0,
 #                               ONLY (a regex: only runs whose name matches), EXTRA_ARGS (added
-#                               to every qwen3-mpi run, e.g. "--chunking balanced" for an A/B)
+#                               to every qwen3-mpi run, e.g. "--chunking balanced" for an A/B),
+#                               BASE_BIN (a previous build: its 1K and AB_LENGTH runs as the
+#                               same-call baseline), AB_LENGTH (16384: the A/B runs' prompt)
 # Results: OUTDIR/bench.md (table), OUTDIR/traces.tar.xz (HDF5 of every run), logs.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
@@ -31,12 +33,24 @@ run() { # name launcher ranks args...
   [[ "$name" =~ ${ONLY:-.} ]] || return 0
   if [ "$(date +%s)" -gt "$deadline" ]; then echo "run $name skipped (time budget)" >> "$out/logs/failures.txt"; return; fi
   echo "$name $(date +%s.%N) start" >> "$out/logs/windows.txt"
-  RUST_LOG=info timeout 300 $launcher -n "$n" "$bin" --model $model --json --max-new-tokens 17 --prefill-runs "$runs" \
+  RUST_LOG=info timeout 300 $launcher -n "$n" "${BIN_OVERRIDE:-$bin}" --model $model --json --max-new-tokens 17 --prefill-runs "${RUNS_OVERRIDE:-$runs}" \
     --trace "$out/traces/$name.h5" "$@" ${EXTRA_ARGS:-} > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
     echo "run $name failed: $(grep -m1 -i error "$out/logs/$name.err")" | tee -a "$out/logs/failures.txt"
   echo "$name $(date +%s.%N) end" >> "$out/logs/windows.txt"
 }
 for n in ${lengths//,/ }; do run "1gpu-$n" mpirun 1 --synthetic-prompt "$n"; done
+# issue 14, one GPU: the layer's parts from the trace (--op-spans), our flash kernel against
+# cuDNN, and the previous build (BASE_BIN) as the same-call baseline
+ab="${AB_LENGTH:-16384}"
+run "ab-$ab-op-spans" mpirun 1 --synthetic-prompt "$ab" --op-spans
+QWEN3_MPI_ATTENTION=kernel run "ab-$ab-kernel" mpirun 1 --synthetic-prompt "$ab"
+run "ab-$ab-chunk8192" mpirun 1 --synthetic-prompt "$ab" --chunk-size 8192
+QWEN3_MPI_DECODE_GRAPH=0 run "ab-1024-decode-no-graph" mpirun 1 --synthetic-prompt 1024
+# each kernel of the first decode step, timed (a table in the run's log)
+for n in 1024 "$ab"; do QWEN3_MPI_DECODE_PROFILE=1 RUNS_OVERRIDE=1 run "ab-$n-decode-profile" mpirun 1 --synthetic-prompt "$n"; done
+if [ -n "${BASE_BIN:-}" ]; then
+  for n in 1024 "$ab"; do BIN_OVERRIDE=$BASE_BIN run "ab-$n-previous-build" mpirun 1 --synthetic-prompt "$n"; done
+fi
 if [ "$gpus" -ge 2 ]; then
   for s in allgather ring; do
     run "2gpu-$multi-$s-nccl" mpirun 2 --synthetic-prompt "$multi" --sync $s --transport nccl

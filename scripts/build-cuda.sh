@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the release binary with CUDA and NCCL (`--features cuda,nccl`; NCCL=0 leaves NCCL out)
-# into target/cuda/release/qwen3-mpi.
+# Builds the release binary with CUDA, NCCL and cuDNN attention (`--features cuda,nccl,cudnn`;
+# NCCL=0 leaves NCCL out, CUDNN=0 cuDNN) into target/cuda/release/qwen3-mpi.
 #
 #   scripts/build-cuda.sh [COMPUTE_CAP]        # default 90 (H100/H200: kernels become sm_90a)
 #
@@ -10,6 +10,10 @@
 # .cuda-toolchain/), plus a link-only libcuda stub, since no wheel ships the driver library.
 # The stub is never on the run-time library path: the binary finds the real libcuda of the
 # machine it runs on, and the CUDA libraries under /usr/local/cuda/lib64 (its rpath).
+# cuDNN is not linked: the binary dlopens libcudnn.so.9 at run time (src/model/cudnn/). The build
+# needs only headers: cudnn.h from the nvidia-cudnn-cu13 wheel and the header-only cuDNN frontend
+# from the nvidia-cudnn-frontend wheel, fetched once into $QWEN3_MPI_CUDA_CACHE/cudnn-headers/
+# (QWEN3_MPI_CUDNN_INCLUDE / QWEN3_MPI_CUDNN_FRONTEND_INCLUDE, when set, name other folders).
 # A clean build takes about 18 minutes on 2 cores (13 of them in candle's kernels).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,6 +61,50 @@ build_libcuda_stub() {
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$dir/libcuda.so" "$dir/libcuda_stub.c"
 }
 
+cudnn_wheel=nvidia-cudnn-cu13==9.13.0.50
+frontend_wheel=nvidia-cudnn-frontend==1.16.0
+
+# wheel_headers SPEC FOLDER DIR: unpacks FOLDER/ of the PyPI wheel SPEC into DIR, once.
+# The frontend's wheel is built per CPython version: any one serves, its headers are the same.
+wheel_headers() {
+  local spec="$1" folder="$2" dir="$3"
+  [ -f "$dir/.complete" ] && return
+  echo "fetching $folder/ of $spec into $dir" >&2
+  rm -rf "$dir" && mkdir -p "$dir/wheel"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    -d "$dir/wheel" "$spec" || {
+    echo "cannot download $spec: set QWEN3_MPI_CUDNN_INCLUDE and QWEN3_MPI_CUDNN_FRONTEND_INCLUDE to" \
+      "folders holding cudnn.h and cudnn_frontend.h, or build without cuDNN (CUDNN=0)" >&2
+    return 1
+  }
+  python3 - "$dir" "$folder" "$dir"/wheel/*.whl <<'EOF'
+import sys, zipfile
+dest, folder, wheel = sys.argv[1], sys.argv[2].rstrip("/") + "/", sys.argv[3]
+with zipfile.ZipFile(wheel) as z:
+    members = [n for n in z.namelist() if n.startswith(folder)]
+    if not members:
+        sys.exit(f"{wheel} has no {folder}")
+    z.extractall(dest, members)
+EOF
+  rm -rf "$dir/wheel"   # the cuDNN wheel is 350 MB for 300 KB of headers
+  touch "$dir/.complete"
+}
+
+# The headers the cuDNN shim compiles against (build.rs reads these two variables).
+cudnn_headers() {
+  local dir="$cache/cudnn-headers"
+  if [ -z "${QWEN3_MPI_CUDNN_INCLUDE:-}" ]; then
+    wheel_headers "$cudnn_wheel" nvidia/cudnn/include "$dir/cudnn"
+    export QWEN3_MPI_CUDNN_INCLUDE="$dir/cudnn/nvidia/cudnn/include"
+  fi
+  if [ -z "${QWEN3_MPI_CUDNN_FRONTEND_INCLUDE:-}" ]; then
+    wheel_headers "$frontend_wheel" include "$dir/frontend"
+    export QWEN3_MPI_CUDNN_FRONTEND_INCLUDE="$dir/frontend/include"
+  fi
+  echo "cuDNN headers: $QWEN3_MPI_CUDNN_INCLUDE, frontend: $QWEN3_MPI_CUDNN_FRONTEND_INCLUDE" >&2
+}
+
 if command -v nvcc >/dev/null 2>&1; then
   export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
 elif [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then
@@ -71,6 +119,11 @@ cd "$repo"
 # NCCL (--transport nccl) unless NCCL=0; it links libnccl.so.2, which must be on the GPU machine.
 features=cuda
 [ "${NCCL:-1}" = 0 ] || features=cuda,nccl
+# cuDNN attention unless CUDNN=0; libcudnn.so.9 is looked for at run time only.
+if [ "${CUDNN:-1}" != 0 ]; then
+  cudnn_headers
+  features="$features,cudnn"
+fi
 cargo build --locked --release --features "$features" --target-dir target/cuda
 # A stripped, compressed copy small enough to carry to the GPU machine (about 9 MB).
 mkdir -p .carry

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let args = match Cli::try_parse().map(Cli::into_action) {
         Ok(Action::Run(args)) => args,
         Ok(Action::BenchComm(args)) => return bench_comm(&args),
+        Ok(Action::BenchAttention(args)) => return bench_attention(&args),
         Ok(Action::Trace(command)) => {
             return match run_trace_tool(&command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +80,18 @@ fn bench_comm(args: &qwen3_mpi::bench::comm::CommBenchArgs) -> ExitCode {
         Err(e) => {
             eprintln!("qwen3-mpi: error: rank {}: bench-comm: {e:#}", env.rank);
             env.abort(1)
+        }
+    }
+}
+
+/// `qwen3-mpi bench-attention`: one process, one GPU, no MPI.
+fn bench_attention(args: &qwen3_mpi::bench::attention::AttentionBenchArgs) -> ExitCode {
+    qwen3_mpi::cli::logging::init_logging();
+    match qwen3_mpi::bench::attention::run_attention_bench(args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qwen3-mpi: error: bench-attention: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -35,10 +35,15 @@ fn trace_holds_prompt_generated_ids_and_reference_logits() {
             "--trace",
             &p,
         ];
+        // --op-spans changes nothing on the CPU (its unfused layer has no parts to time)
+        let args = [&args[..], if ranks == 2 { &["--op-spans"][..] } else { &[] }].concat();
         let (code, _, stderr, _) = run_mpi(ranks, &args, &[], 120);
         assert_eq!(code, 0, "{stderr}");
         let file = hdf5::File::open(&path).unwrap();
         assert_eq!(read_attr(&file, "status"), "ok");
+        assert_eq!(read_attr(&file, "prefill_attention"), "reference");
+        assert_eq!(read_attr(&file, "decode_path"), "reference");
+        assert!(read_attr(&file, "layer_kernels").contains("CPU"));
         let prompt: Vec<u32> = file.dataset("output/prompt_ids").unwrap().read_raw().unwrap();
         let generated: Vec<u32> = file.dataset("output/generated_ids").unwrap().read_raw().unwrap();
         let logits: Vec<f32> = file.dataset("output/prefill_logits").unwrap().read_raw().unwrap();

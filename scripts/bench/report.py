@@ -69,6 +69,37 @@ def peak_memory(out):
     return peaks
 
 
+def layer_part_shares(path):
+    """GPU time of the last prefill run by layer part (Gemm, Attention, Elementwise spans on the
+    GPU track) and the GPU track's total (layer, embed and lm-head spans), from an --op-spans trace."""
+    try:
+        import h5py
+    except ImportError:
+        return None
+    if not os.path.exists(path):
+        return None
+    with h5py.File(path, "r") as f:
+        ds = f["ranks/0/events"]
+        kinds = {v: k for k, v in h5py.check_enum_dtype(ds.dtype["kind"]).items()}
+        threads = {v: k for k, v in h5py.check_enum_dtype(ds.dtype["thread"]).items()}
+        ev = ds[:]
+    gpu = [e for e in ev if threads[e["thread"]] == "GpuStream"]
+    layers = [e for e in gpu if kinds[e["kind"]] == "LayerCompute"]
+    if not layers:
+        return None
+    # the last prefill run's window (a trace from before the parts were dropped with their run
+    # holds every run's parts)
+    t0, t1 = min(e["t_start_ns"] for e in layers), max(e["t_end_ns"] for e in layers)
+    gpu = [e for e in gpu if kinds[e["kind"]] not in ("Gemm", "Attention", "Elementwise")
+           or (e["t_start_ns"] >= t0 and e["t_end_ns"] <= t1)]
+    dur = lambda names: sum((e["t_end_ns"] - e["t_start_ns"]) * 1e-9 for e in gpu if kinds[e["kind"]] in names)
+    parts = {p: dur({p}) for p in ("Gemm", "Attention", "Elementwise")}
+    total = dur({"LayerCompute", "Embed", "LmHead"})
+    if not total or not any(parts.values()):
+        return None
+    return total, parts
+
+
 def flops(tokens, hf):
     layers, heads, head_dim = 36, 32, 128
     return 2 * hf["non_embedding_params"] * tokens + 2 * tokens ** 2 * head_dim * heads * layers
@@ -136,7 +167,7 @@ def main(out):
     print("\n## Prefill across GPUs (pipeline of ranks, per-layer KV sync)\n")
     print("| card | run | ranks | sync | transport | tokens | chunks | TTFT s | speedup vs 1 GPU | ideal R·C/(C+R−1) | pipeline efficiency | speedup / ranks | exposed KV sync ms (max rank; drain after the first token, delays decode) | % of TTFT | KV sync GB/s (rank 0 sent / busy) | peak GPU MiB per rank |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in sorted(k for k in runs if not k.startswith("1gpu-")):
+    for name in sorted(k for k in runs if not k.startswith(("1gpu-", "ab-"))):
         r = runs[name]
         n, ranks, chunks = r["prompt_tokens"], r["ranks"], r["chunks"]
         ttft = warm_ttft(r)
@@ -149,6 +180,29 @@ def main(out):
         peak = ",".join(str(v) for _, v in sorted(peaks.get(name, {}).items()))
         print(f"| {gpu} | {name} | {ranks} | {r['sync']} | {r['transport']} | {n} | {chunks} | {ttft:.3f} | {speed:.2f}x "
               f"| {ideal:.2f} | {speed/ideal:.1%} | {speed/ranks:.2f} | {exposed*1e3:.1f} | {exposed/ttft:.1%} | {bw:.1f} | {peak} |")
+    ab = sorted((k for k in runs if k.startswith("ab-")), key=lambda k: (int(k.split("-")[1]), k))
+    if ab:
+        print("\n## One GPU, side by side in this call (issue 14)\n")
+        print("| card | run | tokens | prefill attention | decode path | TTFT s | vs this build's 1-GPU run | decode ms/token | peak GPU MiB |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in ab:
+            r, n = runs[name], int(name.split("-")[1])
+            ttft = warm_ttft(r)
+            base = one_gpu.get(n)
+            dec = r.get("decode_ms_per_token_median") or float("nan")
+            peak = max(peaks.get(name, {0: 0}).values() or [0])
+            print(f"| {gpu} | {name} | {n} | {r.get('prefill_attention', 'previous build')} | {r.get('decode_path', 'previous build')} "
+                  f"| {ttft:.3f} | {base / ttft if base else float('nan'):.2f}x | {dec:.2f} | {peak} |")
+        for name in ab:
+            shares = layer_part_shares(os.path.join(out, f"traces/{name}.h5"))
+            if shares:
+                total, parts = shares
+                print(f"\nGPU time of `{name}` by part of the layer (GPU track, --op-spans; "
+                      f"{total * 1e3:.1f} ms of GPU spans in all, layers and head):\n")
+                print("| part | ms | share of the GPU time |")
+                print("|---|---|---|")
+                for part, t in parts.items():
+                    print(f"| {part} | {t * 1e3:.1f} | {t / total:.1%} |")
     comm = sorted(glob.glob(os.path.join(out, "runs/comm-*.txt")))
     if comm:
         print("\n## KV sync alone, 2 ranks (bench-comm; pool = candle's memory pool, malloc = "

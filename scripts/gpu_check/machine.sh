@@ -9,6 +9,19 @@ if ldd "$bin" | grep -q "libnccl.so.2 => not found"; then
   nccl_lib="$(find / -xdev -name libnccl.so.2 2>/dev/null | head -n 1)"
   [ -n "$nccl_lib" ] && export LD_LIBRARY_PATH="$(dirname "$nccl_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# cuDNN (dlopen'd by a `--features cudnn` binary, so ldd does not list it) comes with PyTorch's
+# wheels too (site-packages/nvidia/cudnn/lib); QWEN3_MPI_CUDNN_LIB= a full path overrides.
+loader_finds() {  # loader_finds LIB: the loader's own search (ld cache, LD_LIBRARY_PATH, rpath) has LIB
+  ldconfig -p 2>/dev/null | grep -qE "^[[:space:]]*$1 " && return 0
+  local d IFS=:
+  for d in ${LD_LIBRARY_PATH:-} /usr/local/cuda/lib64; do [ -n "$d" ] && [ -e "$d/$1" ] && return 0; done
+  return 1
+}
+if [ -z "${QWEN3_MPI_CUDNN_LIB:-}" ] && ! loader_finds libcudnn.so.9; then
+  cudnn_lib="$(find / -xdev -name libcudnn.so.9 2>/dev/null | head -n 1)"
+  [ -n "$cudnn_lib" ] && export LD_LIBRARY_PATH="$(dirname "$cudnn_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "machine.sh: libcudnn.so.9: ${cudnn_lib:-not found}" >&2
+fi
 # A CUDA-aware Open MPI 4.1.4 (ABI-compatible with the 4.1 the binary links), built on the GPU
 # machine's image by scripts/gpu-check.sh and committed; to rebuild, carry Debian's source
 # (`apt-get source --download-only openmpi` with a deb-src entry) into .carry/.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::attention::AttentionBenchArgs;
 use crate::bench::comm::CommBenchArgs;
 use crate::device::{DTypeArg, DeviceArg};
 use crate::schedule::Chunking;
@@ -33,6 +34,9 @@ pub enum Command {
     Trace(TraceCommand),
     /// Time the KV sync alone: one layer's K/V block per rank, every transport and size.
     BenchComm(CommBenchArgs),
+    /// Time prefill attention alone on one GPU (no MPI): cuDNN's fused attention, our kernel
+    /// and the unfused path, each checked against an f32 reference.
+    BenchAttention(AttentionBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +60,7 @@ pub enum Action {
     Run(RunArgs),
     Trace(TraceCommand),
     BenchComm(CommBenchArgs),
+    BenchAttention(AttentionBenchArgs),
 }
 
 impl Cli {
@@ -64,6 +69,7 @@ impl Cli {
             Some(Command::Run(args)) => Action::Run(args),
             Some(Command::Trace(command)) => Action::Trace(command),
             Some(Command::BenchComm(args)) => Action::BenchComm(args),
+            Some(Command::BenchAttention(args)) => Action::BenchAttention(args),
             None => Action::Run(self.run),
         }
     }
@@ -161,6 +167,12 @@ pub struct RunArgs {
     /// HDF5 trace file to write.
     #[arg(long, value_name = "FILE.h5")]
     pub trace: Option<PathBuf>,
+
+    /// Trace the parts of each layer too (matrix products, attention, elementwise kernels) as
+    /// spans of their own, on the GPU track (CUDA events between the parts; the fused GPU layer
+    /// only). For profiling: the events add a little to every layer.
+    #[arg(long)]
+    pub op_spans: bool,
 
     /// Verification dumps: each rank's KV cache after prefill to DIR/kv-rank<R>.safetensors,
     /// and the prefill logits (f32) to DIR/logits.safetensors from rank 0.

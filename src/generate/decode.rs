@@ -38,6 +38,8 @@ pub fn decode(
         return Ok(outcome);
     }
     let all_layers = 0..model.config().num_hidden_layers;
+    #[cfg(feature = "cuda")]
+    let mut fused_step = model.fused_decode_step(kv)?;
     let mut token = first_token;
     loop {
         outcome.generated.push(token);
@@ -47,10 +49,27 @@ pub fn decode(
         }
         let step_start = Instant::now();
         let position = prompt_len + outcome.generated.len() - 1;
-        let hidden = model.embed(&[token])?; // (1, hidden)
-        let hidden = model.forward_layers(all_layers.clone(), hidden, position, kv)?;
-        let logits = model.logits_last(&hidden)?; // (vocab)
+        #[cfg(feature = "cuda")]
+        let logits = match &mut fused_step {
+            Some(step) => step.logits(token, position)?, // (vocab)
+            None => layers_step(model, kv, token, position, all_layers.clone())?,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let logits = layers_step(model, kv, token, position, all_layers.clone())?;
         token = sampler.next_token(&logits)?;
         outcome.step_seconds.push(step_start.elapsed().as_secs_f64());
     }
+}
+
+/// One decode step through each layer's forward. → logits (vocab), f32
+fn layers_step(
+    model: &Qwen3,
+    kv: &KvCache,
+    token: u32,
+    position: usize,
+    layers: std::ops::Range<usize>,
+) -> Result<candle_core::Tensor> {
+    let hidden = model.embed(&[token])?; // (1, hidden)
+    let hidden = model.forward_layers(layers, hidden, position, kv)?;
+    model.logits_last(&hidden) // (vocab)
 }

@@ -7,6 +7,7 @@ pub mod failure;
 pub mod fault;
 pub mod first_token;
 pub mod gather;
+pub mod layer_spans;
 pub mod memory_plan;
 pub mod placement;
 pub mod plan;
@@ -86,7 +87,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         let budget = memory_plan::memory_budget(args.max_memory, &device)?;
         memory_plan::check_fits(need, budget, cfg, plan.capacity)?;
         let started = Instant::now();
-        let model = Qwen3::load(
+        let mut model = Qwen3::load(
             cfg,
             plan.files.weights.as_ref(),
             owned.clone(),
@@ -96,6 +97,18 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
             &device,
         )?;
         spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
+        let chunks: Vec<_> = plan
+            .schedule
+            .chunks()
+            .iter()
+            .map(|c| (c.len(), c.start))
+            .collect();
+        if let Some(took) = model.prepare_prefill(&chunks, plan.capacity)? {
+            tracing::info!(
+                "prefill attention prepared for {} chunks in {took:.3} s",
+                chunks.len()
+            );
+        }
         tracing::info!(
             "loaded layers {owned:?} on {} as {dtype:?} in {:.2} s; transport {} ({why})",
             device_name(&device),
@@ -111,6 +124,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         agree(&env.world, loaded).inspect_err(|e| trace.fail(&e.to_string()))?;
     if rank == 0 && device.is_cuda() {
         eprintln!("qwen3-mpi: transport {} ({why})", transport.name());
+        eprintln!("qwen3-mpi: layers: {}", model.plan().reason);
     }
     let stage = LoadedStage {
         model,
@@ -232,6 +246,7 @@ fn run_loaded(
             watchdog,
             fault: if run == 0 { fault } else { None },
             spans,
+            op_spans: args.op_spans,
         };
         let idle = idle_comm
             .take()
@@ -343,6 +358,9 @@ fn run_loaded(
         chunks: plan.schedule.chunks().len(),
         chunking: args.chunking,
         chunk_lengths: plan.schedule.chunks().iter().map(|c| c.len()).collect(),
+        prefill_attention: model.plan().prefill_name().into(),
+        decode_path: model.plan().decode_name().into(),
+        layer_kernels: model.plan().reason.clone(),
         prompt_tokens: plan.prompt_ids.len(),
         new_tokens: outcome.generated.len(),
         generated_ids: outcome.generated,

@@ -22,7 +22,7 @@ use crate::transport::progress::MpiProgress;
 use crate::transport::{MpiEnv, SharedComm};
 
 /// Spans of one prefill run (dropped from the trace when another run follows).
-pub const PREFILL_SPANS: [SpanKind; 7] = [
+pub const PREFILL_SPANS: [SpanKind; 10] = [
     SpanKind::Embed,
     SpanKind::LayerCompute,
     SpanKind::KvSync,
@@ -30,6 +30,9 @@ pub const PREFILL_SPANS: [SpanKind; 7] = [
     SpanKind::Recv,
     SpanKind::Wait,
     SpanKind::LmHead,
+    SpanKind::Gemm,
+    SpanKind::Attention,
+    SpanKind::Elementwise,
 ];
 
 /// What one prefill run leaves: the first token (and the sampler that drew it), the logits
@@ -56,6 +59,8 @@ pub struct PrefillPass<'a> {
     pub watchdog: &'a Watchdog,
     pub fault: Option<Fault>,
     pub spans: &'a SpanLog,
+    /// Spans of each layer's parts (`--op-spans`).
+    pub op_spans: bool,
 }
 
 impl PrefillPass<'_> {
@@ -92,6 +97,7 @@ impl PrefillPass<'_> {
             fault: self.fault,
             spans,
             device_spans: &device_spans,
+            op_spans: self.op_spans,
         };
         let progress = MpiProgress::start(idle, self.device.is_cuda())?;
         let (logits, stage_times) = run_stage(&ctx, hidden_buffers);

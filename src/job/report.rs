@@ -72,6 +72,10 @@ pub struct JobReport {
     /// `--chunking`: `uniform` or `balanced`.
     pub chunking: Chunking,
     pub chunk_lengths: Vec<usize>,
+    /// The kernels the layers ran on (`LayerPlan`): prefill attention, decode path, and why.
+    pub prefill_attention: String,
+    pub decode_path: String,
+    pub layer_kernels: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub generated_ids: Vec<u32>,

@@ -13,7 +13,9 @@ use mpi::traits::*;
 
 use super::failure::JobAbort;
 use super::fault::{Fault, Phase};
+use super::layer_spans::LayerPartSpans;
 use super::watchdog::Watchdog;
+use crate::model::layer_probe::LayerProbe;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{Schedule, StageOp};
 use crate::sync::ready::BlockReady;
@@ -48,6 +50,8 @@ pub struct StageContext<'a> {
     pub spans: &'a SpanLog,
     /// Times compute spans on the GPU's clock (events) where there is one.
     pub device_spans: &'a DeviceSpans,
+    /// Spans of each layer's parts too (`--op-spans`).
+    pub op_spans: bool,
 }
 
 /// Host memory for the hidden states between stages, one buffer per chunk each way (none out
@@ -263,7 +267,10 @@ fn run_op<'a, 's>(
         StageOp::ComputeLayer { layer, chunk } => {
             let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, &format!("layer {layer}"))?;
-            state.hidden = Some(model.forward_layer(layer, &hidden, chunk.start, ctx.kv)?);
+            let at = SpanAt::layer_chunk(layer, chunk.index, step);
+            let parts = LayerPartSpans::new(ctx.device_spans, ctx.spans, at);
+            let probe = ctx.op_spans.then_some(&parts as &dyn LayerProbe);
+            state.hidden = Some(model.forward_layer_probed(layer, &hidden, chunk.start, ctx.kv, probe)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
             record_compute(
                 mark,

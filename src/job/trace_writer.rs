@@ -27,6 +27,9 @@ pub fn write_job_trace(
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
     trace.attr_str("chunking", report.chunking.name())?;
     trace.attr_str("chunk_lengths", &serde_json::to_string(&report.chunk_lengths)?)?;
+    trace.attr_str("prefill_attention", &report.prefill_attention)?;
+    trace.attr_str("decode_path", &report.decode_path)?;
+    trace.attr_str("layer_kernels", &report.layer_kernels)?;
     trace.attr_u64("prompt_tokens", report.prompt_tokens as u64)?;
     trace.attr_u64("new_tokens", report.new_tokens as u64)?;
     trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;

@@ -1,5 +1,6 @@
 //! Causal self-attention with per-head q/k RMSNorm, RoPE and grouped-query KV heads, reading
-//! and writing the caller's KV cache.
+//! and writing the caller's KV cache: the weights, and the unfused reference computation. The
+//! fused GPU layer (`fused_layer.rs`) uses the same weights with its own kernels.
 
 use anyhow::Result;
 use candle_core::{DType, Module, Tensor};
@@ -11,9 +12,8 @@ use super::layer_weights::LayerWeights;
 use super::rope::RotaryTable;
 
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v projections as one: (H·D + 2·KVH·D, hidden)
+    qkv_proj: Linear,
     o_proj: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
@@ -26,9 +26,7 @@ pub struct Attention {
 impl Attention {
     pub fn load(w: &LayerWeights, cfg: &Qwen3Config, layer: usize) -> Result<Self> {
         Ok(Self {
-            q_proj: w.linear("self_attn.q_proj")?,
-            k_proj: w.linear("self_attn.k_proj")?,
-            v_proj: w.linear("self_attn.v_proj")?,
+            qkv_proj: w.stacked_linear(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])?,
             o_proj: w.linear("self_attn.o_proj")?,
             q_norm: w.rms_norm("self_attn.q_norm")?,
             k_norm: w.rms_norm("self_attn.k_norm")?,
@@ -39,75 +37,105 @@ impl Attention {
         })
     }
 
-    /// Attention of a chunk at positions `[start, start + L)` over cache positions
+    /// The fused q/k/v projection: x (L, hidden) → (L, (H + 2·KVH)·D)
+    pub fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.qkv_proj.forward(x)?)
+    }
+
+    /// attn (L, H·D) → (L, hidden)
+    pub fn output(&self, attn: &Tensor) -> Result<Tensor> {
+        Ok(self.o_proj.forward(attn)?)
+    }
+
+    /// (H·D + 2·KVH·D, hidden)
+    pub fn qkv_weight(&self) -> &Tensor {
+        self.qkv_proj.weight()
+    }
+
+    /// (hidden, H·D)
+    pub fn o_weight(&self) -> &Tensor {
+        self.o_proj.weight()
+    }
+
+    /// The per-head norms' weights, each (D), and their epsilon.
+    pub fn qk_norms(&self) -> (&Tensor, &Tensor, f64) {
+        (self.q_norm.weight(), self.k_norm.weight(), self.q_norm.eps())
+    }
+
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// (H, KVH, D)
+    pub fn heads(&self) -> (usize, usize, usize) {
+        (self.n_heads, self.n_kv_heads, self.head_dim)
+    }
+
+    /// The unfused reference (the CPU path, and `QWEN3_MPI_ATTENTION=reference` on a GPU):
+    /// attention of a chunk at positions `[start, start + L)` over cache positions
     /// `[0, start + L)`. Writes this chunk's K/V into `kv` first.
     /// x: (L, hidden) → (L, hidden)
     pub fn forward(&self, x: &Tensor, start: usize, rope: &RotaryTable, kv: &KvCache) -> Result<Tensor> {
         let len = x.dim(0)?;
-        let end = start + len;
         let (h, kvh, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let group = h / kvh;
 
         // 1. Projections and per-head norms: (L, heads, D)
-        let q = self
-            .q_norm
-            .forward(&self.q_proj.forward(x)?.reshape((len, h, d))?)?;
-        let k = self
-            .k_norm
-            .forward(&self.k_proj.forward(x)?.reshape((len, kvh, d))?)?;
-        let v = self.v_proj.forward(x)?.reshape((len, kvh, d))?;
+        let qkv = self.qkv(x)?; // (L, (H + 2·KVH)·D)
+        let q = qkv.narrow(1, 0, h * d)?.contiguous()?.reshape((len, h, d))?;
+        let k = qkv
+            .narrow(1, h * d, kvh * d)?
+            .contiguous()?
+            .reshape((len, kvh, d))?;
+        let v = qkv
+            .narrow(1, (h + kvh) * d, kvh * d)?
+            .contiguous()?
+            .reshape((len, kvh, d))?;
+        let q = self.q_norm.forward(&q)?;
+        let k = self.k_norm.forward(&k)?;
 
         // 2. RoPE at the chunk's positions
         let q = rope.apply(&q, start)?; // (L, H, D)
         let k = rope.apply(&k, start)?; // (L, KVH, D)
 
-        // 3. This chunk's K/V into the cache, then read the prefix [0, end)
+        // 3. This chunk's K/V into the cache, then attention over the prefix [0, end)
         kv.write(self.layer, start, &k, &v)?;
-        #[cfg(feature = "cuda")]
-        if len > 1 && super::flash_attention::supported(&q, d) && !reference_attention() {
-            let layer_kv = kv.layer(self.layer)?; // (capacity, 2, KVH, D)
-            let out = super::flash_attention::prefill_attention(&q, &layer_kv, start)?; // (L, H, D)
-            return Ok(self.o_proj.forward(&out.reshape((len, h * d))?)?); // (L, hidden)
-        }
-        #[cfg(feature = "cuda")]
-        if super::flash_decode::supported(&q, d, h, kvh) && !reference_attention() {
-            let layer_kv = kv.layer(self.layer)?; // (capacity, 2, KVH, D)
-            let out = super::flash_decode::decode_attention(&q, &layer_kv, end)?; // (1, H, D)
-            return Ok(self.o_proj.forward(&out.reshape((1, h * d))?)?); // (1, hidden)
-        }
-        let (k_all, v_all) = kv.prefix(self.layer, end)?; // (end, KVH, D)
-        let k_all = k_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
-        let v_all = v_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
-
-        // 4. Scores per KV head; the `group` query heads that share a KV head are stacked:
-        //    (H, L, D) → (KVH, G*L, D)
-        let q = q.transpose(0, 1)?.contiguous()?.reshape((kvh, group * len, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k_all.t()?)? * scale)?; // (KVH, G*L, end)
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = if len > 1 {
-            let mask = causal_mask(start, len, x.device())?; // (L, end)
-            scores
-                .reshape((kvh, group, len, end))?
-                .broadcast_add(&mask)?
-                .reshape((kvh, group * len, end))?
-        } else {
-            scores // one query at the newest position sees every cached key
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v_all.dtype())?;
-
-        // 5. Weighted values, heads back to the hidden layout
-        let out = probs.matmul(&v_all)?; // (KVH, G*L, D)
-        let out = out.reshape((h, len, d))?.transpose(0, 1)?.reshape((len, h * d))?; // (L, H*D)
-        Ok(self.o_proj.forward(&out)?) // (L, hidden)
+        let out = reference_attention(&q, kv, self.layer, start)?; // (L, H, D)
+        self.output(&out.reshape((len, h * d))?) // (L, hidden)
     }
 }
 
-/// `QWEN3_MPI_ATTENTION=reference` keeps prefill and decode on the GPU on the unfused path (checks).
-#[cfg(feature = "cuda")]
-fn reference_attention() -> bool {
-    static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REFERENCE.get_or_init(|| std::env::var("QWEN3_MPI_ATTENTION").as_deref() == Ok("reference"))
+/// Attention of queries q at positions `[start, start + L)` over cache positions
+/// `[0, start + L)` of `layer`, in plain tensor operations (scores materialised in f32).
+/// q: (L, H, D) → (L, H, D)
+pub fn reference_attention(q: &Tensor, kv: &KvCache, layer: usize, start: usize) -> Result<Tensor> {
+    let (len, h, d) = q.dims3()?;
+    let end = start + len;
+    let (k_all, v_all) = kv.prefix(layer, end)?; // (end, KVH, D)
+    let kvh = k_all.dim(1)?;
+    let group = h / kvh;
+    let k_all = k_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
+    let v_all = v_all.transpose(0, 1)?.contiguous()?; // (KVH, end, D)
+
+    // Scores per KV head; the `group` query heads that share a KV head are stacked:
+    // (H, L, D) → (KVH, G·L, D)
+    let q = q.transpose(0, 1)?.contiguous()?.reshape((kvh, group * len, d))?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&k_all.t()?)? * scale)?; // (KVH, G·L, end)
+    let scores = scores.to_dtype(DType::F32)?;
+    let scores = if len > 1 {
+        let mask = causal_mask(start, len, q.device())?; // (L, end)
+        scores
+            .reshape((kvh, group, len, end))?
+            .broadcast_add(&mask)?
+            .reshape((kvh, group * len, end))?
+    } else {
+        scores // one query at the newest position sees every cached key
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v_all.dtype())?;
+
+    // Weighted values, heads back to the query layout
+    let out = probs.matmul(&v_all)?; // (KVH, G·L, D)
+    Ok(out.reshape((h, len, d))?.transpose(0, 1)?.contiguous()?) // (L, H, D)
 }
 
 /// Additive causal mask for queries at `[start, start + len)` over keys `[0, start + len)`:

@@ -7,15 +7,17 @@ use candle_nn::RmsNorm;
 use super::attention::Attention;
 use super::config::Qwen3Config;
 use super::kv_cache::KvCache;
+use super::layer_plan::LayerPlan;
+use super::layer_probe::LayerProbe;
 use super::layer_weights::{LayerWeights, WeightLoader};
 use super::mlp::Mlp;
 use super::rope::RotaryTable;
 
 pub struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    pub(super) input_layernorm: RmsNorm,
+    pub(super) self_attn: Attention,
+    pub(super) post_attention_layernorm: RmsNorm,
+    pub(super) mlp: Mlp,
 }
 
 impl DecoderLayer {
@@ -25,12 +27,27 @@ impl DecoderLayer {
             input_layernorm: w.rms_norm("input_layernorm")?,
             self_attn: Attention::load(&w, cfg, layer)?,
             post_attention_layernorm: w.rms_norm("post_attention_layernorm")?,
-            mlp: Mlp::load(&w)?,
+            mlp: Mlp::load(&w, cfg.intermediate_size)?,
         })
     }
 
-    /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden)
-    pub fn forward(&self, x: &Tensor, start: usize, rope: &RotaryTable, kv: &KvCache) -> Result<Tensor> {
+    /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden). Writes the chunk's K/V
+    /// into `kv`. On the fused layer, `probe` (if any) sees where each part of its work
+    /// begins.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &RotaryTable,
+        kv: &KvCache,
+        plan: &LayerPlan,
+        probe: Option<&dyn LayerProbe>,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if plan.fused {
+            return super::fused_layer::forward(self, x, start, rope, kv, &plan.prefill, probe);
+        }
+        let _ = (plan, probe); // the unfused reference is not split into parts
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, start, rope, kv)?;

@@ -56,6 +56,17 @@ impl<'a> LayerWeights<'a> {
         Ok(Linear::new(self.weight(key)?, None))
     }
 
+    /// One bias-free linear layer for several that read the same input: their weights stacked
+    /// along the output dimension, in the order of `keys` (e.g. q, k, v). The product's columns are
+    /// the parts' outputs side by side. Each weight (out_i, in) → (Σ out_i, in)
+    pub fn stacked_linear(&self, keys: &[&str]) -> Result<Linear> {
+        let parts = keys
+            .iter()
+            .map(|key| self.weight(key))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Linear::new(Tensor::cat(&parts, 0)?, None))
+    }
+
     pub fn rms_norm(&self, key: &str) -> Result<RmsNorm> {
         Ok(RmsNorm::new(self.weight(key)?, self.rms_norm_eps))
     }

@@ -1,4 +1,4 @@
-//! SwiGLU feed-forward block: down(silu(gate(x)) * up(x)).
+//! SwiGLU feed-forward block: down(silu(gate(x)) * up(x)), with gate and up as one product.
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -7,24 +7,46 @@ use candle_nn::Linear;
 use super::layer_weights::LayerWeights;
 
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate and up projections as one: (2·I, hidden), gate rows first
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate: usize,
 }
 
 impl Mlp {
-    pub fn load(w: &LayerWeights) -> Result<Self> {
+    pub fn load(w: &LayerWeights, intermediate: usize) -> Result<Self> {
         Ok(Self {
-            gate_proj: w.linear("mlp.gate_proj")?,
-            up_proj: w.linear("mlp.up_proj")?,
+            gate_up_proj: w.stacked_linear(&["mlp.gate_proj", "mlp.up_proj"])?,
             down_proj: w.linear("mlp.down_proj")?,
+            intermediate,
         })
     }
 
-    /// x: (L, hidden) → (L, hidden)
+    /// The fused gate/up projection: x (L, hidden) → (L, 2·I), gate in columns [0, I)
+    pub fn gate_up(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.gate_up_proj.forward(x)?)
+    }
+
+    /// (2·I, hidden)
+    pub fn gate_up_weight(&self) -> &Tensor {
+        self.gate_up_proj.weight()
+    }
+
+    /// (hidden, I)
+    pub fn down_weight(&self) -> &Tensor {
+        self.down_proj.weight()
+    }
+
+    /// act (L, I) → (L, hidden)
+    pub fn down(&self, act: &Tensor) -> Result<Tensor> {
+        Ok(self.down_proj.forward(act)?)
+    }
+
+    /// The unfused reference. x: (L, hidden) → (L, hidden)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?; // (L, intermediate)
-        let up = self.up_proj.forward(x)?; // (L, intermediate)
-        Ok(self.down_proj.forward(&(gate * up)?)?) // (L, hidden)
+        let gate_up = self.gate_up(x)?; // (L, 2·I)
+        let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, self.intermediate)?)?; // (L, I)
+        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?; // (L, I)
+        self.down(&(gate * up)?) // (L, hidden)
     }
 }

@@ -2,11 +2,21 @@
 
 pub mod attention;
 pub mod config;
+/// Prefill attention through cuDNN's flash attention, loaded at run time (`--features cudnn`).
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
+pub mod decode_split;
+#[cfg(feature = "cuda")]
+pub mod decode_step;
 pub mod decoder_layer;
 #[cfg(feature = "cuda")]
 pub mod flash_attention;
 #[cfg(feature = "cuda")]
 pub mod flash_decode;
+#[cfg(feature = "cuda")]
+mod fused_layer;
+#[cfg(feature = "cuda")]
+mod gpu_tensors;
 #[cfg(feature = "cuda")]
 mod kernel_inputs;
 /// Our CUDA kernels as PTX, one constant per `kernels/*.cu` file (built by build.rs).
@@ -15,6 +25,10 @@ mod kernels_ptx {
     include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
 }
 pub mod kv_cache;
+#[cfg(feature = "cuda")]
+mod layer_ops;
+pub mod layer_plan;
+pub mod layer_probe;
 pub mod layer_weights;
 pub mod mlp;
 pub mod qwen3;

@@ -11,6 +11,8 @@ use candle_nn::{Embedding, Linear, RmsNorm};
 use super::config::Qwen3Config;
 use super::decoder_layer::DecoderLayer;
 use super::kv_cache::KvCache;
+use super::layer_plan::{self, LayerPlan};
+use super::layer_probe::LayerProbe;
 use super::layer_weights::WeightLoader;
 use super::rope::RotaryTable;
 use super::weight_names::{embed_spec, final_norm_spec, lm_head_spec, StageParts};
@@ -26,6 +28,7 @@ pub struct Qwen3 {
     norm: Option<RmsNorm>,
     lm_head: Option<Linear>,
     rope: RotaryTable,
+    plan: LayerPlan,
 }
 
 impl Qwen3 {
@@ -52,6 +55,7 @@ impl Qwen3 {
             norm: None,
             lm_head: None,
             rope: RotaryTable::new(cfg, positions, dtype, device)?,
+            plan: layer_plan::choose(cfg, dtype, device)?,
         };
         model.load_parts(source, parts)?;
         model.load_layers(source, layers)?;
@@ -124,6 +128,17 @@ impl Qwen3 {
         &self.cfg
     }
 
+    /// Builds what prefill attention needs for the job's chunks, `(L, start)` each, before the
+    /// clock starts; the seconds it took, if anything was built.
+    pub fn prepare_prefill(&mut self, chunks: &[(usize, usize)], capacity: usize) -> Result<Option<f64>> {
+        self.plan.prepare(chunks, &self.cfg, self.dtype, capacity)
+    }
+
+    /// The kernels the layers run on, and why.
+    pub fn plan(&self) -> &LayerPlan {
+        &self.plan
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -166,12 +181,53 @@ impl Qwen3 {
 
     /// One decoder layer; the seam the pipeline uses to sync K/V after each layer.
     pub fn forward_layer(&self, layer: usize, hidden: &Tensor, start: usize, kv: &KvCache) -> Result<Tensor> {
-        let decoder = self
-            .layers
+        self.forward_layer_probed(layer, hidden, start, kv, None)
+    }
+
+    /// As [`Self::forward_layer`], with `probe` seeing where each part of the layer's work
+    /// begins (matrix products, attention, elementwise kernels).
+    pub fn forward_layer_probed(
+        &self,
+        layer: usize,
+        hidden: &Tensor,
+        start: usize,
+        kv: &KvCache,
+        probe: Option<&dyn LayerProbe>,
+    ) -> Result<Tensor> {
+        self.decoder(layer)?
+            .forward(hidden, start, &self.rope, kv, &self.plan, probe)
+    }
+
+    fn decoder(&self, layer: usize) -> Result<&DecoderLayer> {
+        self.layers
             .get(layer)
             .and_then(Option::as_ref)
-            .with_context(|| format!("decoder layer {layer} is not loaded on this stage"))?;
-        decoder.forward(hidden, start, &self.rope, kv)
+            .with_context(|| format!("decoder layer {layer} is not loaded on this stage"))
+    }
+
+    /// The decode step over every layer in one chain of fused kernels, when the plan has one
+    /// (a GPU, every layer and the head loaded). Built once per decode; it keeps handles on the
+    /// weights and reads and writes `kv`.
+    #[cfg(feature = "cuda")]
+    pub fn fused_decode_step(&self, kv: &KvCache) -> Result<Option<super::decode_step::DecodeStep>> {
+        if self.plan.decode != layer_plan::DecodePath::FusedStep {
+            return Ok(None);
+        }
+        let layers = (0..self.cfg.num_hidden_layers)
+            .map(|l| self.decoder(l))
+            .collect::<Result<Vec<_>>>()?;
+        let (Some(embed), Some(norm), Some(lm_head)) = (&self.embed_tokens, &self.norm, &self.lm_head) else {
+            return Ok(None);
+        };
+        let parts = super::decode_step::ModelParts {
+            cfg: &self.cfg,
+            layers,
+            embed: embed.embeddings(),
+            final_norm: norm,
+            lm_head: lm_head.weight(),
+            rope: &self.rope,
+        };
+        Ok(Some(super::decode_step::DecodeStep::new(&parts, kv)?))
     }
 
     /// Final norm and lm_head of the last position. hidden: (L, hidden) → logits (vocab), f32

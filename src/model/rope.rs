@@ -37,6 +37,11 @@ impl RotaryTable {
         })
     }
 
+    /// The tables, each (positions, head_dim / 2), for kernels that index them by position.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates `x`: (L, heads, head_dim) at positions `[start, start + L)`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let len = x.dim(0)?;

@@ -114,11 +114,21 @@ fn balanced_granule(prompt_len: usize, count: usize) -> usize {
     }
 }
 
+/// The longest chunk a single rank gets by default: on one rank chunks only cut the matrix
+/// products smaller, so the prompt is one chunk up to this many tokens (activations of about
+/// 1 GB for Qwen3-8B at this length).
+pub const ONE_RANK_MAX_CHUNK: usize = 16384;
+
 /// Default chunk size for a prompt on `ranks` pipeline stages: about four chunks per stage, so
 /// the pipeline fill and drain (ranks − 1 steps) is a small part of the work, but no chunk
 /// under 64 tokens (smaller chunks waste the GPU's matrix units) unless the prompt is shorter.
+/// One rank has no pipeline: the whole prompt, up to [`ONE_RANK_MAX_CHUNK`] tokens a chunk.
 pub fn default_chunk_size(prompt_len: usize, ranks: usize) -> usize {
-    let target_chunks = 4 * ranks.max(1);
+    if ranks <= 1 {
+        // no pipeline to fill: the fewest chunks, the largest (most efficient) matrix products
+        return prompt_len.clamp(1, ONE_RANK_MAX_CHUNK);
+    }
+    let target_chunks = 4 * ranks;
     prompt_len.div_ceil(target_chunks).max(64).min(prompt_len.max(1))
 }
 
@@ -195,5 +205,7 @@ mod tests {
         assert_eq!(default_chunk_size(10, 3), 10);
         assert_eq!(default_chunk_size(16384, 2), 2048);
         assert_eq!(default_chunk_size(1000, 8), 64);
+        assert_eq!(default_chunk_size(16384, 1), 16384);
+        assert_eq!(default_chunk_size(40000, 1), ONE_RANK_MAX_CHUNK);
     }
 }

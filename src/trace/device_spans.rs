@@ -135,7 +135,9 @@ mod imp {
             let mut busy_ns = 0;
             for q in self.queued.borrow_mut().drain(..) {
                 let (t_start_ns, t_end_ns) = (ns(&q.start)?, ns(&q.end)?);
-                busy_ns += t_end_ns - t_start_ns;
+                if !q.kind.is_layer_part() {
+                    busy_ns += t_end_ns - t_start_ns; // a layer's parts are inside its span
+                }
                 log.push(Span {
                     kind: q.kind,
                     thread: SpanThread::GpuStream,

@@ -17,6 +17,9 @@ fn kind_name(kind: SpanKind) -> &'static str {
         SpanKind::LmHead => "lm-head",
         SpanKind::DecodeStep => "decode",
         SpanKind::WeightLoad => "weight-load",
+        SpanKind::Gemm => "gemm",
+        SpanKind::Attention => "attention",
+        SpanKind::Elementwise => "elementwise",
     }
 }
 

@@ -17,6 +17,19 @@ pub enum SpanKind {
     LmHead = 6,
     DecodeStep = 7,
     WeightLoad = 8,
+    /// Inside a layer (`--op-spans`, GPU track): matrix products.
+    Gemm = 9,
+    /// Inside a layer (`--op-spans`, GPU track): the attention kernel.
+    Attention = 10,
+    /// Inside a layer (`--op-spans`, GPU track): norms, RoPE, cache write, SwiGLU, residual adds.
+    Elementwise = 11,
+}
+
+impl SpanKind {
+    /// Whether the span is a part of a layer's span (so its time is already in the layer's).
+    pub fn is_layer_part(self) -> bool {
+        matches!(self, Self::Gemm | Self::Attention | Self::Elementwise)
+    }
 }
 
 /// Which thread recorded it.
@@ -173,6 +186,9 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
         LmHead,
         DecodeStep,
         WeightLoad,
+        Gemm,
+        Attention,
+        Elementwise,
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;

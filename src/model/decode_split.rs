@@ -1,0 +1,70 @@
+//! How the decode step spreads its work over the GPU's blocks (pure arithmetic, so that it is
+//! tested without a GPU): keys of the attention kernel split across blocks, and the persistent
+//! grid of the matrix-vector kernels.
+
+/// Keys one attention block takes per iteration (`KEYS_PER_ITER` in `kernels/decode_ops.cu`).
+pub const KEYS_PER_ITER: usize = 32;
+/// Output rows one matrix-vector block takes at a time (`ROWS_PER_BLOCK` there).
+pub const GEMV_ROWS_PER_BLOCK: usize = 16;
+
+/// (keys per block, blocks along the keys) for the attention of one token over `keys` cache
+/// positions and `kv_heads` KV heads, aiming at `resident_blocks` blocks in all (what the GPU
+/// holds at once). Every block but the last gets a whole number of iterations.
+pub fn key_splits(keys: usize, kv_heads: usize, resident_blocks: usize) -> (usize, usize) {
+    let per_head = max_splits(kv_heads, resident_blocks);
+    let split_keys = keys
+        .div_ceil(per_head)
+        .next_multiple_of(KEYS_PER_ITER)
+        .max(KEYS_PER_ITER);
+    (split_keys, keys.div_ceil(split_keys).max(1))
+}
+
+/// The most blocks along the keys [`key_splits`] gives for any number of keys.
+pub fn max_splits(kv_heads: usize, resident_blocks: usize) -> usize {
+    resident_blocks.div_ceil(kv_heads.max(1)).max(1)
+}
+
+/// Blocks of a persistent matrix-vector kernel over `rows` output rows: one row group each, at
+/// most `resident_blocks`.
+pub fn gemv_grid(rows: usize, resident_blocks: usize) -> usize {
+    rows.div_ceil(GEMV_ROWS_PER_BLOCK)
+        .min(resident_blocks.max(1))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_splits_cover_every_key_with_no_empty_block() {
+        for keys in [1, 31, 32, 33, 1000, 1025, 4097, 16385, 32768, 200_000] {
+            for kv_heads in [1, 4, 8] {
+                for resident in [1, 132, 396] {
+                    let (split_keys, splits) = key_splits(keys, kv_heads, resident);
+                    assert_eq!(split_keys % KEYS_PER_ITER, 0);
+                    assert!(splits * split_keys >= keys, "{keys} keys uncovered");
+                    assert!((splits - 1) * split_keys < keys, "an empty block for {keys} keys");
+                    assert!(
+                        splits <= max_splits(kv_heads, resident),
+                        "partial buffers too small"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn key_splits_fill_the_gpu_on_a_long_cache() {
+        // 16K keys over 8 KV heads on 132 SMs x 3 blocks: at least 90 % of them busy
+        let (_, splits) = key_splits(16384, 8, 396);
+        assert!(splits * 8 * 10 >= 396 * 9, "{splits} splits per head");
+    }
+
+    #[test]
+    fn gemv_grid_is_one_row_group_per_block_up_to_the_resident_blocks() {
+        assert_eq!(gemv_grid(4096, 264), 256);
+        assert_eq!(gemv_grid(151_936, 264), 264);
+        assert_eq!(gemv_grid(1, 264), 1);
+    }
+}

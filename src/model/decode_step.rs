@@ -1,0 +1,583 @@
+//! One decode step (a token through every layer and the head) as a chain of our own kernels
+//! (`kernels/decode_ops.cu`, `kernels/layer_ops.cu`) on buffers made once per decode: a step
+//! reads every weight once, so it should take what the weights' bytes take at memory bandwidth.
+//! Seven launches a layer, no allocation but the logits, no candle op in between. The token and
+//! its position are read from device memory, and the key ranges of the attention are fixed by the
+//! cache's capacity, so the whole step is captured once as a CUDA graph and replayed for every
+//! token (`QWEN3_MPI_DECODE_GRAPH=0` launches it kernel by kernel instead;
+//! `QWEN3_MPI_DECODE_PROFILE=1` times each kernel of the first step and logs the table):
+//!
+//! ```text
+//! x = embed[token]
+//! per layer:  qkv  = W_qkv · RMSNorm(x)                 gemv_rmsnorm_store
+//!             q, cache[pos] = q/k norm, RoPE, K/V       qk_norm_rope_cache
+//!             attn = softmax(q Kᵀ) V over [0, pos]      decode_attention_g<G> + combine
+//!             x    = x + W_o · attn                     gemv_copy_residual
+//!             gu   = W_gu · RMSNorm(x)                  gemv_rmsnorm_store
+//!             x    = x + W_down · SwiGLU(gu)            gemv_swiglu_residual
+//! logits = float(W_lm · RMSNorm(x))                     gemv_rmsnorm_f32
+//! ```
+
+use anyhow::{bail, Context, Result};
+use candle_core::cuda_backend::cudarc::driver::{
+    sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
+use candle_core::{DType, Tensor};
+use candle_nn::RmsNorm;
+
+use super::config::Qwen3Config;
+use super::decode_split::{gemv_grid, key_splits, max_splits};
+use super::decoder_layer::DecoderLayer;
+use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
+use super::kernels_ptx::{DECODE_OPS, LAYER_OPS};
+use super::kv_cache::KvCache;
+use super::layer_ops::QkNormRope;
+use super::rope::RotaryTable;
+
+const DECODE_MODULE: &str = "qwen3_mpi_decode_ops";
+const LAYER_MODULE: &str = "qwen3_mpi_layer_ops";
+const HEAD_DIM: usize = 128;
+const GEMV_THREADS: u32 = 256;
+const ATTN_THREADS: u32 = 128;
+
+/// What the step reads of a model that holds every layer and the head.
+pub struct ModelParts<'a> {
+    pub cfg: &'a Qwen3Config,
+    pub layers: Vec<&'a DecoderLayer>,
+    /// (vocab, hidden)
+    pub embed: &'a Tensor,
+    pub final_norm: &'a RmsNorm,
+    /// (vocab, hidden); the embedding itself when the two are tied
+    pub lm_head: &'a Tensor,
+    pub rope: &'a RotaryTable,
+}
+
+/// Device addresses of one layer's weights and cache.
+struct LayerAddresses {
+    qkv: u64,
+    o: u64,
+    gate_up: u64,
+    down: u64,
+    input_norm: u64,
+    post_norm: u64,
+    q_norm: u64,
+    k_norm: u64,
+    /// (capacity, 2, KVH, D)
+    kv: u64,
+}
+
+/// One matrix-vector product of the step: its kernel, shape and grid.
+struct Gemv {
+    func: CudaFunction,
+    /// Output rows (N) and input length (K) of W (N, K).
+    rows: usize,
+    cols: usize,
+    grid: u32,
+    shared_bytes: u32,
+}
+
+/// Whether the step is replayed as a CUDA graph (`QWEN3_MPI_DECODE_GRAPH`, default on).
+const GRAPH_ENV: &str = "QWEN3_MPI_DECODE_GRAPH";
+/// Times each kernel of the first step (`QWEN3_MPI_DECODE_PROFILE=1`) and logs the table.
+const PROFILE_ENV: &str = "QWEN3_MPI_DECODE_PROFILE";
+
+/// A scratch vector of the step and its address.
+struct Buffer {
+    _slice: CudaStorageSlice,
+    at: u64,
+}
+
+pub struct DecodeStep {
+    device: CudaDevice,
+    layers: Vec<LayerAddresses>,
+    embed: u64,
+    final_norm: u64,
+    lm_head: u64,
+    cos: u64,
+    sin: u64,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    /// Positions the cache and the RoPE table hold.
+    capacity: usize,
+    eps: f32,
+    scale_log2: f32,
+    embed_fn: CudaFunction,
+    qk_fn: CudaFunction,
+    attention_fn: CudaFunction,
+    combine_fn: CudaFunction,
+    qkv: Gemv,
+    o: Gemv,
+    gate_up: Gemv,
+    down: Gemv,
+    lm: Gemv,
+    /// Key ranges of the attention: fixed by the capacity, so that a graph replays any step.
+    split_keys: usize,
+    splits: usize,
+    /// The token (u32) and (position, keys) (i32) of the step, read by the kernels: written
+    /// before each step, their addresses baked into the graph.
+    _step_inputs: CudaSlice<i32>,
+    token_at: u64,
+    position_at: u64,
+    /// Where the head writes the logits (vocab, f32).
+    logits_out: Buffer,
+    graph: Option<CudaGraph>,
+    use_graph: bool,
+    profile: bool,
+    x: Buffer,
+    qkv_out: Buffer,
+    q: Buffer,
+    attn: Buffer,
+    gate_up_out: Buffer,
+    part_o: Buffer,
+    part_ml: Buffer,
+    /// Handles that keep every tensor whose address the step holds alive.
+    _held: Vec<Tensor>,
+}
+
+impl DecodeStep {
+    pub fn new(parts: &ModelParts, kv: &KvCache) -> Result<Self> {
+        let cfg = parts.cfg;
+        let device = cuda_device(parts.embed, "decode step")?;
+        let dtype = parts.embed.dtype();
+        let suffix = dtype_suffix(dtype)?;
+        let (hidden, heads, kv_heads, inter) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.intermediate_size,
+        );
+        let group = heads / kv_heads;
+        if cfg.head_dim != HEAD_DIM || heads % kv_heads != 0 || !(1..=8).contains(&group) {
+            bail!(
+                "decode step: no kernel for head_dim {} with {heads} heads over {kv_heads}",
+                cfg.head_dim
+            );
+        }
+        if parts.layers.len() != cfg.num_hidden_layers || kv.dtype() != dtype {
+            bail!("decode step: needs every layer and a {dtype:?} cache");
+        }
+        let mut held = vec![
+            parts.embed.clone(),
+            parts.lm_head.clone(),
+            parts.final_norm.weight().clone(),
+        ];
+        let mut layers = Vec::with_capacity(parts.layers.len());
+        for (index, layer) in parts.layers.iter().enumerate() {
+            let attn = &layer.self_attn;
+            let (q_norm, k_norm, _) = attn.qk_norms();
+            let tensors = [
+                attn.qkv_weight(),
+                attn.o_weight(),
+                layer.mlp.gate_up_weight(),
+                layer.mlp.down_weight(),
+                layer.input_layernorm.weight(),
+                layer.post_attention_layernorm.weight(),
+                q_norm,
+                k_norm,
+            ];
+            let a = tensors
+                .iter()
+                .map(|t| address(t))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let layer_kv = kv.layer(index)?;
+            layers.push(LayerAddresses {
+                qkv: a[0],
+                o: a[1],
+                gate_up: a[2],
+                down: a[3],
+                input_norm: a[4],
+                post_norm: a[5],
+                q_norm: a[6],
+                k_norm: a[7],
+                kv: address(&layer_kv)?,
+            });
+            held.extend(tensors.iter().map(|&t| t.clone()));
+            held.push(layer_kv);
+        }
+        let (cos, sin) = parts.rope.tables();
+        held.extend([cos.clone(), sin.clone()]);
+        let capacity = kv.capacity().min(cos.dim(0)?);
+
+        let stream = device.cuda_stream();
+        let sms = stream
+            .context()
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .context("decode step: multiprocessor count")? as usize;
+        let load = |name: &str, module: &str, ptx: &'static str| function(&device, name, module, ptx);
+        let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
+            let func = load(&format!("gemv_{kind}_{suffix}"), DECODE_MODULE, DECODE_OPS)?;
+            let shared_bytes = (cols * dtype.size_in_bytes()) as u32;
+            func.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .with_context(|| format!("decode step: {shared_bytes} bytes of shared memory for gemv_{kind}"))?;
+            let per_sm = func
+                .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, shared_bytes as usize, None)
+                .context("decode step: occupancy")? as usize;
+            if per_sm == 0 {
+                bail!("decode step: gemv_{kind} with {cols} inputs does not fit a multiprocessor");
+            }
+            let grid = gemv_grid(rows, per_sm * sms) as u32;
+            Ok(Gemv {
+                func,
+                rows,
+                cols,
+                grid,
+                shared_bytes,
+            })
+        };
+        let qkv_rows = (heads + 2 * kv_heads) * HEAD_DIM;
+        let vocab = parts.lm_head.dim(0)?;
+        let attention_fn = load(
+            &format!("decode_attention_g{group}_{suffix}"),
+            DECODE_MODULE,
+            DECODE_OPS,
+        )?;
+        let attention_resident = attention_fn
+            .occupancy_max_active_blocks_per_multiprocessor(ATTN_THREADS, 0, None)
+            .context("decode step: occupancy")?
+            .max(1) as usize
+            * sms;
+        let (split_keys, splits) = key_splits(capacity, kv_heads, attention_resident);
+        // [token, position, keys]
+        let step_inputs = stream.alloc_zeros::<i32>(3).context("decode step: its inputs")?;
+        let step_inputs_at = step_inputs.device_ptr(&stream).0;
+        debug_assert!(splits <= max_splits(kv_heads, attention_resident));
+        let buffer = |dtype: DType, len: usize| -> Result<Buffer> {
+            let (slice, at) = alloc(&device, dtype, len)?;
+            Ok(Buffer { _slice: slice, at })
+        };
+        Ok(Self {
+            layers,
+            embed: address(parts.embed)?,
+            final_norm: address(parts.final_norm.weight())?,
+            lm_head: address(parts.lm_head)?,
+            cos: address(cos)?,
+            sin: address(sin)?,
+            hidden,
+            heads,
+            kv_heads,
+            vocab,
+            capacity,
+            eps: cfg.rms_norm_eps as f32,
+            scale_log2: std::f32::consts::LOG2_E / (HEAD_DIM as f32).sqrt(),
+            embed_fn: load(&format!("embed_row_{suffix}"), DECODE_MODULE, DECODE_OPS)?,
+            qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LAYER_MODULE, LAYER_OPS)?,
+            attention_fn,
+            combine_fn: load(
+                &format!("decode_attention_combine_{suffix}"),
+                DECODE_MODULE,
+                DECODE_OPS,
+            )?,
+            qkv: gemv("rmsnorm_store", qkv_rows, hidden)?,
+            o: gemv("copy_residual", hidden, heads * HEAD_DIM)?,
+            gate_up: gemv("rmsnorm_store", 2 * inter, hidden)?,
+            down: gemv("swiglu_residual", hidden, inter)?,
+            lm: gemv("rmsnorm_f32", vocab, hidden)?,
+            split_keys,
+            splits,
+            token_at: step_inputs_at,
+            position_at: step_inputs_at + 4,
+            _step_inputs: step_inputs,
+            logits_out: buffer(DType::F32, vocab)?,
+            graph: None,
+            use_graph: !matches!(std::env::var(GRAPH_ENV).as_deref(), Ok("0") | Ok("off")),
+            profile: matches!(std::env::var(PROFILE_ENV).as_deref(), Ok("1") | Ok("on")),
+            x: buffer(dtype, hidden)?,
+            qkv_out: buffer(dtype, qkv_rows)?,
+            q: buffer(dtype, heads * HEAD_DIM)?,
+            attn: buffer(dtype, heads * HEAD_DIM)?,
+            gate_up_out: buffer(dtype, 2 * inter)?,
+            part_o: buffer(DType::F32, splits * heads * HEAD_DIM)?,
+            part_ml: buffer(DType::F32, splits * heads * 2)?,
+            device,
+            _held: held,
+        })
+    }
+
+    /// Runs `token` at `position` through every layer (writing its K/V into the cache) and the
+    /// head. → logits (vocab), f32
+    pub fn logits(&mut self, token: u32, position: usize) -> Result<Tensor> {
+        if token as usize >= self.vocab {
+            bail!(
+                "token id {token} is outside the vocabulary (vocab_size {})",
+                self.vocab
+            );
+        }
+        if position >= self.capacity {
+            bail!(
+                "KV cache overflow: position {position} exceeds its capacity of {}",
+                self.capacity
+            );
+        }
+        let stream = self.device.cuda_stream();
+        let inputs = [token as i32, position as i32, position as i32 + 1]; // token < vocab < 2^31
+                                                                           // SAFETY: 12 bytes from a live host array into the step's 3-int buffer, on the stream
+                                                                           // the step runs on (a pageable copy: the values are taken before the call returns).
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(self.token_at, inputs.as_ptr().cast(), 12, stream.cu_stream())
+                .result()
+                .context("decode step: its inputs")?;
+        }
+        if self.profile {
+            self.profile = false; // the first step only
+            let report = self.enqueue_timed()?;
+            tracing::info!("decode step, kernel by kernel (position {position}):\n{report}");
+        } else if self.use_graph {
+            if self.graph.is_none() {
+                self.graph = self.capture()?;
+            }
+            match &self.graph {
+                Some(graph) => graph.launch().context("decode step: graph launch")?,
+                None => self.enqueue(&mut |_| Ok(()))?,
+            }
+        } else {
+            self.enqueue(&mut |_| Ok(()))?;
+        }
+        // the graph's logits buffer is the same every step: hand the sampler its own copy
+        let (logits, logits_at) = alloc(&self.device, DType::F32, self.vocab)?;
+        // SAFETY: both buffers hold `vocab` f32, on the same stream as the head that wrote them.
+        unsafe {
+            sys::cuMemcpyDtoDAsync_v2(logits_at, self.logits_out.at, self.vocab * 4, stream.cu_stream())
+                .result()
+                .context("decode step: logits copy")?;
+        }
+        Ok(wrap(&self.device, logits, self.vocab))
+    }
+
+    /// The step as a CUDA graph, or `None` (with a warning) where the driver will not capture it.
+    fn capture(&self) -> Result<Option<CudaGraph>> {
+        let stream = self.device.cuda_stream();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .context("decode step: begin capture")?;
+        let queued = self.enqueue(&mut |_| Ok(()));
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        match graph {
+            Ok(Some(graph)) => Ok(Some(graph)),
+            Ok(None) => Ok(None),
+            Err(error) => {
+                tracing::warn!("decode step: no CUDA graph ({error}); kernels are launched one by one");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Queues the step: every kernel, after each of which `mark` sees its name.
+    fn enqueue(&self, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
+        let device = &self.device;
+        let (token_at, position_at) = (self.token_at, self.position_at);
+        // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `logits`) into x (hidden).
+        unsafe {
+            launch_kernel!(
+                device,
+                &self.embed_fn,
+                grid(self.hidden.div_ceil(256) as u32, 256, 0),
+                self.embed,
+                0u32,
+                token_at,
+                self.x.at,
+                self.hidden as i32
+            )?;
+        }
+        mark("embed")?;
+        for layer in &self.layers {
+            self.layer(layer, position_at, mark)?;
+        }
+        self.gemv(
+            &self.lm,
+            self.lm_head,
+            self.x.at,
+            self.final_norm,
+            0,
+            self.logits_out.at,
+        )?;
+        mark("gemv lm_head")
+    }
+
+    /// One layer of the step; the position is `position_at[0]`, the keys `position_at[1]`.
+    fn layer(
+        &self,
+        layer: &LayerAddresses,
+        position_at: u64,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        let device = &self.device;
+        // 1. qkv = W_qkv · RMSNorm(x)
+        self.gemv(
+            &self.qkv,
+            layer.qkv,
+            self.x.at,
+            layer.input_norm,
+            0,
+            self.qkv_out.at,
+        )?;
+        mark("gemv qkv")?;
+        // 2. q/k norms and RoPE, K/V into the cache at the position
+        let qk = QkNormRope {
+            qkv: self.qkv_out.at,
+            q_w: layer.q_norm,
+            k_w: layer.k_norm,
+            cos: self.cos,
+            sin: self.sin,
+            q_out: self.q.at,
+            kv: layer.kv,
+            rows: 1,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            start: 0,
+            start_at: position_at,
+            eps: self.eps,
+        };
+        // SAFETY: one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row `position`
+        // < capacity, q out (H D), cache position `position` < capacity (checked by `logits`).
+        unsafe { qk.queue(device, &self.qk_fn)? };
+        mark("q/k norm, RoPE, cache write")?;
+        // 3. attention over cache positions [0, keys), in fixed key ranges, then merged
+        let attention_config = LaunchConfig {
+            grid_dim: (self.kv_heads as u32, self.splits as u32, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the partials
+        // of `splits` ranges (the buffers' size); ranges past the keys are written empty.
+        unsafe {
+            launch_kernel!(
+                device,
+                &self.attention_fn,
+                attention_config,
+                self.q.at,
+                layer.kv,
+                self.part_o.at,
+                self.part_ml.at,
+                0i32,
+                position_at + 4,
+                self.split_keys as i32,
+                self.heads as i32,
+                self.kv_heads as i32,
+                self.scale_log2
+            )?;
+        }
+        mark("attention")?;
+        let combine_config = grid(self.heads as u32, HEAD_DIM as u32, 0);
+        // SAFETY: reads the `splits` partials written above, writes attn (H, D).
+        unsafe {
+            launch_kernel!(
+                device,
+                &self.combine_fn,
+                combine_config,
+                self.part_o.at,
+                self.part_ml.at,
+                self.attn.at,
+                self.splits as i32,
+                self.heads as i32
+            )?;
+        }
+        mark("attention combine")?;
+        // 4. x = x + W_o · attn; 5. gu = W_gu · RMSNorm(x); 6. x = x + W_down · SwiGLU(gu)
+        self.gemv(&self.o, layer.o, self.attn.at, 0, self.x.at, self.x.at)?;
+        mark("gemv o")?;
+        self.gemv(
+            &self.gate_up,
+            layer.gate_up,
+            self.x.at,
+            layer.post_norm,
+            0,
+            self.gate_up_out.at,
+        )?;
+        mark("gemv gate_up")?;
+        self.gemv(
+            &self.down,
+            layer.down,
+            self.gate_up_out.at,
+            0,
+            self.x.at,
+            self.x.at,
+        )?;
+        mark("gemv down")
+    }
+
+    /// out = epilogue(W · prologue(x)): `norm` for the RMSNorm prologue, `residual` for the
+    /// residual epilogue (0 where the kernel takes none).
+    fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
+        let config = grid(g.grid, GEMV_THREADS, g.shared_bytes);
+        // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
+        // the grid walks row groups of W only.
+        unsafe {
+            launch_kernel!(
+                self.device,
+                &g.func,
+                config,
+                weight,
+                g.rows as i32,
+                g.cols as i32,
+                x,
+                norm,
+                self.eps,
+                residual,
+                out
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Queues the step with an event after every kernel, waits, and tabulates the time of each
+    /// kind of kernel, with the bandwidth of the matrix-vector products.
+    fn enqueue_timed(&self) -> Result<String> {
+        let stream = self.device.cuda_stream();
+        let event = || stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
+        let start = event().context("decode profile: event")?;
+        let mut marks: Vec<(&'static str, CudaEvent)> = Vec::new();
+        self.enqueue(&mut |name| {
+            marks.push((name, event().context("decode profile: event")?));
+            Ok(())
+        })?;
+        stream.synchronize()?;
+        let bytes = |g: &Gemv| (g.rows * g.cols * 2) as f64;
+        let layers = self.layers.len() as f64;
+        let mut rows: Vec<(&'static str, f64, usize, f64)> = Vec::new(); // (kind, ms, count, bytes)
+        let mut previous = &start;
+        for (name, end) in &marks {
+            let ms = f64::from(previous.elapsed_ms(end)?);
+            let weight_bytes = match *name {
+                "gemv qkv" => bytes(&self.qkv),
+                "gemv o" => bytes(&self.o),
+                "gemv gate_up" => bytes(&self.gate_up),
+                "gemv down" => bytes(&self.down),
+                "gemv lm_head" => bytes(&self.lm),
+                _ => 0.0,
+            };
+            match rows.iter_mut().find(|r| r.0 == *name) {
+                Some(row) => {
+                    row.1 += ms;
+                    row.2 += 1;
+                    row.3 += weight_bytes;
+                }
+                None => rows.push((name, ms, 1, weight_bytes)),
+            }
+            previous = end;
+        }
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let mut table =
+            "| kernel | launches | ms in all | µs each | GB/s of weights |\n|---|---|---|---|---|\n"
+                .to_string();
+        for (name, ms, count, weight_bytes) in &rows {
+            let bandwidth = if *weight_bytes > 0.0 {
+                format!("{:.0}", weight_bytes / (ms * 1e-3) / 1e9)
+            } else {
+                "-".into()
+            };
+            table += &format!(
+                "| {name} | {count} | {ms:.3} | {:.1} | {bandwidth} |\n",
+                ms * 1e3 / *count as f64
+            );
+        }
+        table += &format!("| all ({} layers) | {} | {total:.3} | | |", layers, marks.len());
+        Ok(table)
+    }
+}

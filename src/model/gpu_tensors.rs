@@ -1,0 +1,126 @@
+//! What our own kernels need from candle on a GPU: the device address of a tensor's view, new
+//! device buffers wrapped as tensors, and one launch helper. Addresses are plain `u64`s pushed as
+//! kernel arguments; every launch goes on the tensors' device stream, which is the stream candle
+//! queues its own work on, so ordering with candle's ops is the stream's order.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, DevicePtr};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
+
+/// The CUDA device of `t`, or an error naming `what` when it is not on one.
+pub fn cuda_device(t: &Tensor, what: &str) -> Result<CudaDevice> {
+    match t.device() {
+        Device::Cuda(device) => Ok(device.clone()),
+        _ => bail!("{what}: the tensor is not on a GPU"),
+    }
+}
+
+/// Device address of the first element of `t`, which must be contiguous and on a GPU.
+/// The address is valid while `t` (or another handle on its storage) is alive.
+pub fn address(t: &Tensor) -> Result<u64> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(cuda) = &*storage else {
+        bail!("a kernel input is not on a GPU")
+    };
+    let Some((begin, _)) = layout.contiguous_offsets() else {
+        bail!("a kernel input is not contiguous")
+    };
+    let stream = cuda.device().cuda_stream();
+    // The guards record a use of the allocation on the compute stream when they drop, which is
+    // the stream the caller launches on.
+    let (base, elem) = match &cuda.slice {
+        CudaStorageSlice::BF16(s) => (s.device_ptr(&stream).0, 2),
+        CudaStorageSlice::F16(s) => (s.device_ptr(&stream).0, 2),
+        CudaStorageSlice::F32(s) => (s.device_ptr(&stream).0, 4),
+        CudaStorageSlice::U32(s) => (s.device_ptr(&stream).0, 4),
+        CudaStorageSlice::I32(s) => (s.device_ptr(&stream).0, 4),
+        CudaStorageSlice::U8(s) => (s.device_ptr(&stream).0, 1),
+        _ => bail!(
+            "a kernel input has dtype {:?}, not one our kernels take",
+            t.dtype()
+        ),
+    };
+    Ok(base + (begin * elem) as u64)
+}
+
+/// A new uninitialised buffer of `len` elements of `dtype` on `device`, with its address.
+/// The caller's kernel must write every element before the tensor made of it is read.
+pub fn alloc(device: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaStorageSlice, u64)> {
+    let stream = device.cuda_stream();
+    // SAFETY (all arms): uninitialised device memory; see the function's contract.
+    let slice = match dtype {
+        DType::BF16 => CudaStorageSlice::BF16(unsafe { device.alloc::<half::bf16>(len)? }),
+        DType::F16 => CudaStorageSlice::F16(unsafe { device.alloc::<half::f16>(len)? }),
+        DType::F32 => CudaStorageSlice::F32(unsafe { device.alloc::<f32>(len)? }),
+        other => bail!("no kernel output of dtype {other:?}"),
+    };
+    let addr = match &slice {
+        CudaStorageSlice::BF16(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::F16(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::F32(s) => s.device_ptr(&stream).0,
+        _ => unreachable!("allocated above"),
+    };
+    Ok((slice, addr))
+}
+
+/// A tensor of `shape` (contiguous) over a buffer from [`alloc`].
+pub fn wrap(device: &CudaDevice, slice: CudaStorageSlice, shape: impl Into<Shape>) -> Tensor {
+    let storage = Storage::Cuda(CudaStorage {
+        slice,
+        device: device.clone(),
+    });
+    Tensor::from_storage(storage, shape, BackpropOp::none(), false)
+}
+
+/// Kernel-name suffix of a dtype our kernels are instantiated for.
+pub fn dtype_suffix(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => bail!("our kernels take bf16 or f16, not {other:?}"),
+    }
+}
+
+/// A one-dimensional launch: `blocks` blocks of `threads` threads, `shared` bytes of dynamic
+/// shared memory each.
+pub fn grid(
+    blocks: u32,
+    threads: u32,
+    shared: u32,
+) -> candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+    candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared,
+    }
+}
+
+/// Loads `name` from the PTX module `module` (once per device).
+pub fn function(device: &CudaDevice, name: &str, module: &str, ptx: &'static str) -> Result<CudaFunction> {
+    Ok(device
+        .get_or_load_custom_func(name, module, ptx)?
+        .into_cuda_function())
+}
+
+/// Launches a kernel on the device's stream: `launch_kernel!(device, func, config, args...)`,
+/// each argument a value (addresses as `u64`, sizes as `i32`/`i64`, scalars as `f32`) that lives
+/// until the launch is queued. Evaluates to `candle_core::Result<()>`.
+///
+/// The caller wraps it in `unsafe`: the arguments must match the kernel's signature, and every
+/// address the kernel touches under `config` must lie inside live allocations of the right size.
+macro_rules! launch_kernel {
+    ($device:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {{
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
+        use candle_core::cuda_backend::WrapErr as _;
+        let stream = $device.cuda_stream();
+        let mut builder = stream.launch_builder($func);
+        $(
+            let arg = $arg;
+            builder.arg(&arg);
+        )*
+        builder.launch($config).map(|_| ()).w()
+    }};
+}
+pub(crate) use launch_kernel;
