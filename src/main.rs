@@ -102,6 +102,13 @@ fn start_mpi() -> Result<MpiEnv, ExitCode> {
     match MpiEnv::init() {
         Ok(env) => {
             qwen3_mpi::cli::logging::set_log_rank(env.rank);
+            // a panic on any thread of any rank ends the whole job, not just its thread; so does
+            // an MPI error, with a line naming the rank and the trace marked
+            qwen3_mpi::job::failure::install_panic_hook(env.rank);
+            if let Err(e) = qwen3_mpi::job::failure::route_mpi_errors(env.rank) {
+                eprintln!("qwen3-mpi: error: rank {}: {e:#}", env.rank);
+                return Err(ExitCode::FAILURE);
+            }
             Ok(env)
         }
         Err(e) => {

@@ -14,6 +14,12 @@ const QWEN3_REGULAR_TOKENS: u32 = 151_643;
 /// The prompt's token ids.
 pub fn prompt_ids(args: &RunArgs, files: &ModelFiles, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
     if let Some(n) = args.synthetic_prompt {
+        let positions = files.config.max_position_embeddings;
+        if n > positions as u64 {
+            bail!(
+                "--synthetic-prompt {n}: more tokens than the model's max_position_embeddings ({positions})"
+            );
+        }
         let limit = QWEN3_REGULAR_TOKENS.min(files.config.vocab_size as u32);
         return Ok(synthetic_prompt(n as usize, limit));
     }

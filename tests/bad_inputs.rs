@@ -90,7 +90,7 @@ fn a_model_too_large_for_the_memory_stops_before_loading_with_the_numbers() {
         .read_scalar::<hdf5::types::VarLenUnicode>()
         .unwrap();
     assert_eq!(status.as_str(), "failed");
-    assert!(!out.path().join("too-big.h5.partial").exists());
+    assert!(partial_files(out.path()).is_empty());
     // and with room, the same job runs
     let (code, _, stderr, _) = run_mpi(3, &["--model", &m, "--max-memory", "4GiB"], &[], 60);
     assert_eq!(code, 0, "{stderr}");
@@ -109,5 +109,116 @@ fn ranks_that_generate_different_tokens_are_reported() {
     assert!(
         stderr.contains("ranks disagree on the generated tokens: ranks [1] differ from rank 0"),
         "{stderr}"
+    );
+}
+
+/// Rewrites one field of a materialized model's config.json.
+fn edit_config(dir: &std::path::Path, field: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config[field] = value;
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn sizes_from_flags_that_overflow_or_exceed_the_model_are_named_before_anything_is_allocated() {
+    let max = u64::MAX.to_string();
+    assert_job_fails(
+        2,
+        &["--synthetic-prompt", &max],
+        1,
+        "--synthetic-prompt 18446744073709551615: more tokens than the model's max_position_embeddings",
+    );
+    assert_job_fails(
+        2,
+        &["--max-new-tokens", &max],
+        1,
+        "--max-new-tokens 18446744073709551615: the prompt plus new tokens overflow",
+    );
+    assert_job_fails(
+        2,
+        &["--layers", &format!("{max},8")],
+        1,
+        "--layers sums to more than any model has layers",
+    );
+}
+
+#[test]
+fn absurd_config_sizes_and_foreign_architectures_are_refused_by_field() {
+    let model = materialize("gqa-untied-odd-4x");
+    let m = model.path().display().to_string();
+    for (field, value, limit) in [
+        ("num_hidden_layers", 100_000_000u64, "4096"),
+        ("num_hidden_layers", 1_000_000_000_000, "4096"),
+        ("hidden_size", 1 << 40, "65536"),
+        ("vocab_size", 1 << 30, "16777216"),
+    ] {
+        let fresh = materialize("gqa-untied-odd-4x");
+        edit_config(fresh.path(), field, value.into());
+        let f = fresh.path().display().to_string();
+        let needle = format!("field `{field}` is {value}, more than this implementation takes ({limit})");
+        assert_job_fails(2, &["--model", &f], 1, &needle);
+    }
+    edit_config(
+        model.path(),
+        "architectures",
+        serde_json::json!(["Qwen3MoeForCausalLM"]),
+    );
+    assert_job_fails(
+        2,
+        &["--model", &m],
+        1,
+        "unsupported architecture Qwen3MoeForCausalLM",
+    );
+}
+
+#[test]
+fn a_nan_weight_ends_the_job_naming_the_first_stage_that_output_one() {
+    let dir = materialize("gqa-untied-odd-4x"); // 5 layers: 3 on rank 0, 2 on rank 1
+    let m = dir.path().display().to_string();
+    let cfg = qwen3_mpi::model::Qwen3Config::from_file(&dir.path().join("config.json")).unwrap();
+    let exp = expected("gqa-untied-odd-4x");
+    let seed = exp["seed"].as_u64().unwrap();
+    let poison = |name: &'static str, value: f32| {
+        move |t: &mut std::collections::HashMap<String, candle_core::Tensor>| {
+            if let Some(w) = t.get(name) {
+                let mut values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                values[0] = value;
+                let poisoned = candle_core::Tensor::from_vec(values, w.shape(), w.device()).unwrap();
+                t.insert(name.into(), poisoned);
+            }
+        }
+    };
+    let out = tempfile::tempdir().unwrap();
+    let trace = out.path().join("nan.h5");
+    let t = trace.display().to_string();
+    write_checkpoint_with(
+        dir.path(),
+        &cfg,
+        seed,
+        1,
+        poison("model.layers.3.mlp.down_proj.weight", f32::NAN),
+    );
+    let args = ["--model", &m, "--trace", &t, "--temperature", "0.7"];
+    assert_job_fails(2, &args, 1, "rank 1's layers 3..5 output NaN or Inf");
+    let file = hdf5::File::open(&trace).expect("a trace marked failed");
+    let read = |name: &str| {
+        file.attr(name)
+            .unwrap()
+            .read_scalar::<hdf5::types::VarLenUnicode>()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(read("status"), "failed");
+    assert!(read("error").contains("output NaN or Inf"), "{}", read("error"));
+    assert_job_fails(1, &["--model", &m], 1, "rank 0's layers 0..5 output NaN or Inf");
+    // an Inf in the head: every stage's output is finite, the logits are not
+    write_checkpoint_with(dir.path(), &cfg, seed, 1, poison("lm_head.weight", f32::INFINITY));
+    assert_job_fails(
+        2,
+        &["--model", &m],
+        1,
+        "the prefill logits on rank 1 hold NaN or Inf",
     );
 }

@@ -117,7 +117,7 @@ fn empty_prompt_and_prompt_too_long() {
     let m = model_arg(dir.path());
     assert_fails_with(
         &["--model", &m, "--synthetic-prompt", "65"],
-        "more than max_position_embeddings (64)",
+        "--synthetic-prompt 65: more tokens than the model's max_position_embeddings (64)",
     );
     assert_fails_with(
         &["--model", &m, "--synthetic-prompt", "60", "--max-new-tokens", "8"],

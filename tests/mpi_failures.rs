@@ -21,6 +21,34 @@ fn rank_error_mid_prefill_ends_job_with_its_message() {
 }
 
 #[test]
+fn a_panic_on_any_rank_ends_the_job_within_seconds_with_one_line() {
+    for (fault, rank) in [
+        ("panic@1:prefill:2", 1),
+        ("panic@2:decode:1", 2),
+        ("panic@0:prefill:0", 0),
+    ] {
+        let args = ["--max-new-tokens", "6", "--chunk-size", "4", "--timeout", "60"];
+        let env = [("QWEN3_MPI_FAULT", fault), ("RUST_BACKTRACE", "0")];
+        let (code, _, stderr, secs) = run_mpi(3, &args, &env, 90);
+        assert_eq!(code, 1, "{fault}: {stderr}");
+        assert!(
+            secs < 20.0,
+            "{fault}: took {secs:.1} s (the --timeout is 60 s: it must not be what ends it)"
+        );
+        let line = format!("qwen3-mpi: error: rank {rank}: internal error (panic): injected panic");
+        assert_eq!(stderr.matches(&line).count(), 1, "{fault}: {stderr}");
+        assert!(
+            !stderr.contains("stack backtrace"),
+            "{fault}: a backtrace without RUST_BACKTRACE: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked at"),
+            "{fault}: Rust's panic message: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn rank_killed_mid_prefill_or_decode_ends_job_within_timeout() {
     for fault in ["kill@2:prefill:1", "kill@0:prefill:3", "kill@1:decode:2"] {
         let (code, stderr, secs) = with_fault(fault, "30");

@@ -162,15 +162,28 @@ fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thr
 }
 
 #[test]
-fn failed_jobs_leave_a_complete_file_marked_failed_or_none() {
+fn failed_jobs_leave_a_complete_file_marked_failed_with_the_failing_ranks_message() {
     let out = tempfile::tempdir().unwrap();
-    let cases = [
-        ("error@0:prefill:1", "injected fault"),
-        ("error@1:prefill:2", "terminated by signal"),
-        ("kill@2:prefill:1", "terminated by signal"),
-        ("error@0:decode:2", "injected fault"),
+    // (fault, --timeout, what the file's error must say)
+    let panic_1 = "rank 1: internal error (panic): injected panic";
+    let panic_0 = "rank 0: internal error (panic): injected panic";
+    let cases: [(&str, &str, &[&str]); 7] = [
+        ("error@0:prefill:1", "20", &["rank 0: injected fault"]),
+        ("error@1:prefill:2", "20", &["rank 1: injected fault"]),
+        ("panic@1:prefill:1", "20", &[panic_1]),
+        ("panic@0:decode:1", "20", &[panic_0]),
+        ("error@0:decode:2", "20", &["rank 0: injected fault"]),
+        // a peer that stops answering: the watchdog of rank 0 or 2 ends the job
+        ("stall@1:prefill:1", "3", &["timed out after 3 s waiting for"]),
+        // a peer killed outright can say nothing: rank 0 is terminated by mpirun, or its MPI
+        // calls fail first
+        (
+            "kill@2:prefill:1",
+            "20",
+            &["terminated by signal", "a peer process may have died"],
+        ),
     ];
-    for (i, (fault, cause)) in cases.iter().enumerate() {
+    for (i, (fault, timeout, causes)) in cases.iter().enumerate() {
         let path = out.path().join(format!("failed-{i}.h5"));
         let p = path.display().to_string();
         let args = [
@@ -181,23 +194,27 @@ fn failed_jobs_leave_a_complete_file_marked_failed_or_none() {
             "--trace",
             &p,
             "--timeout",
-            "20",
+            timeout,
         ];
         let (code, _, stderr, _) = run_mpi(3, &args, &[("QWEN3_MPI_FAULT", fault)], 60);
         assert_ne!(code, 0, "{fault}");
         assert_ne!(code, 124, "{fault}: hung");
-        if path.exists() {
-            let file = hdf5::File::open(&path).unwrap_or_else(|e| panic!("{fault}: unreadable trace: {e}"));
-            assert_eq!(read_attr(&file, "status"), "failed", "{fault}");
-            let error = read_attr(&file, "error");
-            assert!(
-                error.contains(cause),
-                "{fault}: error attribute {error:?} lacks {cause:?}; stderr:\n{stderr}"
-            );
-            let events: Vec<qwen3_mpi::trace::spans::Span> =
-                file.dataset("ranks/0/events").unwrap().read_raw().unwrap();
-            assert!(!events.is_empty(), "{fault}: no events recorded so far");
-        }
+        let file = hdf5::File::open(&path)
+            .unwrap_or_else(|e| panic!("{fault}: no complete trace file ({e}); stderr:\n{stderr}"));
+        assert_eq!(read_attr(&file, "status"), "failed", "{fault}");
+        let error = read_attr(&file, "error");
+        assert!(
+            causes.iter().any(|cause| error.contains(cause)),
+            "{fault}: error attribute {error:?} says none of {causes:?}; stderr:\n{stderr}"
+        );
+        // what the job was is in the file however it ended
+        assert!(read_attr(&file, "command_line").contains("--trace"), "{fault}");
+        let world: u64 = file.attr("world_size").unwrap().read_scalar().unwrap();
+        assert_eq!(world, 3, "{fault}");
+        let events: Vec<qwen3_mpi::trace::spans::Span> =
+            file.dataset("ranks/0/events").unwrap().read_raw().unwrap();
+        assert!(!events.is_empty(), "{fault}: no events recorded so far");
+        assert!(partial_files(out.path()).is_empty(), "{fault}: a .partial left");
     }
     // A setup error every rank agrees on is in the file too.
     let path = out.path().join("setup.h5");
@@ -256,4 +273,91 @@ fn trace_tools_summarise_and_export_for_perfetto() {
     let (code, _, stderr) = run_cli(&["trace", "summary", "/nonexistent.h5"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("/nonexistent.h5"), "{stderr}");
+}
+
+#[test]
+fn trace_paths_that_would_destroy_inputs_or_cannot_be_files_are_refused_before_the_run() {
+    let model = materialize("gqa-tied-5x");
+    let m = model.path().display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let weights = model.path().join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let not_ours = out.path().join("notes.h5");
+    std::fs::write(&not_ours, "my notes, not a trace").unwrap();
+    let cases = [
+        (weights.display().to_string(), "inside the model directory"),
+        (
+            model.path().join("config.json").display().to_string(),
+            "inside the model directory",
+        ),
+        (
+            model.path().join("new.h5").display().to_string(),
+            "inside the model directory",
+        ),
+        (out.path().display().to_string(), "is a directory"),
+        (
+            not_ours.display().to_string(),
+            "exists and is not a qwen3-mpi trace",
+        ),
+    ];
+    for (path, why) in &cases {
+        let (code, _, stderr, secs) = run_mpi(2, &["--model", &m, "--trace", path], &[], 60);
+        assert_eq!(code, 1, "--trace {path}: {stderr}");
+        assert!(secs < 20.0, "--trace {path}: took {secs:.1} s");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(errors.len(), 1, "--trace {path}: {stderr}");
+        assert!(
+            errors[0].contains(&format!("--trace {path}: {why}")),
+            "{}",
+            errors[0]
+        );
+    }
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "the checkpoint was touched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&not_ours).unwrap(),
+        "my notes, not a trace"
+    );
+    // an earlier trace of ours is replaced
+    let ours = out.path().join("again.h5");
+    let p = ours.display().to_string();
+    for _ in 0..2 {
+        let (code, _, stderr, _) = run_mpi(1, &["--model", &m, "--trace", &p], &[], 60);
+        assert_eq!(code, 0, "{stderr}");
+    }
+}
+
+#[test]
+fn concurrent_jobs_on_one_trace_path_never_mix_their_files() {
+    // HDF5's file locking off, as on many parallel file systems
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("shared.h5");
+    let p = path.display().to_string();
+    let env = [("HDF5_USE_FILE_LOCKING", "FALSE")];
+    let ok = ["--max-new-tokens", "4", "--trace", &p];
+    let failing = ["--max-new-tokens", "4", "--trace", &p, "--timeout", "20"];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_mpi(2, &ok, &env, 60));
+        let b = s.spawn(|| {
+            let env = [env[0], ("QWEN3_MPI_FAULT", "error@0:decode:1")];
+            run_mpi(2, &failing, &env, 60)
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.0, 0, "{}", a.2);
+    assert_ne!(b.0, 0, "{}", b.2);
+    // whichever finished last owns the file, whole: its status and its own command line agree
+    let file = hdf5::File::open(&path).unwrap();
+    let status = read_attr(&file, "status");
+    let command = read_attr(&file, "command_line");
+    let timeout_given = command.contains("--timeout");
+    match status.as_str() {
+        "ok" => assert!(!timeout_given, "an ok file with the failing job's command line"),
+        "failed" => assert!(timeout_given, "a failed file with the good job's command line"),
+        other => panic!("status {other}"),
+    }
+    assert!(partial_files(out.path()).is_empty());
 }

@@ -265,7 +265,7 @@ fn write_table(
     device: &candle_core::Device,
     dtype: candle_core::DType,
 ) -> Result<()> {
-    let trace = TraceFile::create(path).with_context(|| format!("--trace {}", path.display()))?;
+    let trace = TraceFile::create(path, None).with_context(|| format!("--trace {}", path.display()))?;
     trace.attr_str("kind", "bench-comm")?;
     trace.attr_str("command_line", &std::env::args().collect::<Vec<_>>().join(" "))?;
     trace.attr_u64("world_size", env.size as u64)?;

@@ -1,8 +1,18 @@
 //! How a job fails: errors every rank sees together end the job cleanly with exit code 1;
-//! an error one rank meets alone mid-run ends every rank at once with MPI_Abort.
+//! an error one rank meets alone mid-run (an error, a panic, the watchdog) ends every rank at
+//! once with MPI_Abort, after the failing rank's one-line message has reached rank 0's trace
+//! file: rank 0 marks the file failed itself, any other rank sends its line to rank 0 first.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
+
+use super::trace_guard::TraceGuard;
+use crate::transport::SharedComm;
 
 /// An error returned from the job to `main`.
 #[derive(Debug)]
@@ -32,15 +42,176 @@ pub struct JobAbort {
 }
 
 impl JobAbort {
-    /// Prints the error as one line naming this rank, then aborts every rank with exit code 1.
+    /// Prints the error as one line naming this rank, then ends every rank with exit code 1.
     pub fn fail(&self, error: &anyhow::Error) -> ! {
-        eprintln!("qwen3-mpi: error: rank {}: {error:#}", self.rank);
-        self.abort(1)
+        let line = format!("rank {}: {error:#}", self.rank);
+        eprintln!("qwen3-mpi: error: {line}");
+        end_job(1, &line)
     }
 
-    pub fn abort(&self, code: i32) -> ! {
+    /// Ends every rank with `code`; `line` (already printed) is what the trace records.
+    pub fn abort(&self, code: i32, line: &str) -> ! {
+        end_job(code, line)
+    }
+}
+
+/// Tag of a failing rank's message to rank 0 on the failure communicator, and of rank 0's
+/// answer once the message is in the trace file.
+const FAILURE_TAG: i32 = 0x51f;
+const WRITTEN_TAG: i32 = 0x520;
+/// How long a failing rank waits for rank 0 to have written its line before aborting anyway.
+const WRITTEN_WAIT: Duration = Duration::from_secs(2);
+/// Longest message sent (small enough for MPI's eager protocol: the send never waits for rank 0).
+const MAX_MESSAGE: usize = 1000;
+
+/// What this process does when it ends the job alone; set once the job has its trace.
+struct Ending {
+    rank: usize,
+    /// Rank 0: the trace file (empty elsewhere).
+    trace: TraceGuard,
+    /// Ranks > 0: where the failing rank's message goes.
+    to_root: Option<SharedComm>,
+}
+
+static ENDING: OnceLock<Ending> = OnceLock::new();
+
+/// Ends the job from any thread: rank 0 marks its trace failed with `line`; another rank sends
+/// `line` to rank 0 and waits (up to 2 s) until rank 0 says the file is finished with it; then
+/// MPI_Abort ends every rank.
+pub fn end_job(code: i32, line: &str) -> ! {
+    static ENDING_NOW: AtomicBool = AtomicBool::new(false);
+    // a second failure on the way out (an MPI error while sending the line) just aborts
+    if ENDING_NOW.swap(true, Ordering::SeqCst) {
         SimpleCommunicator::world().abort(code)
     }
+    if let Some(ending) = ENDING.get() {
+        if ending.rank == 0 {
+            ending.trace.fail_from_any_thread(line);
+        } else if let Some(comm) = &ending.to_root {
+            let mut bytes = line.as_bytes().to_vec();
+            bytes.truncate(MAX_MESSAGE);
+            let root = comm.0.process_at_rank(0);
+            root.send_with_tag(&bytes[..], FAILURE_TAG);
+            // (a matched message must be received: rsmpi panics on dropping one)
+            wait_for(WRITTEN_WAIT, || {
+                root.immediate_matched_probe_with_tag(WRITTEN_TAG)
+                    .map(|matched| matched.matched_receive_vec::<u8>())
+                    .is_some()
+            });
+        }
+    }
+    SimpleCommunicator::world().abort(code)
+}
+
+/// Rank 0's listener for the other ranks' failure messages: they go into the trace's error.
+/// Stops (and joins) when dropped.
+pub struct FailureChannel {
+    stop: Arc<AtomicBool>,
+    listener: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FailureChannel {
+    /// Collective: every rank calls it once, when rank 0's trace exists. From then on a rank
+    /// that ends the job alone ([`end_job`]) leaves its message in rank 0's trace.
+    pub fn open(world: &SimpleCommunicator, rank: usize, trace: &TraceGuard) -> anyhow::Result<Self> {
+        let comm = SharedComm(world.duplicate());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut listener = None;
+        let to_root = if rank == 0 {
+            let (stop, trace) = (stop.clone(), trace.clone());
+            listener = Some(
+                std::thread::Builder::new()
+                    .name("failure-listener".into())
+                    .spawn(move || listen(comm, trace, stop))?,
+            );
+            None
+        } else {
+            Some(comm)
+        };
+        let _ = ENDING.set(Ending {
+            rank,
+            trace: trace.clone(),
+            to_root,
+        });
+        Ok(Self { stop, listener })
+    }
+}
+
+impl Drop for FailureChannel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(listener) = self.listener.take() {
+            let _ = listener.join();
+        }
+    }
+}
+
+/// Polls (every 10 ms: a blocking receive would spin a core) for a failing rank's line, finishes
+/// the trace file with it, and tells that rank (which then aborts the job).
+fn listen(comm: SharedComm, trace: TraceGuard, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(matched) = comm.0.any_process().immediate_matched_probe_with_tag(FAILURE_TAG) {
+            let (bytes, status) = matched.matched_receive_vec::<u8>();
+            let line = String::from_utf8_lossy(&bytes).into_owned();
+            trace.set_peer_error(line.clone());
+            trace.fail(&line);
+            comm.0
+                .process_at_rank(status.source_rank())
+                .send_with_tag(&[0u8][..], WRITTEN_TAG);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `limit` for `ready`, polling.
+pub fn wait_for(limit: Duration, ready: impl Fn() -> bool) -> bool {
+    let began = Instant::now();
+    while !ready() {
+        if began.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Makes an MPI error (a peer that died mid-call, say) end the job as [`end_job`] does, with
+/// one line naming this rank, rather than inside MPI with no word to the trace.
+pub fn route_mpi_errors(rank: usize) -> anyhow::Result<()> {
+    static RANK: OnceLock<usize> = OnceLock::new();
+    let _ = RANK.set(rank);
+    crate::transport::mpi_raw::on_mpi_errors(|text| {
+        let rank = RANK.get().copied().unwrap_or(0);
+        let line = format!("rank {rank}: {text} (a peer process may have died)");
+        eprintln!("qwen3-mpi: error: {line}");
+        end_job(1, &line)
+    })
+}
+
+/// Makes a panic on any thread end the whole job: one line naming the rank (the backtrace only
+/// with `RUST_BACKTRACE` set), the trace marked failed, MPI_Abort with exit code 1.
+pub fn install_panic_hook(rank: usize) {
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = format!(
+            "rank {rank}: internal error (panic): {}{at}",
+            message.replace('\n', " ")
+        );
+        eprintln!("qwen3-mpi: error: {line}");
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+        end_job(1, &line)
+    }));
 }
 
 /// Every rank reports whether its part of a setup phase worked. If any failed, every rank

@@ -1,6 +1,7 @@
 //! Fault injection for the failure tests: `QWEN3_MPI_FAULT=<action>@<rank>:<phase>:<step>`
 //! makes rank `<rank>` fail at step `<step>` of `<phase>` (`prefill` or `decode`).
-//! Actions: `error` (an ordinary error), `kill` (SIGKILL itself), `stall` (SIGSTOP itself),
+//! Actions: `error` (an ordinary error), `panic` (a Rust panic, as a bug would),
+//! `kill` (SIGKILL itself), `stall` (SIGSTOP itself),
 //! `diverge` (decode only: this rank's token of that step is altered before the cross-rank
 //! check, as if it had computed a different one).
 
@@ -11,6 +12,7 @@ pub const FAULT_ENV: &str = "QWEN3_MPI_FAULT";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultAction {
     Error,
+    Panic,
     Kill,
     Stall,
     Diverge,
@@ -42,7 +44,7 @@ impl Fault {
     pub fn parse(text: &str) -> Result<Self> {
         let malformed = || {
             anyhow::anyhow!(
-                "{FAULT_ENV}={text}: expected <error|kill|stall|diverge>@<rank>:<prefill|decode>:<step>"
+                "{FAULT_ENV}={text}: expected <error|panic|kill|stall|diverge>@<rank>:<prefill|decode>:<step>"
             )
         };
         let (action, rest) = text.split_once('@').ok_or_else(malformed)?;
@@ -55,6 +57,7 @@ impl Fault {
         Ok(Self {
             action: match action {
                 "error" => FaultAction::Error,
+                "panic" => FaultAction::Panic,
                 "kill" => FaultAction::Kill,
                 "stall" => FaultAction::Stall,
                 "diverge" => FaultAction::Diverge,
@@ -78,6 +81,7 @@ impl Fault {
         }
         match f.action {
             FaultAction::Error => bail!("injected fault ({FAULT_ENV}) at {phase:?} step {step}"),
+            FaultAction::Panic => panic!("injected panic ({FAULT_ENV}) at {phase:?} step {step}"),
             FaultAction::Kill => raise(libc::SIGKILL),
             FaultAction::Stall => raise(libc::SIGSTOP),
             FaultAction::Diverge => {}

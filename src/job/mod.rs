@@ -52,7 +52,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let watchdog = Watchdog::start(
         rank,
         Duration::from_secs_f64(args.timeout),
-        Box::new(move |code| abort.abort(code)),
+        Box::new(move |code, line| abort.abort(code, line)),
     );
     // The common clock origin of every rank's spans.
     env.world.barrier();
@@ -61,6 +61,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     // 1. Plan and load this rank's stage; every rank agrees that both worked.
     let plan = plan::prepare(args, &env.world, rank, ranks, &spans)?;
     let trace = plan.trace.clone();
+    // From here a rank that ends the job alone leaves its message in rank 0's trace.
+    let _failures = failure::FailureChannel::open(&env.world, rank, &trace).map_err(JobError::Fatal)?;
     let loaded = (|| -> Result<(Qwen3, KvCache, candle_core::Device, Transport, String)> {
         let device = select_device(args.device, env.local_rank, env.local_size)?;
         let override_value = std::env::var(CUDA_AWARE_ENV).ok();
@@ -252,7 +254,18 @@ fn run_loaded(
             .take()
             .ok_or_else(|| fail(anyhow::anyhow!("no progress communicator")))?;
         let (prefill, transport_back, idle) =
-            pass.run(kv_transport, idle, &mut hidden_buffers).map_err(fail)?;
+            pass.run(kv_transport, idle, &mut hidden_buffers)
+                .map_err(|error| {
+                    // NaN or Inf: every rank found it alike, so the job ends cleanly, rank 0 reporting
+                    if error.is::<first_token::NonFinite>() {
+                        JobError::Failed {
+                            error,
+                            report: rank == 0,
+                        }
+                    } else {
+                        fail(error)
+                    }
+                })?;
         idle_comm = Some(idle);
         kv_transport = transport_back;
         if run + 1 < runs {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
@@ -46,6 +46,10 @@ struct RankZeroInputs {
     trace: Option<TraceFile>,
 }
 
+/// The most (layer, chunk) KV sync calls a job's schedule may hold (16 Mi: far more than any
+/// sensible job, far less than exhausts memory).
+const MAX_SYNC_CALLS: usize = 1 << 24;
+
 pub fn prepare(
     args: &RunArgs,
     world: &SimpleCommunicator,
@@ -68,7 +72,23 @@ pub fn prepare(
         if rank != 0 {
             return Ok((files, None));
         }
-        let trace = args.trace.as_deref().map(TraceFile::create).transpose()?;
+        let inputs = match &source {
+            ModelSource::Dir(dir) => Some(dir.as_path()),
+            ModelSource::Tiny => None,
+        };
+        let trace = args
+            .trace
+            .as_deref()
+            .map(|path| TraceFile::create(path, inputs))
+            .transpose()?;
+        if let Some(trace) = &trace {
+            // what the job is, written first, so that a file that ends failed still says it
+            trace.attr_str("command_line", &std::env::args().collect::<Vec<_>>().join(" "))?;
+            trace.attr_str("run_args", &serde_json::to_string(args)?)?;
+            trace.attr_u64("world_size", ranks as u64)?;
+            trace.attr_str("start_time", &start_time)?;
+            trace.attr_str("git_commit", env!("QWEN3_MPI_GIT_COMMIT"))?;
+        }
         let tokenizer = TextTokenizer::from_bytes(&files.tokenizer_json, &tokenizer_origin(&source))?;
         let prompt_ids = prompt_ids(args, &files, &tokenizer)?;
         Ok((
@@ -96,7 +116,12 @@ pub fn prepare(
     // 3. Lengths, layer split and schedule: the same pure computation on every rank.
     let planned = (|| -> Result<(usize, usize, Schedule)> {
         let cfg = &files.config;
-        let capacity = ids.len() + args.max_new_tokens;
+        let capacity = ids.len().checked_add(args.max_new_tokens).with_context(|| {
+            format!(
+                "--max-new-tokens {}: the prompt plus new tokens overflow",
+                args.max_new_tokens
+            )
+        })?;
         if ids.len() > cfg.max_position_embeddings {
             bail!(
                 "the prompt has {} tokens, more than max_position_embeddings ({})",
@@ -120,6 +145,20 @@ pub fn prepare(
             .chunk_size
             .map(|c| c as usize)
             .unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
+        // the schedule holds one KV sync call per layer and chunk: bound it before building it
+        let calls = ids
+            .len()
+            .div_ceil(chunk_size.max(1))
+            .saturating_mul(cfg.num_hidden_layers);
+        if calls > MAX_SYNC_CALLS {
+            bail!(
+                "--chunk-size {chunk_size}: {} chunks of the {}-token prompt over {} layers make {calls} KV sync \
+                 calls, more than {MAX_SYNC_CALLS}; use larger chunks",
+                ids.len().div_ceil(chunk_size.max(1)),
+                ids.len(),
+                cfg.num_hidden_layers
+            );
+        }
         let chunks = match args.chunking {
             Chunking::Balanced => {
                 let scale = attention_cost_scale(layer_params(cfg), cfg.num_attention_heads * cfg.head_dim);

@@ -100,15 +100,21 @@ impl PrefillPass<'_> {
             op_spans: self.op_spans,
         };
         let progress = MpiProgress::start(idle, self.device.is_cuda())?;
-        let (logits, stage_times) = run_stage(&ctx, hidden_buffers);
+        let (logits, stage_times, outputs_finite) = run_stage(&ctx, hidden_buffers);
         let idle = progress.stop()?;
 
         // The first token from the last rank's logits.
         let mut sampler = Sampler::new(plan.sampling);
         let waited = Instant::now();
         let vocab = plan.files.config.vocab_size;
-        let (first, prefill_logits) =
-            first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog)?;
+        let stages = first_token::StageHealth {
+            outputs_finite,
+            split: plan.schedule.split(),
+        };
+        // (an error here, such as NaN in a stage's output, is returned once the KV sync has
+        // drained: its thread must not be left inside MPI)
+        let shared =
+            first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog, &stages);
         let ttft_s = t0.elapsed().as_secs_f64();
         let last_rank = SpanAt {
             peer: ranks as i32 - 1,
@@ -124,6 +130,7 @@ impl PrefillPass<'_> {
         };
         let exposed_sync_s = drain.elapsed().as_secs_f64();
         spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        let (first, prefill_logits) = shared?;
         let prefill = Prefill {
             sampler,
             first,

@@ -89,11 +89,14 @@ impl HiddenBuffers {
 
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
 /// An error here ends the job (pending MPI requests cannot be abandoned).
-pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Tensor>, StageTimes) {
+/// Runs this rank's part of the prefill. → the logits (on the last rank), the stage's times,
+/// and whether every hidden state it output was finite.
+pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Tensor>, StageTimes, bool) {
     let HiddenBuffers { outgoing, incoming } = buffers;
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
+            health: None,
             logits: None,
             times: StageTimes::default(),
             out_buffers: outgoing.iter_mut().map(Some).collect(),
@@ -142,12 +145,18 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             Ok(None) => {}
             Err(error) => ctx.abort.fail(&error),
         }
-        (loop_state.logits, loop_state.times)
+        let finite = loop_state
+            .outputs_finite()
+            .unwrap_or_else(|error| ctx.abort.fail(&error));
+        (loop_state.logits, loop_state.times, finite)
     })
 }
 
 struct LoopState<'a, 's> {
     hidden: Option<Tensor>,
+    /// The sum of every hidden state this stage has output: NaN or ±Inf if any element was.
+    /// Summed on the device as the chunks pass, read once at the end of the stage.
+    health: Option<Tensor>,
     logits: Option<Tensor>,
     times: StageTimes,
     /// One host buffer per chunk, taken when the chunk's hidden state is staged.
@@ -155,6 +164,26 @@ struct LoopState<'a, 's> {
     /// Hidden states on their way to host memory: (chunk, destination rank, step, staging).
     staged: VecDeque<(usize, usize, usize, StagedHidden<'a>)>,
     sends: Vec<(usize, Request<'a, [u8], &'s LocalScope<'a>>)>,
+}
+
+impl LoopState<'_, '_> {
+    /// Adds a stage output's sum to the stage's health sum: one reduction kernel a chunk, no wait.
+    fn add_to_health(&mut self, hidden: &Tensor) -> Result<()> {
+        let sum = hidden.sum_all()?.to_dtype(candle_core::DType::F32)?; // ()
+        self.health = Some(match self.health.take() {
+            Some(health) => (health + sum)?,
+            None => sum,
+        });
+        Ok(())
+    }
+
+    /// Whether every hidden state this stage output was finite (waits for the device once).
+    fn outputs_finite(&self) -> Result<bool> {
+        match &self.health {
+            Some(health) => Ok(health.to_scalar::<f32>()?.is_finite()),
+            None => Ok(true),
+        }
+    }
 }
 
 /// Posts the sends of staged hidden states whose bytes have reached host memory, in chunk
@@ -283,6 +312,7 @@ fn run_op<'a, 's>(
             // The copy to host memory is queued behind this chunk's kernels; the send is posted
             // once it has passed (post_staged_sends), while this thread queues the next chunk.
             let hidden = take_hidden(state, &format!("the send of chunk {}", chunk.index))?;
+            state.add_to_health(&hidden)?;
             let buffer = state
                 .out_buffers
                 .get_mut(chunk.index)
@@ -294,6 +324,7 @@ fn run_op<'a, 's>(
         StageOp::Logits { chunk } => {
             let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, "the lm_head")?;
+            state.add_to_health(&hidden)?;
             state.logits = Some(model.logits_last(&hidden)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
             record_compute(mark, SpanKind::LmHead, at(chunk.index))?;

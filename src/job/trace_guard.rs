@@ -1,7 +1,7 @@
 //! Rank 0's trace file from setup to the end of the job, so that a job that fails still leaves
 //! a complete file marked failed: on an error rank 0 sees (its own, or a peer's agreed at
 //! setup), and on SIGTERM/SIGINT (how `mpirun` and Slurm end the other ranks when one aborts or
-//! the job is cancelled). A rank 0 killed outright leaves only `FILE.h5.partial`, never a
+//! the job is cancelled). A rank 0 killed outright leaves only its `.partial`, never a
 //! half-written `FILE.h5`.
 
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,8 @@ use crate::trace::TraceFile;
 pub struct TraceGuard {
     trace: Arc<Mutex<Option<TraceFile>>>,
     spans: SpanLog,
+    /// The line of another rank that ended the job (it reached rank 0 before the job ended).
+    peer_error: Arc<Mutex<Option<String>>>,
 }
 
 impl TraceGuard {
@@ -20,6 +22,41 @@ impl TraceGuard {
         Self {
             trace: Arc::new(Mutex::new(trace)),
             spans,
+            peer_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Keeps the message of another rank that is ending the job, for the file's error.
+    pub fn set_peer_error(&self, line: String) {
+        if let Ok(mut slot) = self.peer_error.lock() {
+            slot.get_or_insert(line);
+        }
+    }
+
+    fn peer_error(&self) -> Option<String> {
+        self.peer_error.lock().ok()?.clone()
+    }
+
+    /// As [`Self::fail`], from a thread that may hold the file's lock already (a panic inside
+    /// the trace code): waits up to 2 s for another thread that is finishing the file (so that
+    /// an abort does not cut its write short), then leaves the file unfinished (`.partial`)
+    /// rather than deadlocking.
+    pub fn fail_from_any_thread(&self, error: &str) {
+        let began = std::time::Instant::now();
+        loop {
+            match self.trace.try_lock() {
+                Ok(mut slot) => {
+                    if let Some(trace) = slot.take() {
+                        self.finish_failed(trace, error);
+                    }
+                    return;
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return,
+                Err(std::sync::TryLockError::WouldBlock) if began.elapsed().as_secs() >= 2 => return,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+            }
         }
     }
 
@@ -31,8 +68,16 @@ impl TraceGuard {
 
     /// Finishes the file, if still open, with status "failed", the error, and this rank's spans
     /// so far (`/ranks/0/events`). Best effort: the job is failing anyway.
+    /// The file's lock is held until the file is finished, so that another thread ending the
+    /// job waits for it (see [`Self::fail_from_any_thread`]).
     pub fn fail(&self, error: &str) {
-        let Some(trace) = self.take() else { return };
+        let Ok(mut slot) = self.trace.lock() else { return };
+        if let Some(trace) = slot.take() {
+            self.finish_failed(trace, error);
+        }
+    }
+
+    fn finish_failed(&self, trace: TraceFile, error: &str) {
         let _ = trace.attr_str("error", error);
         let _ = trace.dataset("ranks/0/events", &self.spans.snapshot());
         let _ = trace.finish("failed");
@@ -48,9 +93,15 @@ impl TraceGuard {
             .name("trace-on-signal".into())
             .spawn(move || {
                 if let Some(signal) = signals.forever().next() {
-                    guard.fail(&format!(
-                        "terminated by signal {signal} (another rank failed, or the job was cancelled)"
-                    ));
+                    // at once: mpirun's SIGKILL can follow within milliseconds (a rank that ended
+                    // the job on purpose has had its line written by the failure listener)
+                    let error = match guard.peer_error() {
+                        Some(line) => format!("{line} (rank 0 was then terminated by signal {signal})"),
+                        None => format!(
+                            "terminated by signal {signal} (another rank failed, or the job was cancelled)"
+                        ),
+                    };
+                    guard.fail(&error);
                     std::process::exit(128 + signal);
                 }
             })?;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// Exit code of a job ended by the watchdog.
 pub const TIMEOUT_EXIT_CODE: i32 = 3;
 
-type AbortFn = Box<dyn Fn(i32) + Send + Sync>;
+/// Ends the job with an exit code and the line the watchdog printed (for the trace).
+type AbortFn = Box<dyn Fn(i32, &str) + Send + Sync>;
 
 struct State {
     rank: usize,
@@ -47,12 +48,13 @@ impl Watchdog {
                         .map(|(_, what, _)| what.clone())
                 });
                 if let Some(what) = expired {
-                    eprintln!(
-                        "qwen3-mpi: error: rank {}: timed out after {:.0} s waiting for {what} (--timeout); aborting the job",
+                    let line = format!(
+                        "rank {}: timed out after {:.0} s waiting for {what} (--timeout); aborting the job",
                         state.rank,
                         state.timeout.as_secs_f64()
                     );
-                    (state.abort)(TIMEOUT_EXIT_CODE);
+                    eprintln!("qwen3-mpi: error: {line}");
+                    (state.abort)(TIMEOUT_EXIT_CODE, &line);
                 }
             })
             .expect("the watchdog thread starts");
@@ -101,7 +103,7 @@ mod tests {
         let dog = Watchdog::start(
             2,
             Duration::from_millis(50),
-            Box::new(move |c| seen.store(c, Ordering::SeqCst)),
+            Box::new(move |c, _| seen.store(c, Ordering::SeqCst)),
         );
         {
             let _quick = dog.waiting_for("a quick wait");

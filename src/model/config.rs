@@ -5,6 +5,20 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+/// The largest value each size field may take: far beyond any published Qwen3 (Qwen3-235B has 94
+/// layers, hidden 4096, 64 heads, 151,936 tokens, 40,960 positions), and small enough that every
+/// product the job forms from them (weights, cache, schedule) fits 64 bits.
+const FIELD_LIMITS: [(&str, u64); 8] = [
+    ("hidden_size", 1 << 16),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 4096),
+    ("num_attention_heads", 4096),
+    ("num_key_value_heads", 4096),
+    ("head_dim", 1024),
+    ("max_position_embeddings", 1 << 24),
+    ("vocab_size", 1 << 24),
+];
+
 /// The architecture hyper-parameters this implementation reads and supports.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Qwen3Config {
@@ -46,6 +60,11 @@ impl Qwen3Config {
                 .with_context(|| format!("field `{name}` must be a non-negative integer, got {v}"))?;
             if n == 0 {
                 bail!("field `{name}` must be positive");
+            }
+            if let Some(&(_, limit)) = FIELD_LIMITS.iter().find(|(field, _)| *field == name) {
+                if n > limit {
+                    bail!("field `{name}` is {n}, more than this implementation takes ({limit})");
+                }
             }
             Ok(n as usize)
         };
@@ -110,6 +129,15 @@ fn check_supported(obj: &serde_json::Map<String, Value>) -> Result<()> {
         Some("qwen3") => {}
         Some(other) => bail!("unsupported model_type `{other}` (only dense `qwen3` is supported)"),
         None => bail!("missing field `model_type` (expected \"qwen3\")"),
+    }
+    if let Some(architectures) = obj.get("architectures").and_then(Value::as_array) {
+        let names: Vec<&str> = architectures.iter().filter_map(Value::as_str).collect();
+        if !names.is_empty() && !names.contains(&"Qwen3ForCausalLM") {
+            bail!(
+                "unsupported architecture {} (field `architectures`; only Qwen3ForCausalLM, dense)",
+                names.join(", ")
+            );
+        }
     }
     for key in ["num_experts", "num_experts_per_tok", "moe_intermediate_size"] {
         if obj.get(key).is_some_and(|v| !v.is_null() && v != 0) {

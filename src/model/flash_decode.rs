@@ -27,7 +27,7 @@ pub fn supported(q: &Tensor, head_dim: usize, heads: usize, kv_heads: usize) -> 
         && q.dtype() == DType::BF16
         && head_dim == HEAD_DIM
         && q.dim(0).is_ok_and(|len| len == 1)
-        && heads % kv_heads == 0
+        && heads.is_multiple_of(kv_heads)
         && heads / kv_heads <= MAX_GROUP
 }
 

@@ -31,9 +31,11 @@ impl LayerSplit {
         if let Some(rank) = counts.iter().position(|&c| c == 0) {
             bail!("--layers gives rank {rank} no layers; every rank needs at least one");
         }
-        let total: usize = counts.iter().sum();
-        if total != num_layers {
-            bail!("--layers sums to {total} but the model has {num_layers} layers");
+        let total = counts.iter().try_fold(0usize, |sum, &c| sum.checked_add(c));
+        match total {
+            Some(total) if total == num_layers => {}
+            Some(total) => bail!("--layers sums to {total} but the model has {num_layers} layers"),
+            None => bail!("--layers sums to more than any model has layers (it has {num_layers})"),
         }
         let mut start = 0;
         let ranges = counts

@@ -1,5 +1,8 @@
-//! One HDF5 trace file, written under a temporary name and renamed when complete, so a reader
-//! never sees a half-written file.
+//! One HDF5 trace file, written under a temporary name of its own (created exclusively, so two
+//! jobs given the same path never write into one file) and renamed over the path when
+//! complete, so a reader never sees a half-written file and a file never mixes two jobs. The
+//! path is checked first: never a directory, never an input of the job (a file inside the model
+//! directory), never an existing file that is not a qwen3-mpi trace.
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +19,11 @@ pub struct TraceFile {
 }
 
 impl TraceFile {
-    /// Creates `<path>.partial` now (so an unwritable path fails before the run, not after).
-    pub fn create(path: &Path) -> Result<Self> {
+    /// Creates `<path>.<pid>-<n>.partial` now (so an unwritable path fails before the run, not
+    /// after), after checking `path` (see the module's documentation); `inputs` is the model
+    /// directory, if the job reads one.
+    pub fn create(path: &Path, inputs: Option<&Path>) -> Result<Self> {
+        check_path(path, inputs)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| {
                 format!(
@@ -27,11 +33,18 @@ impl TraceFile {
                 )
             })?;
         }
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".partial");
+        tmp_name.push(format!(".{}-{n}.partial", std::process::id()));
         let tmp_path = PathBuf::from(tmp_name);
-        let file = hdf5::File::create(&tmp_path)
-            .map_err(|e| anyhow::anyhow!("--trace {}: cannot create file ({e})", path.display()))?;
+        let file = hdf5::File::create_excl(&tmp_path).map_err(|e| {
+            anyhow::anyhow!(
+                "--trace {}: cannot create file ({})",
+                path.display(),
+                one_line(&e.to_string())
+            )
+        })?;
         let trace = Self {
             final_path: path.to_owned(),
             tmp_path,
@@ -63,18 +76,20 @@ impl TraceFile {
     }
 
     pub fn attr_u64(&self, name: &str, value: u64) -> Result<()> {
-        self.file()?
-            .new_attr::<u64>()
-            .create(name)?
-            .write_scalar(&value)?;
+        let file = self.file()?;
+        if file.attr(name).is_ok() {
+            file.delete_attr(name)?;
+        }
+        file.new_attr::<u64>().create(name)?.write_scalar(&value)?;
         Ok(())
     }
 
     pub fn attr_f64(&self, name: &str, value: f64) -> Result<()> {
-        self.file()?
-            .new_attr::<f64>()
-            .create(name)?
-            .write_scalar(&value)?;
+        let file = self.file()?;
+        if file.attr(name).is_ok() {
+            file.delete_attr(name)?;
+        }
+        file.new_attr::<f64>().create(name)?.write_scalar(&value)?;
         Ok(())
     }
 
@@ -121,6 +136,45 @@ impl TraceFile {
         })?;
         Ok(self.final_path.clone())
     }
+}
+
+/// The checks of the module's documentation, each error one line naming `--trace`.
+fn check_path(path: &Path, inputs: Option<&Path>) -> Result<()> {
+    let shown = path.display();
+    if path.is_dir() {
+        anyhow::bail!("--trace {shown}: is a directory; give a file name (for example {shown}/job.h5)");
+    }
+    if let Some(dir) = inputs {
+        // compare real paths: the trace's folder may not exist yet, the model's does
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let (Ok(parent), Ok(dir)) = (parent.canonicalize(), dir.canonicalize()) {
+            if parent.starts_with(&dir) {
+                anyhow::bail!(
+                    "--trace {shown}: inside the model directory {}; refusing to write among the job's inputs",
+                    dir.display()
+                );
+            }
+        }
+    }
+    if path.exists() && !is_our_trace(path) {
+        anyhow::bail!("--trace {shown}: exists and is not a qwen3-mpi trace; refusing to overwrite it");
+    }
+    Ok(())
+}
+
+/// Whether `path` is an HDF5 file this program wrote (it has our `schema_version` and `status`).
+fn is_our_trace(path: &Path) -> bool {
+    hdf5::File::open(path)
+        .map(|f| f.attr("schema_version").is_ok() && f.attr("status").is_ok())
+        .unwrap_or(false)
+}
+
+/// HDF5's messages carry newlines (its error stack): one line for ours.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl Drop for TraceFile {

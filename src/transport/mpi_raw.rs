@@ -13,6 +13,40 @@ use mpi::topology::SimpleCommunicator;
 extern "C" {
     fn qwen3_mpi_in_place() -> *mut c_void;
     fn qwen3_mpi_cuda_support() -> c_int;
+    fn qwen3_mpi_set_error_callback(on_error: extern "C" fn(*const std::os::raw::c_char, c_int)) -> c_int;
+}
+
+/// What an MPI error does instead of ending the process inside MPI: gets the error's text and
+/// must end the job itself.
+pub type MpiErrorAction = fn(&str) -> !;
+
+static ON_MPI_ERROR: std::sync::OnceLock<MpiErrorAction> = std::sync::OnceLock::new();
+
+extern "C" fn on_mpi_error(text: *const std::os::raw::c_char, code: c_int) {
+    let text = if text.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the shim passes a NUL-terminated buffer that lives for this call.
+        unsafe { std::ffi::CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    if let Some(action) = ON_MPI_ERROR.get() {
+        action(&format!("MPI error {code}: {}", text.trim()));
+    }
+}
+
+/// Routes MPI errors on the world communicator, and on every communicator duplicated from it
+/// afterwards (a duplicate inherits its error handler), to `action`. Call right after
+/// initialisation, before any duplicate.
+pub fn on_mpi_errors(action: MpiErrorAction) -> Result<()> {
+    let _ = ON_MPI_ERROR.set(action);
+    // SAFETY: MPI is initialised; the callback has the shim's signature and never unwinds into C
+    // (it ends the process).
+    check(
+        unsafe { qwen3_mpi_set_error_callback(on_mpi_error) },
+        "MPI_Comm_set_errhandler",
+    )
 }
 
 /// What the MPI library says of device memory: `Some(true)` if it moves it, `Some(false)` if

@@ -17,3 +17,27 @@ int qwen3_mpi_cuda_support(void) {
     return -1;
 #endif
 }
+
+/* MPI errors on MPI_COMM_WORLD and every communicator duplicated from it afterwards go to
+ * `on_error` (the error's text and code) instead of ending the process inside MPI, so that the
+ * job can say which rank failed and mark its trace before aborting. `on_error` must not return;
+ * if it does, the job is aborted here. */
+static void (*qwen3_on_error)(const char *text, int code) = 0;
+
+static void qwen3_error_handler(MPI_Comm *comm, int *code, ...) {
+    char text[MPI_MAX_ERROR_STRING + 1];
+    int len = 0;
+    (void)comm;
+    if (MPI_Error_string(*code, text, &len) != MPI_SUCCESS) len = 0;
+    text[len] = '\0';
+    if (qwen3_on_error) qwen3_on_error(text, *code);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+int qwen3_mpi_set_error_callback(void (*on_error)(const char *text, int code)) {
+    MPI_Errhandler handler;
+    int rc = MPI_Comm_create_errhandler(qwen3_error_handler, &handler);
+    if (rc != MPI_SUCCESS) return rc;
+    qwen3_on_error = on_error;
+    return MPI_Comm_set_errhandler(MPI_COMM_WORLD, handler);
+}

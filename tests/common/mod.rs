@@ -182,3 +182,13 @@ pub fn json_report(stdout: &str) -> Value {
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON report ({e}) in:\n{stdout}"))
 }
+
+/// Files named `*.partial` (unfinished traces) left in `dir`.
+pub fn partial_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect()
+}
