@@ -136,6 +136,30 @@ fn usage_errors_exit_2() {
         let (code, _, stderr) = run_cli(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
     }
+    // sampling flags are checked like the others: the flag named, exit 2
+    for (args, needle) in [
+        (&["--top-p", "0"][..], "is not a top-p: a number in (0, 1]"),
+        (&["--top-p", "1.5"], "is not a top-p"),
+        (&["--top-k", "0"], "is not a top-k: a whole number >= 1"),
+        (&["--temperature", "nan"], "is not a temperature: a number >= 0"),
+        (&["--temperature=-1"], "is not a temperature"),
+    ] {
+        let (code, _, stderr) = run_cli(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let flag = args[0].split('=').next().unwrap_or_default();
+        assert!(
+            stderr.contains(flag) && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_model_path_naming_a_file_says_to_give_its_directory() {
+    let dir = materialize("gqa-tied-5x");
+    let config = dir.path().join("config.json");
+    let c = config.display().to_string();
+    assert_fails_with(&["--model", &c], "is a file; give the model's directory");
 }
 
 #[test]

@@ -143,16 +143,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
 
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature (a number ≥ 0); 0 is greedy.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
     pub temperature: f64,
 
-    /// Sample only among the K most likely tokens.
-    #[arg(long, value_name = "K")]
+    /// Sample only among the K most likely tokens (K ≥ 1).
+    #[arg(long, value_name = "K", value_parser = parse_top_k)]
     pub top_k: Option<usize>,
 
-    /// Sample only among the most likely tokens whose probabilities sum to P.
-    #[arg(long, value_name = "P")]
+    /// Sample only among the most likely tokens whose probabilities sum to P, in (0, 1].
+    #[arg(long, value_name = "P", value_parser = parse_top_p)]
     pub top_p: Option<f64>,
 
     /// Seed of the sampler.
@@ -182,6 +182,27 @@ pub struct RunArgs {
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_temperature(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("`{text}` is not a temperature: a number >= 0")),
+    }
+}
+
+fn parse_top_k(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(k) if k >= 1 => Ok(k),
+        _ => Err(format!("`{text}` is not a top-k: a whole number >= 1")),
+    }
+}
+
+fn parse_top_p(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("`{text}` is not a top-p: a number in (0, 1]")),
+    }
 }
 
 pub fn parse_bytes(text: &str) -> Result<u64, String> {

@@ -80,6 +80,17 @@ impl ModelFiles {
 }
 
 fn open_dir(dir: &Path) -> Result<ModelFiles> {
+    if dir.is_file() {
+        let folder = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        bail!(
+            "--model {}: is a file; give the model's directory ({})",
+            dir.display(),
+            folder.display()
+        );
+    }
     if !dir.is_dir() {
         bail!("model directory {} does not exist", dir.display());
     }
