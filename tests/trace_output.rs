@@ -273,6 +273,58 @@ fn trace_tools_summarise_and_export_for_perfetto() {
     let (code, _, stderr) = run_cli(&["trace", "summary", "/nonexistent.h5"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("/nonexistent.h5"), "{stderr}");
+
+    // files that are not (whole) traces of ours: each named with what is wrong; the good one
+    // still gets its row
+    let text = |s: &str| s.parse::<hdf5::types::VarLenUnicode>().unwrap();
+    let foreign = out.path().join("foreign.h5");
+    let f = hdf5::File::create(&foreign).unwrap();
+    f.new_attr::<hdf5::types::VarLenUnicode>()
+        .create("status")
+        .unwrap()
+        .write_scalar(&text("ok"))
+        .unwrap();
+    drop(f);
+    let future = out.path().join("future.h5");
+    std::fs::copy(&path, &future).unwrap();
+    let f = hdf5::File::append(&future).unwrap();
+    f.delete_attr("schema_version").unwrap();
+    f.new_attr::<u64>()
+        .create("schema_version")
+        .unwrap()
+        .write_scalar(&99u64)
+        .unwrap();
+    drop(f);
+    let missing = out.path().join("missing-rank.h5");
+    std::fs::copy(&path, &missing).unwrap();
+    let f = hdf5::File::append(&missing).unwrap();
+    f.group("ranks/1").unwrap().unlink("events").unwrap();
+    drop(f);
+    let shown = |p: &std::path::Path| p.display().to_string();
+    let (code, stdout, stderr) = run_cli(&[
+        "trace",
+        "summary",
+        &shown(&foreign),
+        &p,
+        &shown(&future),
+        &shown(&missing),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("tools.h5")),
+        "no row for the good file:\n{stdout}"
+    );
+    for (file, why) in [
+        (&foreign, "no `schema_version`: not a qwen3-mpi trace"),
+        (&future, "schema_version 99, but this qwen3-mpi reads version 1"),
+        (
+            &missing,
+            "status ok but rank 1's events (/ranks/1/events) are missing",
+        ),
+    ] {
+        let line = format!("{}: {why}", shown(file));
+        assert_eq!(stderr.matches(&line).count(), 1, "{line:?} not in:\n{stderr}");
+    }
 }
 
 #[test]

@@ -10,11 +10,27 @@ use crate::trace::summary_table::summary_table;
 pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
     match command {
         TraceCommand::Summary { files } => {
-            let traces = files
-                .iter()
-                .map(|f| TraceView::open(f))
-                .collect::<Result<Vec<_>>>()?;
-            print!("{}", summary_table(&traces));
+            // every file that reads gets its row; each one that does not, one line on stderr
+            let mut traces = Vec::new();
+            let mut bad = 0;
+            for file in files {
+                match TraceView::open(file) {
+                    Ok(trace) => traces.push(trace),
+                    Err(e) => {
+                        eprintln!("qwen3-mpi: error: {e:#}");
+                        bad += 1;
+                    }
+                }
+            }
+            if !traces.is_empty() {
+                print!("{}", summary_table(&traces));
+            }
+            if bad > 0 {
+                anyhow::bail!(
+                    "trace summary: {bad} of {} files could not be read (see above)",
+                    files.len()
+                );
+            }
         }
         TraceCommand::Perfetto { file, output } => {
             let trace = TraceView::open(file)?;

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 
+use super::file::SCHEMA_VERSION;
 use super::spans::Span;
 
 /// The parts of a trace file the tools show.
@@ -25,9 +26,14 @@ pub struct TraceView {
 }
 
 impl TraceView {
+    /// Opens and validates a trace: ours (`schema_version` this build reads, a known `status`),
+    /// and, when it says `ok`, holding every rank's events. Errors are one line naming the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = hdf5::File::open(path)
-            .map_err(|e| anyhow::anyhow!("{}: not a readable HDF5 trace ({e})", path.display()))?;
+        let shown = path.display();
+        let file = hdf5::File::open(path).map_err(|e| {
+            let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            anyhow::anyhow!("{shown}: not a readable HDF5 file ({why})")
+        })?;
         let text = |name: &str| -> Option<String> {
             file.attr(name)
                 .ok()?
@@ -39,17 +45,38 @@ impl TraceView {
         let summary = file.group("summary").ok();
         let figure =
             |name: &str| -> Option<f64> { summary.as_ref()?.attr(name).ok()?.read_scalar::<f64>().ok() };
+        match int("schema_version") {
+            None => bail!("{shown}: no `schema_version`: not a qwen3-mpi trace"),
+            Some(v) if v != u64::from(SCHEMA_VERSION) => {
+                bail!("{shown}: schema_version {v}, but this qwen3-mpi reads version {SCHEMA_VERSION}")
+            }
+            Some(_) => {}
+        }
+        let status = text("status").with_context(|| format!("{shown}: no `status` attribute"))?;
+        if !matches!(status.as_str(), "ok" | "failed" | "running") {
+            bail!("{shown}: unknown status `{status}` (a trace is ok, failed or running)");
+        }
         let world_size = int("world_size").unwrap_or(0);
-        let spans = (0..world_size)
-            .map(|rank| {
-                file.dataset(&format!("ranks/{rank}/events"))
-                    .and_then(|d| d.read_raw::<Span>())
-                    .unwrap_or_default()
-            })
-            .collect();
+        if status == "ok" && world_size == 0 {
+            bail!("{shown}: status ok but no `world_size`");
+        }
+        let mut spans = Vec::new();
+        for rank in 0..world_size {
+            match file
+                .dataset(&format!("ranks/{rank}/events"))
+                .and_then(|d| d.read_raw::<Span>())
+            {
+                Ok(events) => spans.push(events),
+                // a failed job's file holds rank 0's spans only
+                Err(_) if status != "ok" => spans.push(Vec::new()),
+                Err(_) => {
+                    bail!("{shown}: status ok but rank {rank}'s events (/ranks/{rank}/events) are missing")
+                }
+            }
+        }
         Ok(Self {
             path: path.to_owned(),
-            status: text("status").with_context(|| format!("{}: no `status` attribute", path.display()))?,
+            status,
             world_size,
             chunk_size: int("chunk_size"),
             sync: text("sync_strategy"),
