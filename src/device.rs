@@ -58,7 +58,7 @@ fn cuda_device(local_rank: usize, local_ranks: usize) -> Result<Device> {
         );
     };
     if local_ranks > gpus && local_rank == 0 {
-        eprintln!("qwen3-mpi: warning: {local_ranks} ranks share {gpus} GPU(s) on this node (fine for testing, slow for timing)");
+        crate::eprint_line!("qwen3-mpi: warning: {local_ranks} ranks share {gpus} GPU(s) on this node (fine for testing, slow for timing)");
     }
     Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device cuda: cannot open GPU {ordinal}: {e}"))
 }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return match run_trace_tool(&command) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("qwen3-mpi: error: {e:#}");
+                    qwen3_mpi::eprint_line!("qwen3-mpi: error: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -45,7 +45,9 @@ fn main() -> ExitCode {
                 if args.json {
                     match serde_json::to_string(&report) {
                         Ok(line) => println!("{line}"),
-                        Err(e) => eprintln!("qwen3-mpi: error: cannot write the JSON report: {e}"),
+                        Err(e) => {
+                            qwen3_mpi::eprint_line!("qwen3-mpi: error: cannot write the JSON report: {e}")
+                        }
                     }
                 }
             }
@@ -54,16 +56,16 @@ fn main() -> ExitCode {
         Err(JobError::Failed { error, report }) => {
             if report {
                 if env.size > 1 {
-                    eprintln!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
+                    qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
                 } else {
-                    eprintln!("qwen3-mpi: error: {error:#}");
+                    qwen3_mpi::eprint_line!("qwen3-mpi: error: {error:#}");
                 }
             }
             ExitCode::FAILURE
         }
         Err(JobError::PeerFailed) => ExitCode::FAILURE,
         Err(JobError::Fatal(error)) => {
-            eprintln!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
+            qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
             ExitCode::FAILURE
         }
     }
@@ -78,7 +80,7 @@ fn bench_comm(args: &qwen3_mpi::bench::comm::CommBenchArgs) -> ExitCode {
     match qwen3_mpi::bench::comm::run_comm_bench(args, &env) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qwen3-mpi: error: rank {}: bench-comm: {e:#}", env.rank);
+            qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: bench-comm: {e:#}", env.rank);
             env.abort(1)
         }
     }
@@ -90,7 +92,7 @@ fn bench_attention(args: &qwen3_mpi::bench::attention::AttentionBenchArgs) -> Ex
     match qwen3_mpi::bench::attention::run_attention_bench(args) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qwen3-mpi: error: bench-attention: {e:#}");
+            qwen3_mpi::eprint_line!("qwen3-mpi: error: bench-attention: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -106,13 +108,13 @@ fn start_mpi() -> Result<MpiEnv, ExitCode> {
             // an MPI error, with a line naming the rank and the trace marked
             qwen3_mpi::job::failure::install_panic_hook(env.rank);
             if let Err(e) = qwen3_mpi::job::failure::route_mpi_errors(env.rank) {
-                eprintln!("qwen3-mpi: error: rank {}: {e:#}", env.rank);
+                qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {e:#}", env.rank);
                 return Err(ExitCode::FAILURE);
             }
             Ok(env)
         }
         Err(e) => {
-            eprintln!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
+            qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {e:#}", launcher_rank());
             Err(ExitCode::FAILURE)
         }
     }

@@ -116,7 +116,7 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
                 Ok((transport, _)) => transport,
                 Err(why) => {
                     if rank == 0 {
-                        eprintln!("qwen3-mpi: bench-comm: skipping --transport {arg:?}: {why:#}");
+                        crate::eprint_line!("qwen3-mpi: bench-comm: skipping --transport {arg:?}: {why:#}");
                     }
                     continue;
                 }

@@ -42,3 +42,22 @@ pub fn init_logging() {
 pub fn set_log_rank(rank: usize) {
     let _ = RANK.set(rank);
 }
+
+/// Writes `line` and a newline to stderr in one write, so that lines from several ranks (which
+/// mpirun forwards as they come) never interleave inside a line. `eprintln!` writes each
+/// formatted piece separately.
+pub fn eprint_line(line: &str) {
+    use std::io::Write as _;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// `eprint_line(&format!(…))`.
+#[macro_export]
+macro_rules! eprint_line {
+    ($($arg:tt)*) => {
+        $crate::cli::logging::eprint_line(&format!($($arg)*))
+    };
+}

@@ -17,7 +17,7 @@ pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
                 match TraceView::open(file) {
                     Ok(trace) => traces.push(trace),
                     Err(e) => {
-                        eprintln!("qwen3-mpi: error: {e:#}");
+                        crate::eprint_line!("qwen3-mpi: error: {e:#}");
                         bad += 1;
                     }
                 }

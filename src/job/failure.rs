@@ -45,7 +45,7 @@ impl JobAbort {
     /// Prints the error as one line naming this rank, then ends every rank with exit code 1.
     pub fn fail(&self, error: &anyhow::Error) -> ! {
         let line = format!("rank {}: {error:#}", self.rank);
-        eprintln!("qwen3-mpi: error: {line}");
+        crate::eprint_line!("qwen3-mpi: error: {line}");
         end_job(1, &line)
     }
 
@@ -183,7 +183,7 @@ pub fn route_mpi_errors(rank: usize) -> anyhow::Result<()> {
     crate::transport::mpi_raw::on_mpi_errors(|text| {
         let rank = RANK.get().copied().unwrap_or(0);
         let line = format!("rank {rank}: {text} (a peer process may have died)");
-        eprintln!("qwen3-mpi: error: {line}");
+        crate::eprint_line!("qwen3-mpi: error: {line}");
         end_job(1, &line)
     })
 }
@@ -206,7 +206,7 @@ pub fn install_panic_hook(rank: usize) {
             "rank {rank}: internal error (panic): {}{at}",
             message.replace('\n', " ")
         );
-        eprintln!("qwen3-mpi: error: {line}");
+        crate::eprint_line!("qwen3-mpi: error: {line}");
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
             eprintln!("{}", std::backtrace::Backtrace::force_capture());
         }

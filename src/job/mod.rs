@@ -125,8 +125,8 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let (model, kv, device, transport, why) =
         agree(&env.world, loaded).inspect_err(|e| trace.fail(&e.to_string()))?;
     if rank == 0 && device.is_cuda() {
-        eprintln!("qwen3-mpi: transport {} ({why})", transport.name());
-        eprintln!("qwen3-mpi: layers: {}", model.plan().reason);
+        crate::eprint_line!("qwen3-mpi: transport {} ({why})", transport.name());
+        crate::eprint_line!("qwen3-mpi: layers: {}", model.plan().reason);
     }
     let stage = LoadedStage {
         model,

@@ -53,7 +53,7 @@ impl Watchdog {
                         state.rank,
                         state.timeout.as_secs_f64()
                     );
-                    eprintln!("qwen3-mpi: error: {line}");
+                    crate::eprint_line!("qwen3-mpi: error: {line}");
                     (state.abort)(TIMEOUT_EXIT_CODE, &line);
                 }
             })
