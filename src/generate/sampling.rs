@@ -59,15 +59,15 @@ impl Sampler {
 
     /// logits: (vocab), f32
     /// The next token from `logits` (vocab); NaN or Inf among them is an error, not a token.
-    /// (The check is one sum over the vocabulary, beside the sampler's own pass over it.)
+    /// (The check is one sum over the vocabulary, queued before the sampler's own pass and read
+    /// after it, so it adds no wait of its own; it is read before the sampler's result, whose
+    /// error on such logits would say less.)
     pub fn next_token(&mut self, logits: &Tensor) -> Result<u32> {
-        let sum = logits
-            .sum_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_scalar::<f32>()?;
-        if !sum.is_finite() {
+        let sum = logits.sum_all()?.to_dtype(candle_core::DType::F32)?; // ()
+        let sampled = self.inner.sample(logits);
+        if !sum.to_scalar::<f32>()?.is_finite() {
             bail!("the logits hold NaN or Inf: a weight or an activation is not finite");
         }
-        Ok(self.inner.sample(logits)?)
+        Ok(sampled?)
     }
 }

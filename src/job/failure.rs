@@ -152,9 +152,7 @@ fn listen(comm: SharedComm, trace: TraceGuard, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         if let Some(matched) = comm.0.any_process().immediate_matched_probe_with_tag(FAILURE_TAG) {
             let (bytes, status) = matched.matched_receive_vec::<u8>();
-            let line = String::from_utf8_lossy(&bytes).into_owned();
-            trace.set_peer_error(line.clone());
-            trace.fail(&line);
+            trace.fail(&String::from_utf8_lossy(&bytes));
             comm.0
                 .process_at_rank(status.source_rank())
                 .send_with_tag(&[0u8][..], WRITTEN_TAG);
@@ -164,7 +162,7 @@ fn listen(comm: SharedComm, trace: TraceGuard, stop: Arc<AtomicBool>) {
 }
 
 /// Waits up to `limit` for `ready`, polling.
-pub fn wait_for(limit: Duration, ready: impl Fn() -> bool) -> bool {
+fn wait_for(limit: Duration, ready: impl Fn() -> bool) -> bool {
     let began = Instant::now();
     while !ready() {
         if began.elapsed() > limit {

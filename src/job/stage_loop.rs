@@ -301,11 +301,7 @@ fn run_op<'a, 's>(
             let probe = ctx.op_spans.then_some(&parts as &dyn LayerProbe);
             state.hidden = Some(model.forward_layer_probed(layer, &hidden, chunk.start, ctx.kv, probe)?);
             state.times.compute_s += started.elapsed().as_secs_f64();
-            record_compute(
-                mark,
-                SpanKind::LayerCompute,
-                SpanAt::layer_chunk(layer, chunk.index, step),
-            )?;
+            record_compute(mark, SpanKind::LayerCompute, at)?;
         }
         StageOp::KvSync { call } => ctx.sync.submit(call, BlockReady::mark(model.device())?)?,
         StageOp::SendHidden { chunk, to } => {

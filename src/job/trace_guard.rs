@@ -13,8 +13,6 @@ use crate::trace::TraceFile;
 pub struct TraceGuard {
     trace: Arc<Mutex<Option<TraceFile>>>,
     spans: SpanLog,
-    /// The line of another rank that ended the job (it reached rank 0 before the job ended).
-    peer_error: Arc<Mutex<Option<String>>>,
 }
 
 impl TraceGuard {
@@ -22,19 +20,7 @@ impl TraceGuard {
         Self {
             trace: Arc::new(Mutex::new(trace)),
             spans,
-            peer_error: Arc::new(Mutex::new(None)),
         }
-    }
-
-    /// Keeps the message of another rank that is ending the job, for the file's error.
-    pub fn set_peer_error(&self, line: String) {
-        if let Ok(mut slot) = self.peer_error.lock() {
-            slot.get_or_insert(line);
-        }
-    }
-
-    fn peer_error(&self) -> Option<String> {
-        self.peer_error.lock().ok()?.clone()
     }
 
     /// As [`Self::fail`], from a thread that may hold the file's lock already (a panic inside
@@ -93,15 +79,12 @@ impl TraceGuard {
             .name("trace-on-signal".into())
             .spawn(move || {
                 if let Some(signal) = signals.forever().next() {
-                    // at once: mpirun's SIGKILL can follow within milliseconds (a rank that ended
-                    // the job on purpose has had its line written by the failure listener)
-                    let error = match guard.peer_error() {
-                        Some(line) => format!("{line} (rank 0 was then terminated by signal {signal})"),
-                        None => format!(
-                            "terminated by signal {signal} (another rank failed, or the job was cancelled)"
-                        ),
-                    };
-                    guard.fail(&error);
+                    // at once: mpirun's SIGKILL can follow within milliseconds. A rank that ended
+                    // the job on purpose has had its line written by the failure listener
+                    // already (then the file is finished and this does nothing).
+                    guard.fail(&format!(
+                        "terminated by signal {signal} (another rank failed, or the job was cancelled)"
+                    ));
                     std::process::exit(128 + signal);
                 }
             })?;

@@ -315,9 +315,10 @@ impl DecodeStep {
             );
         }
         let stream = self.device.cuda_stream();
-        let inputs = [token as i32, position as i32, position as i32 + 1]; // token < vocab < 2^31
-                                                                           // SAFETY: 12 bytes from a live host array into the step's 3-int buffer, on the stream
-                                                                           // the step runs on (a pageable copy: the values are taken before the call returns).
+        // token < vocab < 2^31
+        let inputs = [token as i32, position as i32, position as i32 + 1];
+        // SAFETY: 12 bytes from a live host array into the step's 3-int buffer, on the stream the
+        // step runs on (a pageable copy: the values are taken before the call returns).
         unsafe {
             sys::cuMemcpyHtoDAsync_v2(self.token_at, inputs.as_ptr().cast(), 12, stream.cu_stream())
                 .result()

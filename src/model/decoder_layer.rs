@@ -27,7 +27,7 @@ impl DecoderLayer {
             input_layernorm: w.rms_norm("input_layernorm")?,
             self_attn: Attention::load(&w, cfg, layer)?,
             post_attention_layernorm: w.rms_norm("post_attention_layernorm")?,
-            mlp: Mlp::load(&w, cfg.intermediate_size)?,
+            mlp: Mlp::load(&w)?,
         })
     }
 

@@ -188,8 +188,9 @@ impl QkNormRope {
         func: &CudaFunction,
     ) -> Result<()> {
         let items = (self.rows * (self.heads + 2 * self.kv_heads)) as u32;
-        let config = grid(items.div_ceil(2 * QK_WARPS_PER_BLOCK), 32 * QK_WARPS_PER_BLOCK, 0); // two heads a warp
-                                                                                               // SAFETY: the caller's contract.
+        // two heads a warp
+        let config = grid(items.div_ceil(2 * QK_WARPS_PER_BLOCK), 32 * QK_WARPS_PER_BLOCK, 0);
+        // SAFETY: the caller's contract.
         unsafe {
             launch_kernel!(
                 device,

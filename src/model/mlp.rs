@@ -10,15 +10,13 @@ pub struct Mlp {
     /// gate and up projections as one: (2·I, hidden), gate rows first
     gate_up_proj: Linear,
     down_proj: Linear,
-    intermediate: usize,
 }
 
 impl Mlp {
-    pub fn load(w: &LayerWeights, intermediate: usize) -> Result<Self> {
+    pub fn load(w: &LayerWeights) -> Result<Self> {
         Ok(Self {
             gate_up_proj: w.stacked_linear(&["mlp.gate_proj", "mlp.up_proj"])?,
             down_proj: w.linear("mlp.down_proj")?,
-            intermediate,
         })
     }
 
@@ -45,8 +43,9 @@ impl Mlp {
     /// The unfused reference. x: (L, hidden) → (L, hidden)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up(x)?; // (L, 2·I)
-        let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, self.intermediate)?)?; // (L, I)
-        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?; // (L, I)
+        let inter = gate_up.dim(1)? / 2;
+        let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, inter)?)?; // (L, I)
+        let up = gate_up.narrow(1, inter, inter)?; // (L, I)
         self.down(&(gate * up)?) // (L, hidden)
     }
 }
