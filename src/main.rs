@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-        Err(JobError::PeerFailed) => ExitCode::FAILURE,
+        Err(JobError::PeerFailed(_)) => ExitCode::FAILURE,
         Err(JobError::Fatal(error)) => {
             qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {error:#}", env.rank);
             ExitCode::FAILURE
@@ -104,10 +104,14 @@ fn start_mpi() -> Result<MpiEnv, ExitCode> {
     match MpiEnv::init() {
         Ok(env) => {
             qwen3_mpi::cli::logging::set_log_rank(env.rank);
-            // a panic on any thread of any rank ends the whole job, not just its thread; so does
-            // an MPI error, with a line naming the rank and the trace marked
+            // a panic on any thread of any rank ends the whole job, not just its thread; so do
+            // an MPI error and a checkpoint file cut while mapped (SIGBUS; installed after
+            // MPI_Init, which sets a SIGBUS handler of its own), with a line naming the rank and
+            // the trace marked
             qwen3_mpi::job::failure::install_panic_hook(env.rank);
-            if let Err(e) = qwen3_mpi::job::failure::route_mpi_errors(env.rank) {
+            let routed = qwen3_mpi::job::failure::route_mpi_errors(env.rank)
+                .and_then(|_| qwen3_mpi::job::failure::route_bus_errors(env.rank));
+            if let Err(e) = routed {
                 qwen3_mpi::eprint_line!("qwen3-mpi: error: rank {}: {e:#}", env.rank);
                 return Err(ExitCode::FAILURE);
             }

@@ -45,13 +45,33 @@ pub fn set_log_rank(rank: usize) {
 
 /// Writes `line` and a newline to stderr in one write, so that lines from several ranks (which
 /// mpirun forwards as they come) never interleave inside a line. `eprintln!` writes each
-/// formatted piece separately.
+/// formatted piece separately. A message with line breaks of its own (HDF5's error stack, its
+/// `ctime` timestamps) is joined into one line.
 pub fn eprint_line(line: &str) {
     use std::io::Write as _;
-    let mut text = String::with_capacity(line.len() + 1);
-    text.push_str(line);
+    let mut text = one_line(line);
     text.push('\n');
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// `text` with every run of whitespace that holds a line break made one space.
+pub fn one_line(text: &str) -> String {
+    if !text.contains(['\n', '\r']) {
+        return text.to_owned();
+    }
+    let mut joined = String::with_capacity(text.len());
+    for (i, piece) in text
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            joined.push(' ');
+        }
+        joined.push_str(piece);
+    }
+    joined
 }
 
 /// `eprint_line(&format!(…))`.
@@ -60,4 +80,20 @@ macro_rules! eprint_line {
     ($($arg:tt)*) => {
         $crate::cli::logging::eprint_line(&format!($($arg)*))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn hdf5_text_with_line_breaks_becomes_one_line() {
+        let hdf5 = "H5Fopen(): file read failed: time = Tue Dec  1 11:19:10 2026\n, filename = 'x.h5'";
+        assert_eq!(
+            one_line(hdf5),
+            "H5Fopen(): file read failed: time = Tue Dec  1 11:19:10 2026 , filename = 'x.h5'"
+        );
+        assert_eq!(one_line("a  b"), "a  b");
+        assert_eq!(one_line("a\r\n\r\n  b\n"), "a b");
+    }
 }

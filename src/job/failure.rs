@@ -19,8 +19,8 @@ use crate::transport::SharedComm;
 pub enum JobError {
     /// This rank failed; `report` says whether it prints (one rank prints a shared error).
     Failed { error: anyhow::Error, report: bool },
-    /// Another rank failed and printed why; this one exits quietly.
-    PeerFailed,
+    /// Another rank failed and printed why (this line, naming it); this one exits quietly.
+    PeerFailed(String),
     /// This rank alone failed mid-run, while the others may be waiting on it: the job is ended
     /// with MPI_Abort (never returned to `main`).
     Fatal(anyhow::Error),
@@ -30,7 +30,7 @@ impl std::fmt::Display for JobError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JobError::Failed { error, .. } | JobError::Fatal(error) => write!(f, "{error:#}"),
-            JobError::PeerFailed => write!(f, "another rank failed (its message names the cause)"),
+            JobError::PeerFailed(line) => write!(f, "{line}"),
         }
     }
 }
@@ -44,7 +44,7 @@ pub struct JobAbort {
 impl JobAbort {
     /// Prints the error as one line naming this rank, then ends every rank with exit code 1.
     pub fn fail(&self, error: &anyhow::Error) -> ! {
-        let line = format!("rank {}: {error:#}", self.rank);
+        let line = crate::cli::logging::one_line(&format!("rank {}: {error:#}", self.rank));
         crate::eprint_line!("qwen3-mpi: error: {line}");
         end_job(1, &line)
     }
@@ -186,6 +186,13 @@ pub fn route_mpi_errors(rank: usize) -> anyhow::Result<()> {
     })
 }
 
+/// Makes a SIGBUS in a mapped checkpoint file (truncated on disk while being loaded) end the
+/// job as [`end_job`] does, after one line naming this rank and the file (see
+/// `model::bus_error` for what the signal handler does and what it leaves to a thread).
+pub fn route_bus_errors(rank: usize) -> anyhow::Result<()> {
+    crate::model::bus_error::on_bus_error(rank, |line| end_job(1, line))
+}
+
 /// Makes a panic on any thread end the whole job: one line naming the rank (the backtrace only
 /// with `RUST_BACKTRACE` set), the trace marked failed, MPI_Abort with exit code 1.
 pub fn install_panic_hook(rank: usize) {
@@ -213,18 +220,32 @@ pub fn install_panic_hook(rank: usize) {
 }
 
 /// Every rank reports whether its part of a setup phase worked. If any failed, every rank
-/// returns an error: the lowest failed rank prints its cause, the others stay quiet.
+/// returns an error: the lowest failed rank prints its cause, the others stay quiet, holding
+/// its line (`rank R: …`, sent to every rank), which rank 0's trace records.
 pub fn agree<T>(world: &SimpleCommunicator, result: anyhow::Result<T>) -> Result<T, JobError> {
+    let me = world.rank() as usize;
     let mine = u8::from(result.is_err());
     let mut all = vec![0u8; world.size() as usize];
     world.all_gather_into(&mine, &mut all[..]);
-    let lowest_failed = all.iter().position(|&f| f == 1);
-    match (result, lowest_failed) {
-        (Ok(value), None) => Ok(value),
-        (Ok(_), Some(_)) => Err(JobError::PeerFailed),
-        (Err(error), lowest) => Err(JobError::Failed {
+    let Some(lowest) = all.iter().position(|&f| f == 1) else {
+        // (an error here would have set this rank's flag)
+        return result.map_err(|error| JobError::Failed { error, report: true });
+    };
+    let mut line = match &result {
+        Err(error) if lowest == me => format!("rank {me}: {error:#}").into_bytes(),
+        _ => Vec::new(),
+    };
+    line.truncate(MAX_MESSAGE);
+    let root = world.process_at_rank(lowest as i32);
+    let mut len = line.len() as u64;
+    root.broadcast_into(&mut len);
+    line.resize(len as usize, 0);
+    root.broadcast_into(&mut line[..]);
+    match result {
+        Ok(_) => Err(JobError::PeerFailed(String::from_utf8_lossy(&line).into_owned())),
+        Err(error) => Err(JobError::Failed {
             error,
-            report: lowest == Some(world.rank() as usize),
+            report: lowest == me,
         }),
     }
 }

@@ -1,11 +1,19 @@
 //! Fault injection for the failure tests: `QWEN3_MPI_FAULT=<action>@<rank>:<phase>:<step>`
-//! makes rank `<rank>` fail at step `<step>` of `<phase>` (`prefill` or `decode`).
+//! makes rank `<rank>` fail at step `<step>` of `<phase>` (`prefill` or `decode`; `load`: right
+//! after the rank maps its `<step>`-th checkpoint file, counted from 0, before reading it).
 //! Actions: `error` (an ordinary error), `panic` (a Rust panic, as a bug would),
 //! `kill` (SIGKILL itself), `stall` (SIGSTOP itself),
 //! `diverge` (decode only: this rank's token of that step is altered before the cross-rank
-//! check, as if it had computed a different one).
+//! check, as if it had computed a different one),
+//! `truncate` (load only: the file just mapped is truncated to 0 bytes, as if it were cut or
+//! replaced on disk while the job loads it; reading it then raises SIGBUS).
 
-use anyhow::{bail, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::model::weights::AfterMap;
 
 pub const FAULT_ENV: &str = "QWEN3_MPI_FAULT";
 
@@ -16,10 +24,12 @@ pub enum FaultAction {
     Kill,
     Stall,
     Diverge,
+    Truncate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    Load,
     Prefill,
     Decode,
 }
@@ -44,7 +54,7 @@ impl Fault {
     pub fn parse(text: &str) -> Result<Self> {
         let malformed = || {
             anyhow::anyhow!(
-                "{FAULT_ENV}={text}: expected <error|panic|kill|stall|diverge>@<rank>:<prefill|decode>:<step>"
+                "{FAULT_ENV}={text}: expected <error|panic|kill|stall|diverge|truncate>@<rank>:<load|prefill|decode>:<step> (truncate at load only)"
             )
         };
         let (action, rest) = text.split_once('@').ok_or_else(malformed)?;
@@ -54,23 +64,45 @@ impl Fault {
         else {
             return Err(malformed());
         };
-        Ok(Self {
+        let fault = Self {
             action: match action {
                 "error" => FaultAction::Error,
                 "panic" => FaultAction::Panic,
                 "kill" => FaultAction::Kill,
                 "stall" => FaultAction::Stall,
                 "diverge" => FaultAction::Diverge,
+                "truncate" => FaultAction::Truncate,
                 _ => return Err(malformed()),
             },
             rank: rank.parse().map_err(|_| malformed())?,
             phase: match phase {
+                "load" => Phase::Load,
                 "prefill" => Phase::Prefill,
                 "decode" => Phase::Decode,
                 _ => return Err(malformed()),
             },
             step: step.parse().map_err(|_| malformed())?,
-        })
+        };
+        if (fault.action == FaultAction::Truncate) != (fault.phase == Phase::Load) {
+            return Err(malformed());
+        }
+        Ok(fault)
+    }
+
+    /// The hook a checkpoint calls after mapping each file, for a `load` fault planned on this
+    /// rank.
+    pub fn after_map(fault: Option<Self>, rank: usize) -> Option<AfterMap> {
+        let f = fault.filter(|f| f.phase == Phase::Load && f.rank == rank)?;
+        Some(Arc::new(move |path: &Path, mapped_before: usize| {
+            if mapped_before != f.step {
+                return Ok(());
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_len(0))
+                .with_context(|| format!("{FAULT_ENV}: cannot truncate {}", path.display()))
+        }))
     }
 
     /// Fires if this is the planned rank, phase and step.
@@ -84,7 +116,7 @@ impl Fault {
             FaultAction::Panic => panic!("injected panic ({FAULT_ENV}) at {phase:?} step {step}"),
             FaultAction::Kill => raise(libc::SIGKILL),
             FaultAction::Stall => raise(libc::SIGSTOP),
-            FaultAction::Diverge => {}
+            FaultAction::Diverge | FaultAction::Truncate => {}
         }
         Ok(())
     }
@@ -127,6 +159,9 @@ mod tests {
         );
         assert!(Fault::parse("kill@2:decode").is_err());
         assert!(Fault::parse("boom@1:prefill:0").is_err());
+        assert!(Fault::parse("truncate@1:prefill:0").is_err());
+        assert!(Fault::parse("error@1:load:0").is_err());
+        assert!(Fault::parse("truncate@1:load:0").is_ok());
         assert!(Fault::check(
             Some(&Fault::parse("error@1:prefill:2").unwrap()),
             1,

@@ -134,7 +134,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
         device,
         transport,
     };
-    let fault = agree(&env.world, Fault::from_env()).inspect_err(|e| trace.fail(&e.to_string()))?;
+    let fault = plan.fault;
 
     // 2. From here on an error on one rank ends the job at once.
     let outcome =

@@ -8,6 +8,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::failure::{agree, JobError};
+use super::fault::Fault;
 use crate::cli::RunArgs;
 use crate::generate::SamplingParams;
 use crate::model::source::{ModelFiles, ModelSource};
@@ -38,6 +39,8 @@ pub struct JobPlan {
     pub start_time: String,
     /// Rank 0's trace file (empty elsewhere).
     pub trace: TraceGuard,
+    /// The fault the failure tests planned (`QWEN3_MPI_FAULT`), if any.
+    pub fault: Option<Fault>,
 }
 
 struct RankZeroInputs {
@@ -66,11 +69,12 @@ pub fn prepare(
         seed: args.seed,
     };
     let source = ModelSource::from_arg(&args.model);
-    let opened = (|| -> Result<(ModelFiles, Option<RankZeroInputs>)> {
+    let opened = (|| -> Result<(ModelFiles, Option<Fault>, Option<RankZeroInputs>)> {
         sampling.validate()?;
-        let files = source.open()?;
+        let fault = Fault::from_env()?;
+        let files = source.open_with(Fault::after_map(fault, rank))?;
         if rank != 0 {
-            return Ok((files, None));
+            return Ok((files, fault, None));
         }
         let inputs = match &source {
             ModelSource::Dir(dir) => Some(dir.as_path()),
@@ -93,6 +97,7 @@ pub fn prepare(
         let prompt_ids = prompt_ids(args, &files, &tokenizer)?;
         Ok((
             files,
+            fault,
             Some(RankZeroInputs {
                 tokenizer,
                 prompt_ids,
@@ -100,7 +105,7 @@ pub fn prepare(
             }),
         ))
     })();
-    let (files, rank_zero) = agree(world, opened)?;
+    let (files, fault, rank_zero) = agree(world, opened)?;
 
     // 2. The prompt ids go to every rank.
     let (tokenizer, mut ids, trace) = match rank_zero {
@@ -185,6 +190,7 @@ pub fn prepare(
         capacity,
         schedule: Arc::new(schedule),
         trace,
+        fault,
     })
 }
 

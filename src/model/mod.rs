@@ -1,6 +1,7 @@
 //! Qwen3: configuration, weights and the layer-range model the pipeline stages run.
 
 pub mod attention;
+pub mod bus_error;
 pub mod config;
 /// Prefill attention through cuDNN's flash attention, loaded at run time (`--features cudnn`).
 #[cfg(feature = "cudnn")]
@@ -33,6 +34,7 @@ pub mod layer_weights;
 pub mod mlp;
 pub mod qwen3;
 pub mod rope;
+pub mod safetensors_file;
 pub mod source;
 pub mod synthetic;
 pub mod tiny;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::config::{token_ids, Qwen3Config};
 use super::tiny;
-use super::weights::{Checkpoint, SyntheticWeights, WeightSource};
+use super::weights::{AfterMap, Checkpoint, SyntheticWeights, WeightSource};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -38,6 +38,11 @@ impl ModelSource {
 
     /// Everything but the weights, read and checked; weights open lazily.
     pub fn open(&self) -> Result<ModelFiles> {
+        self.open_with(None)
+    }
+
+    /// As [`Self::open`], with `after_map` called after each checkpoint file is mapped.
+    pub fn open_with(&self, after_map: Option<AfterMap>) -> Result<ModelFiles> {
         match self {
             Self::Tiny => {
                 let config_json: Value =
@@ -50,7 +55,7 @@ impl ModelSource {
                     generation_eos: tiny::EOS_TOKEN_IDS.to_vec(),
                 })
             }
-            Self::Dir(dir) => open_dir(dir),
+            Self::Dir(dir) => open_dir(dir, after_map),
         }
     }
 }
@@ -79,7 +84,7 @@ impl ModelFiles {
     }
 }
 
-fn open_dir(dir: &Path) -> Result<ModelFiles> {
+fn open_dir(dir: &Path, after_map: Option<AfterMap>) -> Result<ModelFiles> {
     if dir.is_file() {
         let folder = dir
             .parent()
@@ -99,7 +104,7 @@ fn open_dir(dir: &Path) -> Result<ModelFiles> {
         bail!("{}: not found", config_path.display());
     }
     let config = Qwen3Config::from_file(&config_path)?;
-    let weights = Arc::new(Checkpoint::open(dir)?);
+    let weights = Arc::new(Checkpoint::open_with(dir, after_map)?);
     let tokenizer_path = dir.join("tokenizer.json");
     let tokenizer_json = std::fs::read(&tokenizer_path)
         .with_context(|| format!("{}: cannot read", tokenizer_path.display()))?;

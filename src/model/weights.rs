@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 
+use super::safetensors_file::SafetensorsFile;
 use super::synthetic;
 use super::weight_names::TensorSpec;
 
@@ -30,6 +31,11 @@ impl WeightSource for SyntheticWeights {
     }
 }
 
+/// Called right after a checkpoint file is mapped, before anything is read from it, with its
+/// path and how many files this checkpoint had mapped before it (the fault-injection tests
+/// truncate the file there).
+pub type AfterMap = Arc<dyn Fn(&Path, usize) -> Result<()> + Send + Sync>;
+
 /// A checkpoint directory: `model.safetensors`, or the shards named in
 /// `model.safetensors.index.json`. Shards are memory-mapped when first needed, so a stage maps
 /// only the files that hold its tensors.
@@ -37,7 +43,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     /// tensor name → file name (None: single-file checkpoint).
     weight_map: Option<HashMap<String, String>>,
-    open_files: Mutex<HashMap<String, Arc<MmapedSafetensors>>>,
+    open_files: Mutex<HashMap<String, Arc<SafetensorsFile>>>,
+    after_map: Option<AfterMap>,
 }
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -45,6 +52,11 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, None)
+    }
+
+    /// As [`Self::open`], with `after_map` called after each file is mapped.
+    pub fn open_with(dir: &Path, after_map: Option<AfterMap>) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
         let weight_map = if index_path.exists() {
             Some(read_index(&index_path)?)
@@ -57,6 +69,7 @@ impl Checkpoint {
             dir: dir.to_owned(),
             weight_map,
             open_files: Mutex::new(HashMap::new()),
+            after_map,
         })
     }
 
@@ -73,7 +86,7 @@ impl Checkpoint {
         }
     }
 
-    fn mapped(&self, file: &str) -> Result<Arc<MmapedSafetensors>> {
+    fn mapped(&self, file: &str) -> Result<Arc<SafetensorsFile>> {
         let mut open = self
             .open_files
             .lock()
@@ -85,11 +98,10 @@ impl Checkpoint {
         if !path.exists() {
             bail!("{}: file named in {INDEX_FILE} does not exist", path.display());
         }
-        // SAFETY: the file is mapped read-only; a checkpoint changed on disk while the job runs
-        // is outside what any safetensors reader can guard against.
-        let st = unsafe { MmapedSafetensors::new(&path) }
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
-        let st = Arc::new(st);
+        let st = Arc::new(SafetensorsFile::open(&path)?);
+        if let Some(after_map) = &self.after_map {
+            after_map(&path, open.len())?;
+        }
         open.insert(file.to_owned(), st.clone());
         Ok(st)
     }
@@ -101,8 +113,8 @@ impl WeightSource for Checkpoint {
         let st = self.mapped(&file)?;
         let path = self.dir.join(&file);
         let view = st
-            .get(&spec.name)
-            .map_err(|_| anyhow::anyhow!("{}: tensor {} is missing", path.display(), spec.name))?;
+            .view(&spec.name)
+            .with_context(|| format!("{}: tensor {} is missing", path.display(), spec.name))??;
         let found_dtype = view.dtype();
         use safetensors::Dtype as D;
         if !matches!(found_dtype, D::F32 | D::BF16 | D::F16) {
@@ -121,6 +133,8 @@ impl WeightSource for Checkpoint {
                 spec.shape
             );
         }
+        // the mapped bytes are read here, outside every lock (a SIGBUS parks this thread: see
+        // bus_error)
         let tensor = view
             .load(device)
             .with_context(|| format!("{}: cannot load tensor {}", path.display(), spec.name))?;
