@@ -59,14 +59,14 @@ qwen3_mpi_pick_launcher() {
 }
 
 # The launcher, picked at the first launch of the job.
-QWEN3_MPI_LAUNCHER_PICKED=""
+_qwen3_mpi_launcher_picked=""
 
 qwen3_mpi_launch() {
   local tasks="${SLURM_NTASKS:?not inside a Slurm allocation: submit with sbatch}"
-  if [ -z "$QWEN3_MPI_LAUNCHER_PICKED" ]; then
-    QWEN3_MPI_LAUNCHER_PICKED="$(qwen3_mpi_pick_launcher)" || return 1
+  if [ -z "$_qwen3_mpi_launcher_picked" ]; then
+    _qwen3_mpi_launcher_picked="$(qwen3_mpi_pick_launcher)" || return 1
   fi
-  if [ "$QWEN3_MPI_LAUNCHER_PICKED" = srun ]; then
+  if [ "$_qwen3_mpi_launcher_picked" = srun ]; then
     srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$tasks" "$QWEN3_MPI_BIN" "$@"
   else
     # mpirun starts its daemons on the other nodes with srun, one per node: that step must not

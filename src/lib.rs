@@ -3,6 +3,7 @@
 //! Data flows one way: [`cli`] → job setup → schedule → stage loop (compute ↔ kv sync) →
 //! decode → [`trace`].
 
+pub mod abort;
 pub mod bench;
 pub mod cli;
 pub mod device;

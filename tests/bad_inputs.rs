@@ -222,3 +222,22 @@ fn a_nan_weight_ends_the_job_naming_the_first_stage_that_output_one() {
         "the prefill logits on rank 1 hold NaN or Inf",
     );
 }
+
+#[test]
+fn a_bad_qwen3_mpi_variable_ends_the_job_at_setup_with_one_line_naming_it() {
+    // read on every rank at setup, even where the value would only matter on a GPU
+    for (name, value, needle) in [
+        ("QWEN3_MPI_STAGE_PIECE_BYTES", "lots", "QWEN3_MPI_STAGE_PIECE_BYTES=lots: expected a byte count"),
+        ("QWEN3_MPI_HOST_PATH", "shm", "QWEN3_MPI_HOST_PATH=shm: expected `mpi` or `window`"),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let trace = out.path().join("job.h5").display().to_string();
+        let (code, _, stderr, secs) = run_mpi(2, &["--trace", &trace], &[(name, value)], 60);
+        assert_eq!(code, 1, "{name}={value}: {stderr}");
+        assert!(secs < 20.0, "{name}={value}: took {secs:.1} s");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(errors.len(), 1, "{name}={value}: {stderr}");
+        assert!(errors[0].contains(needle), "{}", errors[0]);
+        assert!(!out.path().join("job.h5").exists(), "nothing ran, so no trace");
+    }
+}

@@ -15,17 +15,16 @@ use mpi::collective::SystemOperation;
 use mpi::traits::*;
 
 use super::comm_table::{format_rows, CommRow};
+use crate::cli::environment::Environment;
 use crate::device::{select_device, select_dtype, DTypeArg, DeviceArg};
 use crate::model::{KvCache, Qwen3Config};
 use crate::schedule::KvSyncCall;
 use crate::sync::{
-    make_transport, mpi_host_allgather, one_block_per_rank, shared_window, KvTransport, SyncStats,
+    mpi_host_allgather, one_block_per_rank, open_transport, shared_window, KvTransport, SyncStats,
     SyncStrategy,
 };
 use crate::trace::TraceFile;
-use crate::transport::mpi_raw::library_cuda_support;
-use crate::transport::selection::{CUDA_AWARE_ENV, NCCL_BUILT};
-use crate::transport::{choose_transport, CudaAwareness, MpiEnv, Transport, TransportArg};
+use crate::transport::{plan_transport, MpiEnv, Site, TransportArg, TransportPlan, TransportSettings};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommBenchArgs {
@@ -70,15 +69,20 @@ pub struct CommBenchArgs {
     pub json: bool,
 }
 
-/// Runs every (transport, sync, size) on every rank; rank 0 prints and writes the table.
+/// Runs every (transport, sync, size) on every rank; rank 0 prints and writes the table. Each
+/// transport and sync is planned as `run` plans it (`transport::plan_transport`), from the same
+/// environment overrides.
 pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>> {
     let (rank, ranks) = (env.rank, env.size);
     let device = select_device(args.device, env.local_rank, env.local_size)?;
     let dtype = select_dtype(args.dtype, &device);
-    let awareness = CudaAwareness::detect(
-        std::env::var(CUDA_AWARE_ENV).ok().as_deref(),
-        library_cuda_support(),
-    )?;
+    let settings = Environment::read()?.transport;
+    let runs = planned_runs(
+        args,
+        &Site::detect(device.is_cuda(), env, &settings),
+        &settings,
+        rank,
+    );
     let cfg = block_config(args);
     let position_bytes = 2 * args.kv_heads * args.head_dim * dtype.size_in_bytes();
     let mut rows = Vec::new();
@@ -86,8 +90,8 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         let positions = (bytes as usize / position_bytes).max(1);
         let bytes_per_rank = positions * position_bytes;
         let call = one_block_per_rank(ranks, positions);
-        // IPC-capable memory for a CUDA-aware MPI and for our own IPC pushes
-        let ipc = awareness.aware || args.transport.contains(&TransportArg::Ipc);
+        // IPC-capable memory where any planned transport needs it
+        let ipc = runs.iter().any(|(_, plan)| plan.ipc_capable_cache);
         let kv = KvCache::with_memory(&cfg, ranks * positions, dtype, &device, ipc)?;
         let kv = Arc::new(kv);
         let mine = vec![rank as u8; bytes_per_rank];
@@ -103,54 +107,31 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
             bytes_per_rank,
             &host,
         ));
-        let mut timed = Vec::new();
-        for &arg in &args.transport {
-            let transport = match choose_transport(
-                arg,
-                device.is_cuda(),
-                env.local_size == env.size,
-                &awareness,
-                NCCL_BUILT,
-            ) {
-                Ok((transport, _)) if timed.contains(&transport) => continue, // `auto` again
-                Ok((transport, _)) => transport,
-                Err(why) => {
-                    if rank == 0 {
-                        crate::eprint_line!("qwen3-mpi: bench-comm: skipping --transport {arg:?}: {why:#}");
-                    }
-                    continue;
-                }
-            };
-            timed.push(transport);
-            for &strategy in &args.sync {
-                if transport == Transport::Ipc && strategy == SyncStrategy::Ring {
-                    continue; // ipc pushes to every peer: there is no ring to time
-                }
-                let sync = make_transport(strategy, transport, env.duplicate(), rank, kv.clone(), positions)?;
-                let window = sync.name() == shared_window::NAME;
-                let (name, sync_name) = (transport.name(), strategy.name());
-                let times = time_transport(env, args, sync, &kv, &call, positions)
-                    .with_context(|| format!("{name} {sync_name}"))?;
+        for (strategy, plan) in &runs {
+            let (sync, transport) = open_transport(env, *strategy, plan, kv.clone(), positions)?;
+            let window = sync.name() == shared_window::NAME;
+            let (name, sync_name) = (transport.name(), strategy.name());
+            let times = time_transport(env, args, sync, &kv, &call, positions)
+                .with_context(|| format!("{name} {sync_name}"))?;
+            rows.push(CommRow::from_times(
+                name,
+                sync_name,
+                ranks,
+                bytes_per_rank,
+                &times,
+            ));
+            if window {
+                // the path the window replaces, beside it (`QWEN3_MPI_HOST_PATH=mpi`)
+                let mpi = mpi_host_allgather(env.duplicate(), rank, kv.clone(), plan.stage_piece_bytes)?;
+                let times = time_transport(env, args, mpi, &kv, &call, positions)
+                    .with_context(|| format!("{HOST_MPI_ROW} {sync_name}"))?;
                 rows.push(CommRow::from_times(
-                    name,
+                    HOST_MPI_ROW,
                     sync_name,
                     ranks,
                     bytes_per_rank,
                     &times,
                 ));
-                if window {
-                    // the path the window replaces, beside it (`QWEN3_MPI_HOST_PATH=mpi`)
-                    let mpi = mpi_host_allgather(env.duplicate(), rank, kv.clone())?;
-                    let times = time_transport(env, args, mpi, &kv, &call, positions)
-                        .with_context(|| format!("{HOST_MPI_ROW} {sync_name}"))?;
-                    rows.push(CommRow::from_times(
-                        HOST_MPI_ROW,
-                        sync_name,
-                        ranks,
-                        bytes_per_rank,
-                        &times,
-                    ));
-                }
             }
         }
     }
@@ -164,6 +145,36 @@ pub fn run_comm_bench(args: &CommBenchArgs, env: &MpiEnv) -> Result<Vec<CommRow>
         }
     }
     Ok(rows)
+}
+
+/// One plan per (sync, transport) asked for, in order, each planned once (`auto` may name a
+/// transport also asked for by name); one that cannot run here is skipped, rank 0 saying why.
+fn planned_runs(
+    args: &CommBenchArgs,
+    site: &Site,
+    settings: &TransportSettings,
+    rank: usize,
+) -> Vec<(SyncStrategy, TransportPlan)> {
+    let mut runs: Vec<(SyncStrategy, TransportPlan)> = Vec::new();
+    for &asked in &args.transport {
+        for &sync in &args.sync {
+            let (strategy, arg) = sync.with_transport(asked);
+            match plan_transport(arg, strategy == SyncStrategy::Ring, site, settings) {
+                Ok(plan)
+                    if runs
+                        .iter()
+                        .any(|(s, p)| *s == strategy && p.transport == plan.transport) => {}
+                Ok(plan) => runs.push((strategy, plan)),
+                Err(why) if rank == 0 => crate::eprint_line!(
+                    "qwen3-mpi: bench-comm: skipping --transport {} --sync {}: {why:#}",
+                    arg.name(),
+                    strategy.name()
+                ),
+                Err(_) => {}
+            }
+        }
+    }
+    runs
 }
 
 /// Row of the host allgather through MPI's own copy, timed beside the shared window it is

@@ -1,6 +1,7 @@
 //! Command line: what a user types, parsed and checked.
 
 pub mod args;
+pub mod environment;
 pub mod logging;
 pub mod trace_tool;
 

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use super::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
 
 /// FNV-1a over bytes: a cheap hash for cross-rank checks.
 pub use crate::model::synthetic::fnv1a64 as fnv1a;

@@ -35,25 +35,7 @@ impl std::fmt::Display for JobError {
     }
 }
 
-/// Ends the whole job from any thread.
-#[derive(Debug, Clone, Copy)]
-pub struct JobAbort {
-    pub rank: usize,
-}
-
-impl JobAbort {
-    /// Prints the error as one line naming this rank, then ends every rank with exit code 1.
-    pub fn fail(&self, error: &anyhow::Error) -> ! {
-        let line = crate::cli::logging::one_line(&format!("rank {}: {error:#}", self.rank));
-        crate::eprint_line!("qwen3-mpi: error: {line}");
-        end_job(1, &line)
-    }
-
-    /// Ends every rank with `code`; `line` (already printed) is what the trace records.
-    pub fn abort(&self, code: i32, line: &str) -> ! {
-        end_job(code, line)
-    }
-}
+pub use crate::abort::{end_job, JobAbort};
 
 /// Tag of a failing rank's message to rank 0 on the failure communicator, and of rank 0's
 /// answer once the message is in the trace file.
@@ -64,7 +46,7 @@ const WRITTEN_WAIT: Duration = Duration::from_secs(2);
 /// Longest message sent (small enough for MPI's eager protocol: the send never waits for rank 0).
 const MAX_MESSAGE: usize = 1000;
 
-/// What this process does when it ends the job alone; set once the job has its trace.
+/// What this process does when it ends the job alone; registered once the job has its trace.
 struct Ending {
     rank: usize,
     /// Rank 0: the trace file (empty elsewhere).
@@ -73,21 +55,14 @@ struct Ending {
     to_root: Option<SharedComm>,
 }
 
-static ENDING: OnceLock<Ending> = OnceLock::new();
-
-/// Ends the job from any thread: rank 0 marks its trace failed with `line`; another rank sends
-/// `line` to rank 0 and waits (up to 2 s) until rank 0 says the file is finished with it; then
-/// MPI_Abort ends every rank.
-pub fn end_job(code: i32, line: &str) -> ! {
-    static ENDING_NOW: AtomicBool = AtomicBool::new(false);
-    // a second failure on the way out (an MPI error while sending the line) just aborts
-    if ENDING_NOW.swap(true, Ordering::SeqCst) {
-        SimpleCommunicator::world().abort(code)
-    }
-    if let Some(ending) = ENDING.get() {
-        if ending.rank == 0 {
-            ending.trace.fail_from_any_thread(line);
-        } else if let Some(comm) = &ending.to_root {
+impl Ending {
+    /// Rank 0 marks its trace failed with `line`; another rank sends `line` to rank 0 and waits
+    /// (up to 2 s) until rank 0 says the file is finished with it. [`crate::abort::end_job`]
+    /// then ends every rank with MPI_Abort.
+    fn leave_line(&self, line: &str) {
+        if self.rank == 0 {
+            self.trace.fail_from_any_thread(line);
+        } else if let Some(comm) = &self.to_root {
             let mut bytes = line.as_bytes().to_vec();
             bytes.truncate(MAX_MESSAGE);
             let root = comm.0.process_at_rank(0);
@@ -100,7 +75,6 @@ pub fn end_job(code: i32, line: &str) -> ! {
             });
         }
     }
-    SimpleCommunicator::world().abort(code)
 }
 
 /// Rank 0's listener for the other ranks' failure messages: they go into the trace's error.
@@ -112,7 +86,7 @@ pub struct FailureChannel {
 
 impl FailureChannel {
     /// Collective: every rank calls it once, when rank 0's trace exists. From then on a rank
-    /// that ends the job alone ([`end_job`]) leaves its message in rank 0's trace.
+    /// that ends the job alone ([`crate::abort::end_job`]) leaves its message in rank 0's trace.
     pub fn open(world: &SimpleCommunicator, rank: usize, trace: &TraceGuard) -> anyhow::Result<Self> {
         let comm = SharedComm(world.duplicate());
         let stop = Arc::new(AtomicBool::new(false));
@@ -128,11 +102,12 @@ impl FailureChannel {
         } else {
             Some(comm)
         };
-        let _ = ENDING.set(Ending {
+        let ending = Ending {
             rank,
             trace: trace.clone(),
             to_root,
-        });
+        };
+        crate::abort::set_ending(Box::new(move |_code, line| ending.leave_line(line)));
         Ok(Self { stop, listener })
     }
 }
@@ -173,7 +148,7 @@ fn wait_for(limit: Duration, ready: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Makes an MPI error (a peer that died mid-call, say) end the job as [`end_job`] does, with
+/// Makes an MPI error (a peer that died mid-call, say) end the job as [`crate::abort::end_job`] does, with
 /// one line naming this rank, rather than inside MPI with no word to the trace.
 pub fn route_mpi_errors(rank: usize) -> anyhow::Result<()> {
     static RANK: OnceLock<usize> = OnceLock::new();
@@ -187,7 +162,7 @@ pub fn route_mpi_errors(rank: usize) -> anyhow::Result<()> {
 }
 
 /// Makes a SIGBUS in a mapped checkpoint file (truncated on disk while being loaded) end the
-/// job as [`end_job`] does, after one line naming this rank and the file (see
+/// job as [`crate::abort::end_job`] does, after one line naming this rank and the file (see
 /// `model::bus_error` for what the signal handler does and what it leaves to a thread).
 pub fn route_bus_errors(rank: usize) -> anyhow::Result<()> {
     crate::model::bus_error::on_bus_error(rank, |line| end_job(1, line))

@@ -43,14 +43,6 @@ pub struct Fault {
 }
 
 impl Fault {
-    /// The fault planned for this process, if any (a malformed value is an error).
-    pub fn from_env() -> Result<Option<Self>> {
-        match std::env::var(FAULT_ENV) {
-            Ok(text) => Ok(Some(Self::parse(&text)?)),
-            Err(_) => Ok(None),
-        }
-    }
-
     pub fn parse(text: &str) -> Result<Self> {
         let malformed = || {
             anyhow::anyhow!(

@@ -7,7 +7,7 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use super::consistency::fnv1a;
-use super::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
 use crate::generate::Sampler;
 use crate::schedule::LayerSplit;
 

@@ -5,7 +5,7 @@ use mpi::datatype::PartitionMut;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use super::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
 use crate::trace::spans::{span_from_row, span_to_row, Span, SPAN_FIELDS};
 use crate::transport::mpi_raw::packed_displacements;
 

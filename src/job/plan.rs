@@ -9,6 +9,7 @@ use mpi::traits::*;
 
 use super::failure::{agree, JobError};
 use super::fault::Fault;
+use crate::cli::environment::Environment;
 use crate::cli::RunArgs;
 use crate::generate::SamplingParams;
 use crate::model::source::{ModelFiles, ModelSource};
@@ -39,8 +40,8 @@ pub struct JobPlan {
     pub start_time: String,
     /// Rank 0's trace file (empty elsewhere).
     pub trace: TraceGuard,
-    /// The fault the failure tests planned (`QWEN3_MPI_FAULT`), if any.
-    pub fault: Option<Fault>,
+    /// The `QWEN3_MPI_*` overrides (transport settings, the failure tests' fault).
+    pub environment: Environment,
 }
 
 struct RankZeroInputs {
@@ -69,12 +70,12 @@ pub fn prepare(
         seed: args.seed,
     };
     let source = ModelSource::from_arg(&args.model);
-    let opened = (|| -> Result<(ModelFiles, Option<Fault>, Option<RankZeroInputs>)> {
+    let opened = (|| -> Result<(ModelFiles, Environment, Option<RankZeroInputs>)> {
         sampling.validate()?;
-        let fault = Fault::from_env()?;
-        let files = source.open_with(Fault::after_map(fault, rank))?;
+        let environment = Environment::read()?;
+        let files = source.open_with(Fault::after_map(environment.fault, rank))?;
         if rank != 0 {
-            return Ok((files, fault, None));
+            return Ok((files, environment, None));
         }
         let inputs = match &source {
             ModelSource::Dir(dir) => Some(dir.as_path()),
@@ -97,7 +98,7 @@ pub fn prepare(
         let prompt_ids = prompt_ids(args, &files, &tokenizer)?;
         Ok((
             files,
-            fault,
+            environment,
             Some(RankZeroInputs {
                 tokenizer,
                 prompt_ids,
@@ -105,7 +106,7 @@ pub fn prepare(
             }),
         ))
     })();
-    let (files, fault, rank_zero) = agree(world, opened)?;
+    let (files, environment, rank_zero) = agree(world, opened)?;
 
     // 2. The prompt ids go to every rank.
     let (tokenizer, mut ids, trace) = match rank_zero {
@@ -190,7 +191,7 @@ pub fn prepare(
         capacity,
         schedule: Arc::new(schedule),
         trace,
-        fault,
+        environment,
     })
 }
 

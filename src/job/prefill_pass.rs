@@ -12,13 +12,13 @@ use super::fault::Fault;
 use super::first_token;
 use super::plan::JobPlan;
 use super::stage_loop::{run_stage, HiddenBuffers, StageContext, StageTimes};
-use super::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
 use crate::generate::Sampler;
 use crate::model::{KvCache, Qwen3};
 use crate::sync::{KvSyncWorker, KvTransport, SyncStats};
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
-use crate::transport::progress::MpiProgress;
+use crate::transport::progress::{poll_interval, MpiProgress};
 use crate::transport::{MpiEnv, SharedComm};
 
 /// Spans of one prefill run (dropped from the trace when another run follows).
@@ -99,7 +99,8 @@ impl PrefillPass<'_> {
             device_spans: &device_spans,
             op_spans: self.op_spans,
         };
-        let progress = MpiProgress::start(idle, self.device.is_cuda())?;
+        let poll = poll_interval(self.device.is_cuda(), plan.environment.transport.progress_poll);
+        let progress = MpiProgress::start(idle, poll)?;
         let (logits, stage_times, outputs_finite) = run_stage(&ctx, hidden_buffers);
         let idle = progress.stop()?;
 

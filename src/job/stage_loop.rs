@@ -14,7 +14,7 @@ use mpi::traits::*;
 use super::failure::JobAbort;
 use super::fault::{Fault, Phase};
 use super::layer_spans::LayerPartSpans;
-use super::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
 use crate::model::layer_probe::LayerProbe;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{Schedule, StageOp};

@@ -27,7 +27,7 @@ use anyhow::Result;
 
 use crate::model::KvCache;
 use crate::schedule::{Chunk, KvBlock, KvSyncCall};
-use crate::transport::{SharedComm, Transport, TransportArg};
+use crate::transport::{MpiEnv, SharedComm, Transport, TransportArg, TransportPlan};
 
 /// Moves the KV blocks of one sync call between ranks (one implementation per strategy and
 /// transport). Runs on the communication thread.
@@ -79,12 +79,58 @@ pub fn one_block_per_rank(ranks: usize, positions: usize) -> KvSyncCall {
     }
 }
 
-/// The KV transport for `strategy` over `transport`. Collective over `comm`. Blocks have at
-/// most `max_block_positions` positions (the longest chunk): transports that allocate shared
-/// memory size it by this, at construction.
-pub fn make_transport(
+/// The KV transport of `plan` for `strategy`, and the transport it runs on: under `auto`, if
+/// CUDA IPC cannot join the ranks (its setup agrees first, so it fails on every rank alike),
+/// every rank falls back alike to the plan's across-nodes choice, and rank 0 says why.
+/// Collective over the world of `env` (each attempt duplicates it). Blocks have at most
+/// `max_block_positions` positions (the longest chunk): transports that allocate shared memory
+/// size it by this, at construction.
+pub fn open_transport(
+    env: &MpiEnv,
+    strategy: SyncStrategy,
+    plan: &TransportPlan,
+    kv: Arc<KvCache>,
+    max_block_positions: usize,
+) -> Result<(Box<dyn KvTransport>, Transport)> {
+    let rank = env.rank;
+    let made = make_transport(
+        strategy,
+        plan.transport,
+        plan,
+        env.duplicate(),
+        rank,
+        kv.clone(),
+        max_block_positions,
+    );
+    match (made, &plan.ipc_fallback) {
+        (Err(error), Some((fallback, why))) => {
+            if rank == 0 {
+                crate::eprint_line!(
+                    "qwen3-mpi: transport ipc unavailable ({error:#}); transport {} ({why})",
+                    fallback.name()
+                );
+            }
+            let made = make_transport(
+                strategy,
+                *fallback,
+                plan,
+                env.duplicate(),
+                rank,
+                kv,
+                max_block_positions,
+            )?;
+            Ok((made, *fallback))
+        }
+        (made, _) => Ok((made?, plan.transport)),
+    }
+}
+
+/// The KV transport for `strategy` over `transport` (the plan's, or its fallback). Collective
+/// over `comm`.
+fn make_transport(
     strategy: SyncStrategy,
     transport: Transport,
+    plan: &TransportPlan,
     comm: SharedComm,
     rank: usize,
     kv: Arc<KvCache>,
@@ -94,11 +140,11 @@ pub fn make_transport(
         Transport::Host if strategy == SyncStrategy::Ring => {
             Ok(Box::new(ring::HostRing::new(comm, rank, kv)?))
         }
-        Transport::Host => host_allgather(comm, rank, kv, max_block_positions),
+        Transport::Host => host_allgather(comm, rank, kv, max_block_positions, plan),
         #[cfg(feature = "cuda")]
         Transport::Device => Ok(Box::new(device::DeviceSync::new(strategy, comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
-        Transport::Device => anyhow::bail!("--transport device needs a build with `--features cuda`"),
+        Transport::Device => anyhow::bail!("--transport device needs a GPU build (scripts/build-cuda.sh)"),
         Transport::Ipc if strategy == SyncStrategy::Ring => anyhow::bail!(
             "--sync ring does not apply to --transport ipc (each rank pushes its blocks to every peer); \
              use --sync allgather"
@@ -106,27 +152,29 @@ pub fn make_transport(
         #[cfg(feature = "cuda")]
         Transport::Ipc => Ok(Box::new(ipc::IpcPush::new(comm, rank, kv)?)),
         #[cfg(not(feature = "cuda"))]
-        Transport::Ipc => anyhow::bail!("--transport ipc needs a build with `--features cuda`"),
+        Transport::Ipc => anyhow::bail!("--transport ipc needs a GPU build (scripts/build-cuda.sh)"),
         #[cfg(feature = "nccl")]
         Transport::Nccl => Ok(Box::new(nccl::NcclSync::new(strategy, &comm, rank, kv)?)),
         #[cfg(not(feature = "nccl"))]
-        Transport::Nccl => anyhow::bail!("--transport nccl needs a build with `--features nccl`"),
+        Transport::Nccl => anyhow::bail!("--transport nccl needs a build with NCCL (scripts/build-cuda.sh)"),
     }
 }
 
-/// The allgather over host memory: through a node-shared window when every rank is on one
-/// node (unless `QWEN3_MPI_HOST_PATH=mpi`), else through MPI's own allgather. Every rank makes
-/// the same choice; rank 0 logs it. Collective over `comm`.
+/// The allgather over host memory: through a node-shared window where the plan says so and
+/// there is room, else through MPI's own allgather. Every rank makes the same choice; rank 0
+/// logs it. Collective over `comm`.
 fn host_allgather(
     comm: SharedComm,
     rank: usize,
     kv: Arc<KvCache>,
     max_block_positions: usize,
+    plan: &TransportPlan,
 ) -> Result<Box<dyn KvTransport>> {
-    let (window, why) = shared_window::SharedWindowAllgather::select(&comm, rank, &kv, max_block_positions)?;
+    let (window, why) =
+        shared_window::SharedWindowAllgather::select(&comm, rank, &kv, max_block_positions, &plan.host_path)?;
     let chosen: Box<dyn KvTransport> = match window {
         Some(window) => Box::new(window),
-        None => mpi_host_allgather(comm, rank, kv)?,
+        None => mpi_host_allgather(comm, rank, kv, plan.stage_piece_bytes)?,
     };
     if rank == 0 {
         tracing::info!("KV sync over host memory: {} ({why})", chosen.name());
@@ -135,12 +183,24 @@ fn host_allgather(
 }
 
 /// The allgather over host memory through MPI's own allgather: pipelined staging through
-/// page-locked buffers on a GPU, one `MPI_Allgatherv` of host copies on the CPU.
-pub fn mpi_host_allgather(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Box<dyn KvTransport>> {
+/// page-locked buffers on a GPU (pieces of `piece_bytes` per rank), one `MPI_Allgatherv` of
+/// host copies on the CPU.
+pub fn mpi_host_allgather(
+    comm: SharedComm,
+    rank: usize,
+    kv: Arc<KvCache>,
+    piece_bytes: usize,
+) -> Result<Box<dyn KvTransport>> {
     #[cfg(feature = "cuda")]
     if kv.storage().device().is_cuda() {
-        return Ok(Box::new(staged::StagedAllgather::new(comm, rank, kv)?));
+        return Ok(Box::new(staged::StagedAllgather::new(
+            comm,
+            rank,
+            kv,
+            piece_bytes,
+        )?));
     }
+    let _ = piece_bytes;
     Ok(Box::new(allgather::HostAllgather::new(comm, rank, kv)?))
 }
 

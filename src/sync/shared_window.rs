@@ -20,7 +20,8 @@ use super::worker::SyncStats;
 use super::KvTransport;
 use crate::model::KvCache;
 use crate::schedule::{KvBlock, KvSyncCall};
-use crate::transport::selection::{HostPath, HOST_PATH_ENV};
+use crate::transport::selection::HostPathPlan;
+use crate::transport::settings::HOST_PATH_ENV;
 use crate::transport::shared_window::{backing_store_free, node_communicator, page_bytes, SharedWindow};
 use crate::transport::SharedComm;
 
@@ -43,17 +44,17 @@ struct GpuCopies {
 }
 
 impl SharedWindowAllgather {
-    /// This transport if every rank of `comm` is on this node and nothing rules it out (the
-    /// environment override, room for the window), else `None`; with the reason either way.
-    /// Every rank gets the same answer. Collective over `comm`. Slots hold blocks of up to
-    /// `max_block_positions` positions (the schedule's longest chunk).
+    /// This transport where `path` (the job's plan) says the window and nothing rules it out
+    /// (every rank of `comm` on this node, room for the window), else `None`; with the reason
+    /// either way. Every rank gets the same answer. Collective over `comm`. Slots hold blocks
+    /// of up to `max_block_positions` positions (the schedule's longest chunk).
     pub fn select(
         comm: &SharedComm,
         rank: usize,
         kv: &Arc<KvCache>,
         max_block_positions: usize,
+        path: &HostPathPlan,
     ) -> Result<(Option<Self>, String)> {
-        let asked = HostPath::from_env()?;
         let ranks = comm.0.size() as usize;
         if ranks < 2 {
             return Ok((None, "one rank: nothing to exchange".into()));
@@ -62,8 +63,9 @@ impl SharedWindowAllgather {
         // one slot: the longest block (P, 2, KVH, D), in whole pages
         let slot_bytes = (max_block_positions.max(1) * kv.position_bytes()).next_multiple_of(page_bytes());
         let needed = (2 * slot_bytes * ranks) as u64;
-        let local = if asked == Some(HostPath::Mpi) {
-            Err(format!("{HOST_PATH_ENV}=mpi"))
+        // (every rank takes part in the vote below, whatever its own plan says)
+        let local = if !path.window {
+            Err(path.reason.clone())
         } else if node.size() as usize != ranks {
             Err(format!(
                 "the {ranks} ranks are on more than one node ({} on this one)",
@@ -86,13 +88,13 @@ impl SharedWindowAllgather {
             let why = local
                 .err()
                 .unwrap_or_else(|| "another rank cannot share the window".into());
-            if asked == Some(HostPath::Window) {
+            if path.required {
                 bail!("{HOST_PATH_ENV}=window: {why}");
             }
             return Ok((None, why));
         }
         let window = SharedWindow::allocate(node, slot_bytes)?;
-        let why = format!("all {ranks} ranks share one node; {HOST_PATH_ENV}=mpi selects MPI's allgather");
+        let why = path.reason.clone();
         Ok((
             Some(Self {
                 rank,

@@ -18,9 +18,6 @@ use crate::schedule::KvSyncCall;
 use crate::transport::device_memory::{side_stream, PinnedBuffer};
 use crate::transport::SharedComm;
 
-/// Bytes per rank per piece (`QWEN3_MPI_STAGE_PIECE_BYTES` overrides).
-pub const DEFAULT_PIECE_BYTES: usize = 1 << 20;
-
 pub struct StagedAllgather {
     comm: SharedComm,
     rank: usize,
@@ -32,14 +29,10 @@ pub struct StagedAllgather {
 }
 
 impl StagedAllgather {
-    pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Self> {
+    /// `piece_bytes`: bytes per rank of one piece (`QWEN3_MPI_STAGE_PIECE_BYTES`, parsed at
+    /// setup).
+    pub fn new(comm: SharedComm, rank: usize, kv: Arc<KvCache>, piece_bytes: usize) -> Result<Self> {
         let stream = side_stream(kv.storage().device())?;
-        let piece_bytes = match std::env::var("QWEN3_MPI_STAGE_PIECE_BYTES") {
-            Ok(text) => text
-                .parse()
-                .map_err(|_| anyhow::anyhow!("QWEN3_MPI_STAGE_PIECE_BYTES={text}: expected a byte count"))?,
-            Err(_) => DEFAULT_PIECE_BYTES,
-        };
         Ok(Self {
             comm,
             rank,

@@ -10,8 +10,8 @@ use anyhow::{anyhow, Context, Result};
 
 use super::ready::BlockReady;
 use super::KvTransport;
-use crate::job::failure::JobAbort;
-use crate::job::watchdog::Watchdog;
+use crate::abort::watchdog::Watchdog;
+use crate::abort::JobAbort;
 use crate::schedule::Schedule;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 

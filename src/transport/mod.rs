@@ -9,9 +9,12 @@ pub mod hidden_out;
 pub mod host_bytes;
 pub mod mpi_env;
 pub mod mpi_raw;
+pub mod placement;
 pub mod progress;
 pub mod selection;
+pub mod settings;
 pub mod shared_window;
 
 pub use mpi_env::{MpiEnv, SharedComm};
-pub use selection::{choose_transport, CudaAwareness, Transport, TransportArg};
+pub use selection::{plan_transport, CudaAwareness, Site, Transport, TransportArg, TransportPlan};
+pub use settings::TransportSettings;

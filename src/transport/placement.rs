@@ -1,4 +1,4 @@
-//! Where each rank ran (host and device), gathered to every rank for the trace.
+//! Short text from every rank to every rank: where each rank ran (host, device, GPU).
 
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;

@@ -1,0 +1,55 @@
+//! The `QWEN3_MPI_*` variables a job reads, parsed once at setup beside the command line: each
+//! rank parses its own inside the first setup phase, whose outcome every rank agrees on, so a
+//! bad value ends the job with one line naming the variable before anything runs. The model's
+//! kernel switches (`QWEN3_MPI_ATTENTION`, `QWEN3_MPI_KV_ALLOC`, …) are read in `src/model/`;
+//! the README's table lists every variable.
+
+use anyhow::Result;
+
+use crate::job::fault::{Fault, FAULT_ENV};
+use crate::transport::TransportSettings;
+
+/// The job's environment overrides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Environment {
+    pub transport: TransportSettings,
+    /// The fault the failure tests planned (`QWEN3_MPI_FAULT`), if any.
+    pub fault: Option<Fault>,
+}
+
+impl Environment {
+    /// From this process's environment.
+    pub fn read() -> Result<Self> {
+        Self::parse(&|name| std::env::var(name).ok())
+    }
+
+    /// From the variables `get` returns.
+    pub fn parse(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        Ok(Self {
+            transport: TransportSettings::parse(get)?,
+            fault: get(FAULT_ENV).map(|text| Fault::parse(&text)).transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_fault_or_transport_value_is_one_error_naming_the_variable() {
+        let bad_fault = Environment::parse(&|name| (name == FAULT_ENV).then(|| "oops".to_string()));
+        assert!(bad_fault
+            .unwrap_err()
+            .to_string()
+            .starts_with("QWEN3_MPI_FAULT=oops"));
+        let bad_poll =
+            Environment::parse(&|name| (name == "QWEN3_MPI_PROGRESS_POLL_US").then(|| "x".to_string()));
+        assert!(bad_poll
+            .unwrap_err()
+            .to_string()
+            .starts_with("QWEN3_MPI_PROGRESS_POLL_US=x"));
+        let none = Environment::parse(&|_| None).unwrap();
+        assert!(none.fault.is_none());
+    }
+}

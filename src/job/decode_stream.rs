@@ -1,0 +1,64 @@
+//! Decode on every rank with no communication; rank 0 streams the text as it comes.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::fault::{Fault, Phase};
+use super::plan::JobPlan;
+use crate::generate::decode::DecodeOutcome;
+use crate::generate::{decode, Sampler};
+use crate::model::{KvCache, Qwen3};
+use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+
+/// Decodes from `first` (the prefill's token) up to `--max-new-tokens` (the cache's capacity
+/// past the prompt); each step after the
+/// first is a `DecodeStep` span. Rank 0 (which holds the tokenizer) writes each piece of text to
+/// stdout as it is decoded, and a line break at the end.
+pub fn decode_and_stream(
+    plan: &JobPlan,
+    rank: usize,
+    model: &Qwen3,
+    kv: &KvCache,
+    first: u32,
+    sampler: &mut Sampler,
+    spans: &SpanLog,
+) -> Result<DecodeOutcome> {
+    let fault = plan.environment.fault;
+    let mut stream = plan.tokenizer.as_ref().map(|t| t.stream());
+    let mut stdout = std::io::stdout();
+    let eos = plan.files.eos_token_ids();
+    let mut decoded = 0;
+    let mut step_started = Instant::now();
+    let outcome = decode(
+        model,
+        kv,
+        first,
+        plan.prompt_ids.len(),
+        plan.capacity - plan.prompt_ids.len(),
+        sampler,
+        &eos,
+        |id| {
+            Fault::check(fault.as_ref(), rank, Phase::Decode, decoded)?;
+            if decoded > 0 {
+                let at = SpanAt {
+                    step: decoded as i32,
+                    ..SpanAt::NONE
+                };
+                spans.record(SpanKind::DecodeStep, SpanThread::Compute, at, step_started);
+            }
+            step_started = Instant::now();
+            decoded += 1;
+            if let Some(piece) = stream.as_mut().map(|s| s.step(id)).transpose()?.flatten() {
+                stdout.write_all(piece.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(())
+        },
+    )?;
+    if rank == 0 {
+        let _ = writeln!(stdout);
+    }
+    Ok(outcome)
+}
