@@ -264,13 +264,3 @@ fn one_token_prompt_and_sampling_agree_across_rank_counts() {
     assert_eq!(runs[1].2, runs[3].2, "sampling with a seed: 1 rank vs 3 ranks");
     assert_eq!(runs[0].2.len(), 6);
 }
-
-#[test]
-fn the_default_job_runs_on_three_ranks() {
-    let (code, stdout, stderr, _) = run_mpi(3, &["--max-new-tokens", "4", "--json"], &[], 120);
-    assert_eq!(code, 0, "{stderr}");
-    let report = json_report(&stdout);
-    assert_eq!(report["ranks"], 3);
-    assert_eq!(report["layer_split"], serde_json::json!([4, 4, 4]));
-    assert_eq!(expected_ids(&report, "generated_ids").len(), 4);
-}

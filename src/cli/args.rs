@@ -75,8 +75,15 @@ impl Cli {
     }
 }
 
+/// The built-in prompt: long enough (about 120 tokens) for every rank of a small job to get
+/// several chunks, so the default job shows the pipeline.
 pub const DEFAULT_PROMPT: &str =
-    "Pipeline parallelism splits a language model's layers across GPUs. Explain how the KV cache is shared.";
+    "Pipeline parallelism splits a language model's layers across GPUs: each GPU holds a \
+     contiguous range of layers, and the prompt is cut into chunks that flow through the stages one after \
+     another, so that while the second GPU works on the first chunk, the first GPU already works on the \
+     second. Every layer's keys and values go to every other GPU as soon as they are computed, so that once \
+     the prompt is through, each GPU holds the whole cache and can generate the answer on its own. Explain \
+     how the KV cache is shared, and why the chunks keep every stage busy.";
 
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct RunArgs {

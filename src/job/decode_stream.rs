@@ -9,13 +9,19 @@ use super::fault::{Fault, Phase};
 use super::plan::JobPlan;
 use crate::generate::decode::DecodeOutcome;
 use crate::generate::{decode, Sampler};
+use crate::model::source::ModelSource;
 use crate::model::{KvCache, Qwen3};
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+
+/// Printed before the built-in model's text, which its random weights make meaningless.
+pub const TINY_NOTICE: &str = "[the built-in tiny model has random weights: the text below is meaningless; \
+     --model DIR runs a real Qwen3 checkpoint]";
 
 /// Decodes from `first` (the prefill's token) up to `--max-new-tokens` (the cache's capacity
 /// past the prompt); each step after the
 /// first is a `DecodeStep` span. Rank 0 (which holds the tokenizer) writes each piece of text to
-/// stdout as it is decoded, and a line break at the end.
+/// stdout as it is decoded, and a line break at the end; before the built-in model's text, a
+/// line saying that it is meaningless.
 pub fn decode_and_stream(
     plan: &JobPlan,
     rank: usize,
@@ -28,6 +34,9 @@ pub fn decode_and_stream(
     let fault = plan.environment.fault;
     let mut stream = plan.tokenizer.as_ref().map(|t| t.stream());
     let mut stdout = std::io::stdout();
+    if stream.is_some() && matches!(plan.source, ModelSource::Tiny) {
+        let _ = writeln!(stdout, "{TINY_NOTICE}");
+    }
     let eos = plan.files.eos_token_ids();
     let mut decoded = 0;
     let mut step_started = Instant::now();

@@ -12,6 +12,7 @@ use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name};
 use crate::generate::DecodeOutcome;
+use crate::model::source::ModelSource;
 use crate::model::Qwen3;
 use crate::trace::spans::SpanLog;
 use crate::transport::placement::gather_strings;
@@ -61,8 +62,20 @@ impl JobResults<'_> {
             None => String::new(),
         };
         let prompt_tokens = plan.prompt_ids.len();
+        let per_rank: Vec<RankFigures> = rows
+            .chunks(RankFigures::FIELDS)
+            .map(RankFigures::from_row)
+            .collect();
+        let compute_s: f64 = per_rank.iter().map(|r| r.stage.compute_s).sum();
+        let pipeline_overlap = if last.ttft_s > 0.0 {
+            compute_s / last.ttft_s
+        } else {
+            0.0
+        };
+        let pipeline_ideal = plan.schedule.ideal_speedup();
         Ok(JobReport {
             model: plan.source.describe(),
+            random_weights: matches!(plan.source, ModelSource::Tiny),
             device: device_name(device),
             dtype: format!("{:?}", model.dtype()).to_lowercase(),
             ranks,
@@ -89,10 +102,10 @@ impl JobResults<'_> {
                 0.0
             },
             decode_ms_per_token_median: median(&decoded.step_seconds) * 1e3,
-            per_rank: rows
-                .chunks(RankFigures::FIELDS)
-                .map(RankFigures::from_row)
-                .collect(),
+            pipeline_overlap,
+            pipeline_ideal,
+            pipeline_efficiency: pipeline_overlap / pipeline_ideal,
+            per_rank,
             prompt_ids: plan.prompt_ids.clone(),
             prefill_logits: prefill.last.prefill_logits,
             ttft_runs_s: prefill.ttft_runs_s,

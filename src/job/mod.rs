@@ -17,6 +17,7 @@ pub mod prefill_pass;
 pub mod prefill_runs;
 pub mod report;
 pub mod stage_loop;
+pub mod summary;
 pub mod trace_guard;
 pub mod trace_writer;
 

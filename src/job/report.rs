@@ -1,6 +1,5 @@
-//! What a job reports: the summary rank 0 prints and puts in `--json` and the trace.
-
-use std::fmt::Write as _;
+//! What a job reports: the figures rank 0 prints (`summary.rs`) and puts in `--json` and the
+//! trace.
 
 use crate::schedule::Chunking;
 use crate::sync::SyncStats;
@@ -60,6 +59,8 @@ impl RankFigures {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JobReport {
     pub model: String,
+    /// The built-in model's weights are random: its text means nothing.
+    pub random_weights: bool,
     pub device: String,
     pub dtype: String,
     pub ranks: usize,
@@ -89,6 +90,13 @@ pub struct JobReport {
     pub decode_tokens_per_s: f64,
     /// Median time of one decode step (the first steps also load kernels).
     pub decode_ms_per_token_median: f64,
+    /// How much of the prefill the ranks' compute overlapped: the sum of every rank's compute
+    /// time over TTFT (1 for a pipeline whose stages never overlap).
+    pub pipeline_overlap: f64,
+    /// What that would be for equal stages and free communication: R·C/(C+R−1).
+    pub pipeline_ideal: f64,
+    /// `pipeline_overlap / pipeline_ideal`.
+    pub pipeline_efficiency: f64,
     pub per_rank: Vec<RankFigures>,
     #[serde(skip)]
     pub prompt_ids: Vec<u32>,
@@ -103,57 +111,4 @@ pub struct JobReport {
     pub devices: Vec<String>,
     /// UTC, RFC 3339, when the job started.
     pub start_time: String,
-}
-
-impl JobReport {
-    /// "N" for equal chunks, "first..last" for balanced ones.
-    fn chunk_length_range(&self) -> String {
-        match (self.chunk_lengths.first(), self.chunk_lengths.last()) {
-            (Some(first), Some(last)) if self.chunking == Chunking::Balanced && first != last => {
-                format!("{first}..{last}")
-            }
-            _ => self.chunk_size.to_string(),
-        }
-    }
-
-    /// The human-readable summary (after the generated text).
-    pub fn summary(&self) -> String {
-        let mut out = String::new();
-        let split: Vec<String> = self.layer_split.iter().map(|c| c.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "--- {} ranks (layers {}), sync {} over {}, {} chunks of {} tokens, {} {}, model {}",
-            self.ranks,
-            split.join(","),
-            self.sync,
-            self.transport,
-            self.chunks,
-            self.chunk_length_range(),
-            self.device,
-            self.dtype,
-            self.model
-        );
-        let _ = writeln!(
-            out,
-            "prompt {} tokens, generated {} | TTFT {:.4} s | prefill {:.1} tok/s | decode {:.1} tok/s",
-            self.prompt_tokens,
-            self.new_tokens,
-            self.ttft_s,
-            self.prefill_tokens_per_s,
-            self.decode_tokens_per_s
-        );
-        for r in &self.per_rank {
-            let _ = writeln!(
-                out,
-                "rank {}: KV sent {} B, received {} B, exposed sync {:.3} ms, compute {:.3} s, waited for input {:.3} s",
-                r.rank,
-                r.kv_bytes_sent,
-                r.kv_bytes_received,
-                r.exposed_sync_s * 1e3,
-                r.stage.compute_s,
-                r.stage.recv_wait_s
-            );
-        }
-        out
-    }
 }

@@ -61,6 +61,9 @@ fn write_summary(trace: &TraceFile, report: &JobReport) -> Result<()> {
         ("decode_s", report.decode_s),
         ("decode_tokens_per_s", report.decode_tokens_per_s),
         ("decode_ms_per_token_median", report.decode_ms_per_token_median),
+        ("pipeline_overlap", report.pipeline_overlap),
+        ("pipeline_ideal", report.pipeline_ideal),
+        ("pipeline_efficiency", report.pipeline_efficiency),
     ] {
         trace.group_attr_f64("summary", name, value)?;
     }

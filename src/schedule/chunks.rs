@@ -120,17 +120,23 @@ fn balanced_granule(prompt_len: usize, count: usize) -> usize {
 pub const ONE_RANK_MAX_CHUNK: usize = 16384;
 
 /// Default chunk size for a prompt on `ranks` pipeline stages: about four chunks per stage, so
-/// the pipeline fill and drain (ranks − 1 steps) is a small part of the work, but no chunk
-/// under 64 tokens (smaller chunks waste the GPU's matrix units) unless the prompt is shorter.
+/// the pipeline fill and drain (ranks − 1 steps) is a small part of the work, and no chunk
+/// under [`MIN_DEFAULT_CHUNK`] tokens (smaller chunks waste the GPU's matrix units), unless that
+/// leaves fewer than two chunks per stage: then as many tokens as give two chunks per stage
+/// (or one token a chunk), so that every prompt of at least 2 × ranks tokens pipelines.
 /// One rank has no pipeline: the whole prompt, up to [`ONE_RANK_MAX_CHUNK`] tokens a chunk.
 pub fn default_chunk_size(prompt_len: usize, ranks: usize) -> usize {
     if ranks <= 1 {
         // no pipeline to fill: the fewest chunks, the largest (most efficient) matrix products
         return prompt_len.clamp(1, ONE_RANK_MAX_CHUNK);
     }
-    let target_chunks = 4 * ranks;
-    prompt_len.div_ceil(target_chunks).max(64).min(prompt_len.max(1))
+    let four_per_stage = prompt_len.div_ceil(4 * ranks).max(MIN_DEFAULT_CHUNK);
+    let two_per_stage = (prompt_len / (2 * ranks)).max(1);
+    four_per_stage.min(two_per_stage)
 }
+
+/// The shortest default chunk, where the prompt is long enough for two chunks per stage.
+pub const MIN_DEFAULT_CHUNK: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -202,10 +208,30 @@ mod tests {
     #[test]
     fn default_chunk_size_is_positive_and_bounded() {
         assert_eq!(default_chunk_size(1, 3), 1);
-        assert_eq!(default_chunk_size(10, 3), 10);
+        assert_eq!(default_chunk_size(10, 3), 1);
         assert_eq!(default_chunk_size(16384, 2), 2048);
-        assert_eq!(default_chunk_size(1000, 8), 64);
+        assert_eq!(default_chunk_size(2000, 8), 64);
+        assert_eq!(default_chunk_size(1000, 8), 62);
         assert_eq!(default_chunk_size(16384, 1), 16384);
         assert_eq!(default_chunk_size(40000, 1), ONE_RANK_MAX_CHUNK);
+    }
+
+    #[test]
+    fn default_chunks_give_every_stage_at_least_two_where_the_prompt_allows() {
+        for ranks in 2..=8 {
+            for len in 2 * ranks..3000usize {
+                let chunks = len.div_ceil(default_chunk_size(len, ranks));
+                assert!(
+                    chunks >= 2 * ranks,
+                    "{len} tokens on {ranks} ranks: {chunks} chunks"
+                );
+                let size = default_chunk_size(len, ranks);
+                // shorter than the minimum only where the minimum would leave fewer than two per stage
+                assert!(
+                    size >= MIN_DEFAULT_CHUNK || len / (2 * ranks) < MIN_DEFAULT_CHUNK,
+                    "{len} tokens on {ranks} ranks: chunks of {size}"
+                );
+            }
+        }
     }
 }

@@ -34,6 +34,14 @@ impl KvSyncCall {
     }
 }
 
+/// R·C / (C + R − 1): see [`Schedule::ideal_speedup`] (1 for no chunks).
+pub fn ideal_speedup(ranks: usize, chunks: usize) -> f64 {
+    match chunks {
+        0 => 1.0,
+        c => (ranks * c) as f64 / (c + ranks - 1) as f64,
+    }
+}
+
 /// What one rank does, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageOp {
@@ -96,6 +104,13 @@ impl Schedule {
     }
 
     /// Steps from the first chunk entering rank 0 to the last leaving the last rank.
+    /// How many times faster than one rank this pipeline would prefill with equal stages and
+    /// free communication: R stages over C chunks take C + R − 1 steps of one stage's time for
+    /// one chunk, one rank R·C of them: R·C / (C + R − 1).
+    pub fn ideal_speedup(&self) -> f64 {
+        ideal_speedup(self.ranks(), self.chunks().len())
+    }
+
     pub fn num_steps(&self) -> usize {
         if self.chunks.is_empty() {
             0
@@ -187,5 +202,19 @@ impl Schedule {
             }
         }
         ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ideal_speedup_is_one_without_a_pipeline_and_tends_to_the_ranks_with_many_chunks() {
+        assert_eq!(ideal_speedup(1, 7), 1.0);
+        assert_eq!(ideal_speedup(4, 1), 1.0);
+        assert_eq!(ideal_speedup(3, 6), 18.0 / 8.0);
+        assert_eq!(ideal_speedup(4, 0), 1.0);
+        assert!(ideal_speedup(4, 10_000) > 3.99);
     }
 }

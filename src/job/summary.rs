@@ -1,0 +1,144 @@
+//! The summary rank 0 prints after the generated text: times in milliseconds, sizes in binary
+//! units, the pipeline's overlap beside its ideal.
+
+use std::fmt::Write as _;
+
+use super::report::JobReport;
+use crate::schedule::Chunking;
+
+impl JobReport {
+    /// The human-readable summary (after the generated text).
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let split: Vec<String> = self.layer_split.iter().map(|c| c.to_string()).collect();
+        let model = match self.random_weights {
+            true => format!("{} with random weights", self.model),
+            false => self.model.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "--- {} (layers {}), sync {} over {}, {} of {} tokens, {} {}, model {model}",
+            count(self.ranks, "rank"),
+            split.join(","),
+            self.sync,
+            self.transport,
+            count(self.chunks, "chunk"),
+            self.chunk_length_range(),
+            self.device,
+            self.dtype,
+        );
+        let _ = writeln!(
+            out,
+            "prompt {}, generated {} | TTFT {} | prefill {:.1} tokens/s | decode {:.1} tokens/s ({} per token, median)",
+            count(self.prompt_tokens, "token"),
+            self.new_tokens,
+            ms(self.ttft_s),
+            self.prefill_tokens_per_s,
+            self.decode_tokens_per_s,
+            ms(self.decode_ms_per_token_median / 1e3),
+        );
+        let _ = writeln!(out, "{}", self.pipeline_line());
+        if self.ttft_runs_s.len() > 1 {
+            let runs: Vec<String> = self.ttft_runs_s.iter().map(|&s| ms(s)).collect();
+            let _ = writeln!(
+                out,
+                "TTFT of each of the {} prefill runs: {} (the figures above are the last run's)",
+                self.ttft_runs_s.len(),
+                runs.join(", ")
+            );
+        }
+        for r in &self.per_rank {
+            let _ = writeln!(
+                out,
+                "rank {}: compute {}, waited for input {}, exposed KV sync {} | KV sent {}, received {}",
+                r.rank,
+                ms(r.stage.compute_s),
+                ms(r.stage.recv_wait_s),
+                ms(r.exposed_sync_s),
+                bytes(r.kv_bytes_sent),
+                bytes(r.kv_bytes_received),
+            );
+        }
+        out
+    }
+
+    /// The pipeline's overlap against its ideal, R·C/(C+R−1).
+    fn pipeline_line(&self) -> String {
+        if self.ranks < 2 {
+            return format!(
+                "pipeline: one rank, so none ({} through all {} layers)",
+                count(self.chunks, "chunk"),
+                self.layer_split.iter().sum::<usize>()
+            );
+        }
+        format!(
+            "pipeline: {} through {} stages overlapped {:.2}x (the ranks' compute summed over TTFT) \
+             against the ideal R·C/(C+R−1) = {:.2}x: {:.0} % efficiency",
+            count(self.chunks, "chunk"),
+            self.ranks,
+            self.pipeline_overlap,
+            self.pipeline_ideal,
+            self.pipeline_efficiency * 100.0
+        )
+    }
+
+    /// "N" for equal chunks, "first..last" for balanced ones.
+    fn chunk_length_range(&self) -> String {
+        match (self.chunk_lengths.first(), self.chunk_lengths.last()) {
+            (Some(first), Some(last)) if self.chunking == Chunking::Balanced && first != last => {
+                format!("{first}..{last}")
+            }
+            _ => self.chunk_size.to_string(),
+        }
+    }
+}
+
+/// "1 rank", "3 ranks".
+fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
+/// Seconds as milliseconds, to three significant figures or so.
+pub fn ms(seconds: f64) -> String {
+    let ms = seconds * 1e3;
+    match ms.abs() {
+        m if m >= 100.0 => format!("{ms:.0} ms"),
+        m if m >= 10.0 => format!("{ms:.1} ms"),
+        _ => format!("{ms:.2} ms"),
+    }
+}
+
+/// Bytes in binary units: "512 B", "80.0 KiB", "1.5 GiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_read_in_one_unit_each() {
+        assert_eq!(bytes(81920), "80.0 KiB");
+        assert_eq!(bytes(1000), "1000 B");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(ms(0.0343), "34.3 ms");
+        assert_eq!(ms(0.000242), "0.24 ms");
+        assert_eq!(ms(0.5161), "516 ms");
+        assert_eq!(count(1, "rank"), "1 rank");
+        assert_eq!(count(2, "chunk"), "2 chunks");
+    }
+}
