@@ -6,9 +6,11 @@ use candle_core::{DType, Device};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceArg {
-    /// CUDA if this build has it and a GPU is visible, else CPU.
+    /// A GPU if this build has CUDA and one is visible, else the CPU.
     Auto,
+    /// The CPU.
     Cpu,
+    /// A GPU: node-local rank mod visible GPUs (an error where there is none).
     Cuda,
 }
 

@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use qwen3_mpi::cli::trace_tool::run_trace_tool;
 use qwen3_mpi::cli::{Action, Cli};
 use qwen3_mpi::job::failure::JobError;
@@ -13,7 +12,7 @@ use qwen3_mpi::job::run_job;
 use qwen3_mpi::transport::mpi_env::{launcher_rank, MpiEnv};
 
 fn main() -> ExitCode {
-    let args = match Cli::try_parse().map(Cli::into_action) {
+    let args = match Cli::parse_command_line().map(Cli::into_action) {
         Ok(Action::Run(args)) => args,
         Ok(Action::BenchComm(args)) => return bench_comm(&args),
         Ok(Action::BenchAttention(args)) => return bench_attention(&args),

@@ -18,32 +18,35 @@ pub struct AttentionBenchArgs {
     /// Chunk shapes, `L@E`: L queries at positions [E − L, E) over keys [0, E).
     #[arg(
         long,
+        value_name = "L@E,...",
         value_delimiter = ',',
         default_value = "1024@4096,1024@16384,1024@32768,2048@16384,4096@32768,16384@16384",
         value_parser = parse_chunk
     )]
     pub shapes: Vec<ChunkShape>,
 
-    /// Backends to time: `cudnn` (cuDNN's fused attention, `--features cudnn`), `kernel` (ours,
-    /// bf16 with head_dim 128), `reference` (unfused candle ops).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "cudnn,kernel")]
+    /// Backends to time.
+    #[arg(long, value_name = "BACKEND,...", value_enum, value_delimiter = ',', default_value = "cudnn,kernel")]
     pub backends: Vec<AttentionBackend>,
 
     /// Timed calls per (backend, shape), after the warm-up calls.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: u64,
 
-    #[arg(long, default_value_t = 3)]
+    /// Untimed calls per (backend, shape) before the timed ones.
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub warmup: u64,
 
-    /// Query heads, KV heads and head size (default: Qwen3-8B's).
-    #[arg(long, default_value_t = 32)]
+    /// Query heads (default: Qwen3-8B's).
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub heads: usize,
 
-    #[arg(long, default_value_t = 8)]
+    /// K/V heads (default: Qwen3-8B's).
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub kv_heads: usize,
 
-    #[arg(long, default_value_t = 128)]
+    /// Size of one head (default: Qwen3-8B's).
+    #[arg(long, value_name = "N", default_value_t = 128)]
     pub head_dim: usize,
 
     /// Precision of q, K/V and the output (bf16 or f16).
@@ -52,15 +55,15 @@ pub struct AttentionBenchArgs {
 
     /// Query rows per shape checked against the f32 reference (evenly spaced, first and last
     /// included; all of them when the chunk is shorter).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     pub check_rows: u64,
 
-    /// GPU ordinal (after CUDA_VISIBLE_DEVICES).
-    #[arg(long, default_value_t = 0)]
+    /// GPU index, counted among the visible GPUs (CUDA_VISIBLE_DEVICES).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub gpu: usize,
 
     /// Seed of the random inputs.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
     /// Print the rows as one JSON line after the table.
@@ -96,8 +99,11 @@ pub fn parse_chunk(text: &str) -> Result<ChunkShape, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttentionBackend {
+    /// cuDNN's fused flash attention (GPU builds from scripts/build-cuda.sh, libcudnn.so.9 at run time).
     Cudnn,
+    /// Our own attention kernel (bf16, head size 128).
     Kernel,
+    /// The unfused path: plain tensor operations, scores in f32.
     Reference,
 }
 

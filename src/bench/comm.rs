@@ -29,34 +29,39 @@ use crate::transport::{plan_transport, MpiEnv, Site, TransportArg, TransportPlan
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommBenchArgs {
     /// Bytes of K/V each rank contributes per call, e.g. `256KiB,1MiB,4MiB,16MiB`.
-    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB,16MiB,64MiB", value_parser = crate::cli::args::parse_bytes)]
+    #[arg(long, value_name = "BYTES,...", value_delimiter = ',', default_value = "256KiB,1MiB,4MiB,16MiB,64MiB", value_parser = crate::cli::args::parse_bytes)]
     pub sizes: Vec<u64>,
 
     /// Timed calls per size (after the warm-up calls).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: u64,
 
-    #[arg(long, default_value_t = 3)]
+    /// Untimed calls per size before the timed ones (connections, first-use allocations).
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub warmup: u64,
 
-    /// KV sync strategies to time.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "allgather,ring")]
+    /// KV sync strategies to time, as `run --sync` takes them.
+    #[arg(long, value_name = "SYNC,...", value_enum, value_delimiter = ',', default_value = "allgather,ring")]
     pub sync: Vec<SyncStrategy>,
 
-    /// Transports to time (one that cannot run here is skipped with the reason).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    /// Transports to time, as `run --transport` takes them (one that cannot run here is skipped
+    /// with the reason).
+    #[arg(long, value_name = "TRANSPORT,...", value_enum, value_delimiter = ',', default_value = "auto")]
     pub transport: Vec<TransportArg>,
 
-    /// K/V heads and head size of the model whose blocks are moved (default: Qwen3-8B's).
-    #[arg(long, default_value_t = 8)]
+    /// K/V heads of the model whose blocks are moved (default: Qwen3-8B's).
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub kv_heads: usize,
 
-    #[arg(long, default_value_t = 128)]
+    /// Size of one head of the model whose blocks are moved (default: Qwen3-8B's).
+    #[arg(long, value_name = "N", default_value_t = 128)]
     pub head_dim: usize,
 
+    /// Precision of the K/V blocks (default: f32 on CPU, bf16 on GPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
 
+    /// Where the KV cache lives, as for `run`.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::bench::attention::AttentionBenchArgs;
 use crate::bench::comm::CommBenchArgs;
@@ -41,15 +41,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TraceCommand {
-    /// One row per file: ranks, chunk, sync, TTFT, tokens/s, exposed sync.
+    /// One row per file: model, ranks, prompt tokens, chunks, sync, TTFT, tokens/s, exposed sync.
     Summary {
+        /// Trace files written by `--trace`.
         #[arg(required = true, value_name = "FILE.h5")]
         files: Vec<PathBuf>,
     },
     /// Chrome trace-event JSON for Perfetto: one process per rank, one track per thread.
     Perfetto {
+        /// A trace file written by `--trace`.
         #[arg(value_name = "FILE.h5")]
         file: PathBuf,
+        /// Where to write the JSON (open it in ui.perfetto.dev).
         #[arg(short, long, value_name = "OUT.json")]
         output: PathBuf,
     },
@@ -64,6 +67,18 @@ pub enum Action {
 }
 
 impl Cli {
+    /// The command line of this process, with `--version` saying what the binary is
+    /// ([`version_text`]).
+    pub fn parse_command_line() -> Result<Self, clap::Error> {
+        // clap keeps the text for the life of the process: made once, at startup
+        let version: &'static str = Box::leak(version_text().into_boxed_str());
+        let matches = Self::command()
+            .version(version)
+            .long_version(version)
+            .try_get_matches()?;
+        Self::from_arg_matches(&matches)
+    }
+
     pub fn into_action(self) -> Action {
         match self.command {
             Some(Command::Run(args)) => Action::Run(args),
@@ -77,6 +92,30 @@ impl Cli {
 
 /// The built-in prompt: long enough (about 120 tokens) for every rank of a small job to get
 /// several chunks, so the default job shows the pipeline.
+/// What the binary is: its version, the commit it was built from, the build's features and the
+/// MPI library it runs on (asked of the library itself, which MPI allows before `MPI_Init`).
+pub fn version_text() -> String {
+    let features: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("nccl", cfg!(feature = "nccl")),
+        ("cudnn", cfg!(feature = "cudnn")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect();
+    let features = match features.is_empty() {
+        true => "none (CPU only; scripts/build-cuda.sh builds cuda, nccl and cudnn)".to_string(),
+        false => features.join(", "),
+    };
+    format!(
+        "{}\ncommit: {}\nfeatures: {features}\nMPI library: {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("QWEN3_MPI_GIT_COMMIT"),
+        crate::transport::mpi_env::MpiEnv::library_version()
+    )
+}
+
 pub const DEFAULT_PROMPT: &str =
     "Pipeline parallelism splits a language model's layers across GPUs: each GPU holds a \
      contiguous range of layers, and the prompt is cut into chunks that flow through the stages one after \
@@ -91,8 +130,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "tiny", value_name = "DIR|tiny")]
     pub model: String,
 
-    /// Prompt text (default: a short built-in prompt).
-    #[arg(long, group = "prompt_source")]
+    /// Prompt text (default: a built-in prompt of about 120 tokens).
+    #[arg(long, group = "prompt_source", value_name = "TEXT")]
     pub prompt: Option<String>,
 
     /// Read the prompt text from a file.
@@ -108,16 +147,16 @@ pub struct RunArgs {
     pub chat: bool,
 
     /// Tokens to generate (the first comes from the prefill).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_new_tokens: usize,
 
-    /// Prompt tokens per pipeline chunk (default: from prompt length and rank count).
+    /// Prompt tokens per pipeline chunk (default: about four chunks per rank of at least 64
+    /// tokens, never fewer than two per rank; on one rank the whole prompt, up to 16,384 tokens).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_size: Option<u64>,
 
-    /// How the prompt is cut: `uniform` gives every chunk `--chunk-size` tokens; `balanced`
-    /// makes later chunks (which attend over more keys) shorter, so each costs about the same.
-    #[arg(long, value_enum, default_value = "uniform")]
+    /// How the prompt is cut into chunks.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "uniform")]
     pub chunking: Chunking,
 
     /// Decoder layers per rank, e.g. `12,12,12` (default: as even as possible).
@@ -125,13 +164,11 @@ pub struct RunArgs {
     pub layers: Option<Vec<usize>>,
 
     /// How each layer's K/V reaches the other ranks.
-    #[arg(long, value_enum, default_value = "allgather")]
+    #[arg(long, value_enum, value_name = "HOW", default_value = "allgather")]
     pub sync: SyncStrategy,
 
-    /// How KV blocks move between GPUs: `device` (CUDA-aware MPI on device memory, in place),
-    /// `host` (through pinned host memory), `nccl` (NCCL, in place), `auto` (device if MPI is
-    /// CUDA-aware, else nccl if built in, else host).
-    #[arg(long, value_enum, default_value = "auto")]
+    /// What moves the KV blocks between ranks (rank 0 says on a GPU which one runs and why).
+    #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
     pub transport: TransportArg,
 
     /// Seconds any rank may wait in one MPI call before the job is aborted.
@@ -143,15 +180,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
 
-    /// Compute precision (default: f32 on CPU, bf16 on GPU).
+    /// Precision of weights, activations and the KV cache (default: f32 on CPU, bf16 on GPU).
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
 
+    /// Where each rank computes.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
 
     /// Sampling temperature (a number ≥ 0); 0 is greedy.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
+    #[arg(long, value_name = "T", default_value_t = 0.0, value_parser = parse_temperature)]
     pub temperature: f64,
 
     /// Sample only among the K most likely tokens (K ≥ 1).
@@ -163,15 +201,15 @@ pub struct RunArgs {
     pub top_p: Option<f64>,
 
     /// Seed of the sampler.
-    #[arg(long, default_value_t = 299_792_458)]
+    #[arg(long, value_name = "N", default_value_t = 299_792_458)]
     pub seed: u64,
 
     /// Run the prefill N times (benchmarks: the runs after the first are warm); every run's
-    /// TTFT is reported, the last run's figures and spans are the job's.
+    /// TTFT is printed, the last run's figures and spans are the job's.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
     pub prefill_runs: u64,
 
-    /// HDF5 trace file to write.
+    /// HDF5 trace file to write (docs/trace-schema.md; `qwen3-mpi trace` reads it).
     #[arg(long, value_name = "FILE.h5")]
     pub trace: Option<PathBuf>,
 

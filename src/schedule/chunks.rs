@@ -43,8 +43,9 @@ pub enum Chunking {
     /// Every chunk `--chunk-size` tokens (the last may be shorter).
     Uniform,
     /// As many chunks, of equal estimated cost: later ones, which attend over more keys, are
-    /// shorter ([`split_prompt_balanced`]). Not the default: on 4 x H200 (Qwen3-8B, 16K and
-    /// 32K tokens) it did not shorten TTFT (0.275 vs 0.270 s, 0.757 vs 0.754 s).
+    /// shorter. Not the default: on 4 x H200 (Qwen3-8B, 16K and 32K tokens) it did not shorten
+    /// TTFT.
+    // (split_prompt_balanced; measured 0.275 vs 0.270 s and 0.757 vs 0.754 s, results/bench/NOTES.md)
     Balanced,
 }
 

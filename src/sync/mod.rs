@@ -208,11 +208,11 @@ pub fn mpi_host_allgather(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncStrategy {
-    /// One MPI_Allgatherv per call.
+    /// Each layer's blocks of one pipeline step reach every rank in one allgather.
     Allgather,
-    /// N−1 MPI_Sendrecv steps around the ring per call.
+    /// Each layer's blocks of one pipeline step go around the ring of ranks in R−1 steps.
     Ring,
-    /// The allgather pattern over NCCL: the same as `--sync allgather --transport nccl`.
+    /// The same as `--sync allgather --transport nccl`.
     Nccl,
 }
 

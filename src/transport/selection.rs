@@ -14,16 +14,17 @@ use super::settings::{TransportSettings, CUDA_AWARE_ENV, HOST_PATH_ENV};
 #[serde(rename_all = "lowercase")]
 pub enum TransportArg {
     /// `ipc` when every rank is on one node; else `device` when MPI is CUDA-aware, else `nccl`
-    /// when built in, else `host`.
+    /// when built in, else `host`. On the CPU: `host`.
     Auto,
     /// MPI on device memory, in place in the KV cache (needs a CUDA-aware MPI).
     Device,
-    /// Through host memory.
+    /// Through host memory (a node-shared window when every rank is on one node).
     Host,
-    /// NCCL sends and receives on device memory, in place (builds with `--features nccl`).
+    /// NCCL sends and receives on device memory, in place (GPU builds from
+    /// scripts/build-cuda.sh; one GPU per rank).
     Nccl,
-    /// Each block pushed into every peer's cache by the copy engines through CUDA IPC (every
-    /// rank on one node; no MPI or NCCL in the sync calls).
+    /// Each block pushed into every peer's KV cache by the GPUs' copy engines through CUDA IPC
+    /// (every rank on one node).
     Ipc,
 }
 
