@@ -17,6 +17,7 @@ use super::{KvTransport, SyncStrategy};
 use crate::model::KvCache;
 use crate::schedule::{ring_steps, KvSyncCall};
 use crate::transport::device_memory::side_stream;
+use crate::transport::gpu_sharing::{nccl_init_error, refuse_shared_gpus, RankGpu};
 use crate::transport::SharedComm;
 
 pub struct NcclSync {
@@ -41,6 +42,17 @@ impl NcclSync {
     pub fn new(strategy: SyncStrategy, mpi: &SharedComm, rank: usize, kv: Arc<KvCache>) -> Result<Self> {
         let stream = side_stream(kv.storage().device())?;
         stream.context().bind_to_thread()?;
+        // two ranks on one GPU fail NCCL's init as "invalid usage": say so first, on every rank
+        let mine = RankGpu {
+            host: crate::transport::MpiEnv::hostname(),
+            uuid: stream
+                .context()
+                .uuid()
+                .map(|u| u.bytes.iter().map(|b| format!("{:02x}", *b as u8)).collect())
+                .unwrap_or_default(),
+            index: stream.context().ordinal(),
+        };
+        refuse_shared_gpus(&mpi.0, &mine)?;
         let mut id = match rank {
             0 => result::get_uniqueid().map_err(|e| anyhow!("NCCL unique id: {e:?}"))?,
             _ => sys::ncclUniqueId { internal: [0; 128] },
@@ -53,9 +65,8 @@ impl NcclSync {
         let ranks = mpi.0.size();
         let mut comm = std::mem::MaybeUninit::uninit();
         // SAFETY: `comm` is written by NCCL on success; every rank passes the same id and size.
-        nccl("init", unsafe {
-            result::comm_init_rank(comm.as_mut_ptr(), ranks, id, rank as i32)
-        })?;
+        unsafe { result::comm_init_rank(comm.as_mut_ptr(), ranks, id, rank as i32) }
+            .map_err(|e| anyhow!("{}", nccl_init_error(&format!("{e:?}"))))?;
         // SAFETY: initialised by the successful call above.
         let comm = unsafe { comm.assume_init() };
         Ok(Self {

@@ -5,6 +5,7 @@
 pub mod cuda_ipc;
 #[cfg(feature = "cuda")]
 pub mod device_memory;
+pub mod gpu_sharing;
 pub mod hidden_out;
 pub mod host_bytes;
 pub mod mpi_env;
