@@ -16,7 +16,7 @@ ROOT_ATTRS = ["schema_version", "status", "command_line", "git_commit", "start_t
               "sync_strategy", "transport", "prompt_tokens", "new_tokens", "mpi_library_version"]
 SUMMARY_ATTRS = ["ttft_s", "prefill_s", "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s"]
 SUMMARY_SETS = ["kv_bytes_sent", "kv_bytes_received", "exposed_sync_s"]
-EVENT_FIELDS = ["kind", "thread", "layer", "chunk", "step", "peer", "bytes", "t_start_ns", "t_end_ns"]
+EVENT_FIELDS = ["rank", "kind", "thread", "layer", "chunk", "step", "peer", "bytes", "t_start_ns", "t_end_ns"]
 
 
 def main():
@@ -34,14 +34,20 @@ def main():
         assert list(f["output/generated_ids"][:]) == report["generated_ids"]
         assert len(f["output/prompt_ids"][:]) == report["prompt_tokens"]
         assert f["output/prefill_logits"].dtype == np.float32
-        split = json.loads(f.attrs["layer_split"])
-        chunks = -(-report["prompt_tokens"] // report["chunk_size"])
+        assert f.attrs["schema_version"] == 2, f.attrs["schema_version"]
+        split = [int(n) for n in f.attrs["layer_split"]]            # arrays, not JSON strings
+        assert split == report["layer_split"], split
+        lengths = [int(n) for n in f.attrs["chunk_lengths"]]
+        assert sum(lengths) == report["prompt_tokens"] and len(lengths) == int(f.attrs["chunks"]), lengths
+        assert len(f.attrs["hostnames"]) == ranks and len(f.attrs["device_names"]) == ranks
+        chunks = len(lengths)
         seen, first = set(), 0
         for rank in range(ranks):
             ds = f[f"ranks/{rank}/events"]
             assert list(ds.dtype.names) == EVENT_FIELDS, ds.dtype.names
             kinds = {v: k for k, v in h5py.check_enum_dtype(ds.dtype["kind"]).items()}
             ev = ds[:]
+            assert (ev["rank"] == rank).all(), f"rank column of /ranks/{rank}/events"
             names = np.array([kinds[k] for k in ev["kind"]])
             owned = range(first, first + split[rank])
             first += split[rank]

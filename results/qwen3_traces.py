@@ -1,8 +1,11 @@
-"""Load qwen3-mpi HDF5 traces into pandas.
+"""Load qwen3-mpi HDF5 traces into pandas (schema 2, and schema 1 files; docs/trace-schema.md).
 
     import qwen3_traces as qt
     t = qt.load("results/runs/job.h5")       # t.meta (dict), t.summary (dict), t.events (DataFrame)
-    runs = qt.load_folder("results/runs")    # one row per file: ranks, chunk, sync, TTFT, ...
+    runs = qt.load_folder("results/runs")    # one row per file: model, ranks, chunk, sync, TTFT, ...
+
+t.events holds every rank's spans in one table: a `rank` column, `kind` and `thread` as names,
+times in seconds (`start_s`, `duration_s`).
 """
 import glob
 import json
@@ -23,6 +26,10 @@ class Trace:
     events: pd.DataFrame
 
 
+# Root attributes that are lists: arrays since schema 2, JSON strings in schema 1.
+LIST_ATTRS = ("layer_split", "chunk_lengths", "hostnames", "device_names")
+
+
 def _text(v):
     return v.decode() if isinstance(v, bytes) else v
 
@@ -36,9 +43,14 @@ def load(path):
     """One trace: root attributes, /summary, and every rank's spans (times in seconds)."""
     with h5py.File(path, "r") as f:
         meta = {k: _text(v) for k, v in f.attrs.items()}
-        for key in ("layer_split", "model_config", "run_args"):
+        for key in ("model_config", "run_args"):
             if key in meta:
                 meta[key] = json.loads(meta[key])
+        for key in LIST_ATTRS:
+            if isinstance(meta.get(key), str):      # schema 1: a JSON string
+                meta[key] = json.loads(meta[key])
+            elif key in meta:                        # schema 2: an HDF5 array
+                meta[key] = [_text(v) for v in meta[key].tolist()]
         summary, per_rank = {}, pd.DataFrame()
         if "summary" in f:
             summary = {k: float(v) for k, v in f["summary"].attrs.items()}
@@ -50,7 +62,7 @@ def load(path):
             df = pd.DataFrame(ds[:])
             df["kind"] = df["kind"].map(_enum_names(ds, "kind"))
             df["thread"] = df["thread"].map(_enum_names(ds, "thread"))
-            df["rank"] = int(rank)
+            df["rank"] = int(rank)                   # schema 1 files have no rank column
             frames.append(df)
     events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(events):
@@ -67,8 +79,10 @@ def load_folder(folder):
         rows.append({
             "file": os.path.basename(path),
             "status": t.meta.get("status"),
+            "model": t.meta.get("model"),
             "ranks": int(t.meta.get("world_size", 0)),
             "chunk": int(t.meta.get("chunk_size", 0)),
+            "chunks": len(t.meta.get("chunk_lengths", [])) or np.nan,
             "sync": t.meta.get("sync_strategy"),
             "transport": t.meta.get("transport"),
             "prompt_tokens": int(t.meta.get("prompt_tokens", 0)),

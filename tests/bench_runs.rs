@@ -57,7 +57,7 @@ fn prefill_runs_repeat_the_same_prefill_and_keep_the_last_runs_spans() {
     let chunks = report["chunks"].as_u64().unwrap() as i32;
     let mut computed = std::collections::HashMap::new();
     for rank in 0..3 {
-        let spans: Vec<qwen3_mpi::trace::spans::Span> = file
+        let spans: Vec<qwen3_mpi::trace::spans::SpanRow> = file
             .dataset(&format!("ranks/{rank}/events"))
             .unwrap()
             .read_raw()

@@ -7,20 +7,22 @@ mod common;
 
 use common::*;
 use qwen3_mpi::job::decode_stream::TINY_NOTICE;
-use qwen3_mpi::trace::spans::{Span, SpanKind};
+use qwen3_mpi::trace::spans::{Span, SpanKind, SpanRow};
 
 /// Every rank's LayerCompute spans of a finished trace (index = rank).
 fn layer_spans(trace: &std::path::Path, ranks: usize) -> Vec<Vec<Span>> {
     let file = hdf5::File::open(trace).unwrap();
     (0..ranks)
         .map(|r| {
-            let events: Vec<Span> = file
+            let events: Vec<SpanRow> = file
                 .dataset(&format!("ranks/{r}/events"))
                 .unwrap()
                 .read_raw()
                 .unwrap();
+            assert!(events.iter().all(|e| e.rank == r as i32), "rank {r}'s rank column");
             events
-                .into_iter()
+                .iter()
+                .map(SpanRow::span)
                 .filter(|s| s.kind == SpanKind::LayerCompute)
                 .collect()
         })

@@ -69,7 +69,7 @@ fn unwritable_trace_path_fails_before_the_run() {
 
 #[test]
 fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thread() {
-    use qwen3_mpi::trace::spans::{Span, SpanKind};
+    use qwen3_mpi::trace::spans::{Span, SpanKind, SpanRow};
     use std::collections::HashSet;
     let name = "gqa-untied-odd-4x"; // 5 layers
     let model = materialize(name);
@@ -96,17 +96,29 @@ fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thr
     assert_eq!(code, 0, "{stderr}");
     let report = json_report(&stdout);
     let file = hdf5::File::open(&path).unwrap();
-    let split: Vec<usize> = serde_json::from_str(&read_attr(&file, "layer_split")).unwrap();
+    // list attributes are arrays
+    let split: Vec<u64> = file.attr("layer_split").unwrap().read_raw().unwrap();
+    let split: Vec<usize> = split.into_iter().map(|n| n as usize).collect();
     assert_eq!(split, vec![2, 2, 1]);
+    let lengths: Vec<u64> = file.attr("chunk_lengths").unwrap().read_raw().unwrap();
+    assert_eq!(lengths, vec![7, 7, 7, 7, 7, 3]);
+    let hosts: Vec<hdf5::types::VarLenUnicode> = file.attr("hostnames").unwrap().read_raw().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert!(hosts.iter().all(|h| !h.is_empty()));
 
     let mut computed = HashSet::new();
     let mut first_layer = 0;
     for (rank, &count) in split.iter().enumerate() {
-        let spans: Vec<Span> = file
+        let rows: Vec<SpanRow> = file
             .dataset(&format!("ranks/{rank}/events"))
             .unwrap()
             .read_raw()
             .unwrap();
+        assert!(
+            rows.iter().all(|r| r.rank == rank as i32),
+            "rank {rank}'s rank column"
+        );
+        let spans: Vec<Span> = rows.iter().map(SpanRow::span).collect();
         let owned = first_layer..first_layer + count;
         first_layer += count;
         for s in spans.iter().filter(|s| s.kind == SpanKind::LayerCompute) {
@@ -250,12 +262,39 @@ fn trace_tools_summarise_and_export_for_perfetto() {
 
     let (code, stdout, stderr) = run_cli(&["trace", "summary", &p]);
     assert_eq!(code, 0, "{stderr}");
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("tools.h5"))
-        .unwrap_or_else(|| panic!("no row:\n{stdout}"));
-    let fields: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&fields[1..5], &["ok", "3", "6", "allgather"], "{row}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("tools.h5  ok")),
+        "no row:\n{stdout}"
+    );
+    let (code, csv, stderr) = run_cli(&["trace", "summary", "--csv", &p, &schema_1_copy(&path)]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "file,status,model,ranks,prompt_tokens,chunk_size,chunks,sync,transport,ttft_s,\
+         prefill_tokens_per_s,decode_tokens_per_s,max_exposed_sync_ms"
+    );
+    // this file, and a copy in the layout of schema 1 (read the same)
+    for (line, name) in lines[1..].iter().zip(["tools.h5", "tools-schema-1.h5"]) {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 13, "{line}");
+        assert_eq!(
+            &fields[..9],
+            &[
+                name,
+                "ok",
+                "tiny (built-in)",
+                "3",
+                "30",
+                "6",
+                "5",
+                "allgather",
+                "host"
+            ],
+            "{line}"
+        );
+        assert!(fields[9].parse::<f64>().unwrap() > 0.0, "{line}");
+    }
 
     let json_path = out.path().join("tools.json");
     let (code, _, stderr) = run_cli(&["trace", "perfetto", &p, "-o", &json_path.display().to_string()]);
@@ -266,6 +305,30 @@ fn trace_tools_summarise_and_export_for_perfetto() {
     let pids: std::collections::BTreeSet<u64> = events.iter().filter_map(|e| e["pid"].as_u64()).collect();
     assert_eq!(pids.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
     assert!(events.iter().any(|e| e["ph"] == "X" && e["cat"] == "kv-sync"));
+    // spans named with what they did, and a flow from each hidden-state send to its receive
+    let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+    for name in [
+        "layer 0 chunk 0",
+        "kv-sync layer 0 chunk 0",
+        "send chunk 0 to rank 1",
+        "recv chunk 4 from rank 1",
+    ] {
+        assert!(names.contains(&name), "no span `{name}`");
+    }
+    let flow = |phase: &str, pid: u64| -> std::collections::BTreeSet<u64> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == phase && e["pid"] == pid)
+            .filter_map(|e| e["id"].as_u64())
+            .collect()
+    };
+    assert_eq!(flow("s", 0).len(), 5, "rank 0 sends 5 chunks");
+    assert_eq!(
+        flow("s", 0),
+        flow("f", 1),
+        "every send of rank 0 ends at a receive of rank 1"
+    );
+    assert_eq!(flow("s", 1), flow("f", 2));
     assert!(events
         .iter()
         .all(|e| e["ph"] != "X" || e["dur"].as_f64().unwrap() >= 0.0));
@@ -316,7 +379,10 @@ fn trace_tools_summarise_and_export_for_perfetto() {
     );
     for (file, why) in [
         (&foreign, "no `schema_version`: not a qwen3-mpi trace"),
-        (&future, "schema_version 99, but this qwen3-mpi reads version 1"),
+        (
+            &future,
+            "schema_version 99, but this qwen3-mpi reads versions 1 to 2",
+        ),
         (
             &missing,
             "status ok but rank 1's events (/ranks/1/events) are missing",
@@ -412,4 +478,41 @@ fn concurrent_jobs_on_one_trace_path_never_mix_their_files() {
         other => panic!("status {other}"),
     }
     assert!(partial_files(out.path()).is_empty());
+}
+
+/// A copy of the trace at `path` in the layout of schema 1 (list attributes as JSON strings,
+/// events without a `rank` column), beside it; its path.
+fn schema_1_copy(path: &std::path::Path) -> String {
+    use qwen3_mpi::trace::spans::{Span, SpanRow};
+    let copy = path.with_file_name("tools-schema-1.h5");
+    std::fs::copy(path, &copy).unwrap();
+    let f = hdf5::File::append(&copy).unwrap();
+    let text = |s: &str| s.parse::<hdf5::types::VarLenUnicode>().unwrap();
+    f.delete_attr("schema_version").unwrap();
+    f.new_attr::<u64>()
+        .create("schema_version")
+        .unwrap()
+        .write_scalar(&1u64)
+        .unwrap();
+    for name in ["layer_split", "chunk_lengths", "chunks"] {
+        f.delete_attr(name).unwrap();
+    }
+    f.new_attr::<hdf5::types::VarLenUnicode>()
+        .create("layer_split")
+        .unwrap()
+        .write_scalar(&text("[4,4,4]"))
+        .unwrap();
+    let world: u64 = f.attr("world_size").unwrap().read_scalar().unwrap();
+    for rank in 0..world {
+        let group = f.group(&format!("ranks/{rank}")).unwrap();
+        let rows: Vec<SpanRow> = group.dataset("events").unwrap().read_raw().unwrap();
+        group.unlink("events").unwrap();
+        let spans: Vec<Span> = rows.iter().map(SpanRow::span).collect();
+        group
+            .new_dataset_builder()
+            .with_data(&spans)
+            .create("events")
+            .unwrap();
+    }
+    copy.display().to_string()
 }

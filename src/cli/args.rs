@@ -46,6 +46,9 @@ pub enum TraceCommand {
         /// Trace files written by `--trace`.
         #[arg(required = true, value_name = "FILE.h5")]
         files: Vec<PathBuf>,
+        /// Print CSV (a header line, then one line per file) instead of the table.
+        #[arg(long)]
+        csv: bool,
     },
     /// Chrome trace-event JSON for Perfetto: one process per rank, one track per thread.
     Perfetto {

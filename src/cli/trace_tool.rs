@@ -5,11 +5,11 @@ use anyhow::{Context, Result};
 use super::args::TraceCommand;
 use crate::trace::perfetto::perfetto_json;
 use crate::trace::read::TraceView;
-use crate::trace::summary_table::summary_table;
+use crate::trace::summary_table::{summary_csv, summary_table};
 
 pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
     match command {
-        TraceCommand::Summary { files } => {
+        TraceCommand::Summary { files, csv } => {
             // every file that reads gets its row; each one that does not, one line on stderr
             let mut traces = Vec::new();
             let mut bad = 0;
@@ -23,7 +23,10 @@ pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
                 }
             }
             if !traces.is_empty() {
-                print!("{}", summary_table(&traces));
+                match csv {
+                    true => print!("{}", summary_csv(&traces)),
+                    false => print!("{}", summary_table(&traces)),
+                }
             }
             if bad > 0 {
                 anyhow::bail!(

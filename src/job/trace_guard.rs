@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::trace::spans::SpanLog;
+use crate::trace::spans::{SpanLog, SpanRow};
 use crate::trace::TraceFile;
 
 #[derive(Clone)]
@@ -65,7 +65,8 @@ impl TraceGuard {
 
     fn finish_failed(&self, trace: TraceFile, error: &str) {
         let _ = trace.attr_str("error", error);
-        let _ = trace.dataset("ranks/0/events", &self.spans.snapshot());
+        let rows: Vec<SpanRow> = self.spans.snapshot().iter().map(|s| SpanRow::new(0, s)).collect();
+        let _ = trace.dataset("ranks/0/events", &rows);
         let _ = trace.finish("failed");
     }
 

@@ -5,6 +5,7 @@ use anyhow::Result;
 use super::report::JobReport;
 use crate::cli::RunArgs;
 use crate::model::Qwen3Config;
+use crate::trace::spans::SpanRow;
 use crate::trace::TraceFile;
 use crate::transport::MpiEnv;
 
@@ -21,12 +22,13 @@ pub fn write_job_trace(
     trace.attr_str("device", &report.device)?;
     trace.attr_str("dtype", &report.dtype)?;
     trace.attr_u64("world_size", report.ranks as u64)?;
-    trace.attr_str("layer_split", &serde_json::to_string(&report.layer_split)?)?;
+    trace.attr_u64_array("layer_split", &as_u64(&report.layer_split))?;
     trace.attr_str("sync_strategy", &report.sync)?;
     trace.attr_str("transport", &report.transport)?;
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
     trace.attr_str("chunking", report.chunking.name())?;
-    trace.attr_str("chunk_lengths", &serde_json::to_string(&report.chunk_lengths)?)?;
+    trace.attr_u64_array("chunk_lengths", &as_u64(&report.chunk_lengths))?;
+    trace.attr_u64("chunks", report.chunks as u64)?;
     trace.attr_str("prefill_attention", &report.prefill_attention)?;
     trace.attr_str("decode_path", &report.decode_path)?;
     trace.attr_str("layer_kernels", &report.layer_kernels)?;
@@ -35,8 +37,8 @@ pub fn write_job_trace(
     trace.attr_str("mpi_library_version", &MpiEnv::library_version())?;
     trace.attr_str("git_commit", env!("QWEN3_MPI_GIT_COMMIT"))?;
     trace.attr_str("start_time", &report.start_time)?;
-    trace.attr_str("hostnames", &serde_json::to_string(&report.hostnames)?)?;
-    trace.attr_str("device_names", &serde_json::to_string(&report.devices)?)?;
+    trace.attr_str_array("hostnames", &report.hostnames)?;
+    trace.attr_str_array("device_names", &report.devices)?;
     trace.attr_f64("ttft_s", report.ttft_s)?;
     trace.attr_f64("prefill_s", report.prefill_s)?;
     trace.attr_f64("decode_s", report.decode_s)?;
@@ -45,7 +47,8 @@ pub fn write_job_trace(
     trace.dataset("output/prefill_logits", &report.prefill_logits)?;
     write_summary(&trace, report)?;
     for (rank, spans) in report.spans_per_rank.iter().enumerate() {
-        trace.dataset(&format!("ranks/{rank}/events"), spans)?;
+        let rows: Vec<SpanRow> = spans.iter().map(|s| SpanRow::new(rank, s)).collect();
+        trace.dataset(&format!("ranks/{rank}/events"), &rows)?;
     }
     trace.finish("ok")?;
     Ok(())
@@ -91,4 +94,8 @@ fn write_summary(trace: &TraceFile, report: &JobReport) -> Result<()> {
         &per_rank.iter().map(|r| r.sync.busy_s).collect::<Vec<_>>(),
     )?;
     Ok(())
+}
+
+fn as_u64(values: &[usize]) -> Vec<u64> {
+    values.iter().map(|&v| v as u64).collect()
 }

@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use hdf5::types::VarLenUnicode;
 
-/// Version of the file layout (attributes, groups, datasets) that readers rely on.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the file layout (attributes, groups, datasets) that readers rely on
+/// (docs/trace-schema.md). 2: a `rank` column in the events, list attributes as arrays.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The versions this build reads.
+pub const READABLE_SCHEMA_VERSIONS: [u32; 2] = [1, 2];
 
 pub struct TraceFile {
     final_path: PathBuf,
@@ -90,6 +94,37 @@ impl TraceFile {
             file.delete_attr(name)?;
         }
         file.new_attr::<f64>().create(name)?.write_scalar(&value)?;
+        Ok(())
+    }
+
+    /// A 1-D array attribute of integers.
+    pub fn attr_u64_array(&self, name: &str, values: &[u64]) -> Result<()> {
+        let file = self.file()?;
+        if file.attr(name).is_ok() {
+            file.delete_attr(name)?;
+        }
+        file.new_attr_builder()
+            .with_data(values)
+            .create(name)
+            .with_context(|| format!("trace attribute {name}"))?;
+        Ok(())
+    }
+
+    /// A 1-D array attribute of strings.
+    pub fn attr_str_array(&self, name: &str, values: &[String]) -> Result<()> {
+        let file = self.file()?;
+        if file.attr(name).is_ok() {
+            file.delete_attr(name)?;
+        }
+        let values = values
+            .iter()
+            .map(|v| v.replace('\0', "").parse::<VarLenUnicode>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("trace attribute {name}: {e:?}"))?;
+        file.new_attr_builder()
+            .with_data(&values)
+            .create(name)
+            .with_context(|| format!("trace attribute {name}"))?;
         Ok(())
     }
 

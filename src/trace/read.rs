@@ -1,19 +1,24 @@
-//! Reading a trace file back: what the `trace` subcommands need.
+//! Reading a trace file back: what the `trace` subcommands need. Reads schema 2 and schema 1
+//! (JSON strings for list attributes, events without a `rank` column).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 
-use super::file::SCHEMA_VERSION;
-use super::spans::Span;
+use super::file::{READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION};
+use super::spans::{Span, SpanRow};
 
 /// The parts of a trace file the tools show.
 pub struct TraceView {
     pub path: PathBuf,
+    pub schema_version: u64,
     pub status: String,
+    pub model: Option<String>,
     pub world_size: u64,
+    pub prompt_tokens: Option<u64>,
     pub chunk_size: Option<u64>,
+    pub chunks: Option<u64>,
     pub sync: Option<String>,
     pub transport: Option<String>,
     pub ttft_s: Option<f64>,
@@ -26,8 +31,9 @@ pub struct TraceView {
 }
 
 impl TraceView {
-    /// Opens and validates a trace: ours (`schema_version` this build reads, a known `status`),
-    /// and, when it says `ok`, holding every rank's events. Errors are one line naming the file.
+    /// Opens and validates a trace: ours (a `schema_version` this build reads, a known
+    /// `status`), and, when it says `ok`, holding every rank's events. Errors are one line
+    /// naming the file.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display();
         let file = hdf5::File::open(path).map_err(|e| {
@@ -45,13 +51,13 @@ impl TraceView {
         let summary = file.group("summary").ok();
         let figure =
             |name: &str| -> Option<f64> { summary.as_ref()?.attr(name).ok()?.read_scalar::<f64>().ok() };
-        match int("schema_version") {
+        let schema_version = match int("schema_version") {
             None => bail!("{shown}: no `schema_version`: not a qwen3-mpi trace"),
-            Some(v) if v != u64::from(SCHEMA_VERSION) => {
-                bail!("{shown}: schema_version {v}, but this qwen3-mpi reads version {SCHEMA_VERSION}")
+            Some(v) if !READABLE_SCHEMA_VERSIONS.iter().any(|&r| u64::from(r) == v) => {
+                bail!("{shown}: schema_version {v}, but this qwen3-mpi reads versions 1 to {SCHEMA_VERSION}")
             }
-            Some(_) => {}
-        }
+            Some(v) => v,
+        };
         let status = text("status").with_context(|| format!("{shown}: no `status` attribute"))?;
         if !matches!(status.as_str(), "ok" | "failed" | "running") {
             bail!("{shown}: unknown status `{status}` (a trace is ok, failed or running)");
@@ -62,10 +68,7 @@ impl TraceView {
         }
         let mut spans = Vec::new();
         for rank in 0..world_size {
-            match file
-                .dataset(&format!("ranks/{rank}/events"))
-                .and_then(|d| d.read_raw::<Span>())
-            {
+            match read_events(&file, rank, schema_version) {
                 Ok(events) => spans.push(events),
                 // a failed job's file holds rank 0's spans only
                 Err(_) if status != "ok" => spans.push(Vec::new()),
@@ -74,11 +77,18 @@ impl TraceView {
                 }
             }
         }
+        let chunk_size = int("chunk_size");
+        let prompt_tokens = int("prompt_tokens");
+        let chunks = int("chunks").or_else(|| Some(prompt_tokens?.div_ceil(chunk_size.filter(|&c| c > 0)?)));
         Ok(Self {
             path: path.to_owned(),
+            schema_version,
             status,
+            model: text("model"),
             world_size,
-            chunk_size: int("chunk_size"),
+            prompt_tokens,
+            chunk_size,
+            chunks,
             sync: text("sync_strategy"),
             transport: text("transport"),
             ttft_s: figure("ttft_s"),
@@ -90,5 +100,14 @@ impl TraceView {
                 .unwrap_or_default(),
             spans,
         })
+    }
+}
+
+/// Rank `rank`'s events: rows with a `rank` column from schema 2, bare spans from schema 1.
+fn read_events(file: &hdf5::File, rank: u64, schema_version: u64) -> hdf5::Result<Vec<Span>> {
+    let events = file.dataset(&format!("ranks/{rank}/events"))?;
+    match schema_version {
+        1 => events.read_raw::<Span>(),
+        _ => Ok(events.read_raw::<SpanRow>()?.iter().map(SpanRow::span).collect()),
     }
 }

@@ -63,6 +63,54 @@ pub struct Span {
     pub t_end_ns: i64,
 }
 
+/// One span as the trace file stores it (`/ranks/<r>/events`): the rank that recorded it, then
+/// the span's fields (schema 2; schema 1 files have no `rank` column).
+#[derive(Debug, Clone, Copy, PartialEq, hdf5::H5Type)]
+#[repr(C)]
+pub struct SpanRow {
+    pub rank: i32,
+    pub kind: SpanKind,
+    pub thread: SpanThread,
+    pub layer: i32,
+    pub chunk: i32,
+    pub step: i32,
+    pub peer: i32,
+    pub bytes: u64,
+    pub t_start_ns: i64,
+    pub t_end_ns: i64,
+}
+
+impl SpanRow {
+    pub fn new(rank: usize, s: &Span) -> Self {
+        Self {
+            rank: i32::try_from(rank).unwrap_or(i32::MAX),
+            kind: s.kind,
+            thread: s.thread,
+            layer: s.layer,
+            chunk: s.chunk,
+            step: s.step,
+            peer: s.peer,
+            bytes: s.bytes,
+            t_start_ns: s.t_start_ns,
+            t_end_ns: s.t_end_ns,
+        }
+    }
+
+    pub fn span(&self) -> Span {
+        Span {
+            kind: self.kind,
+            thread: self.thread,
+            layer: self.layer,
+            chunk: self.chunk,
+            step: self.step,
+            peer: self.peer,
+            bytes: self.bytes,
+            t_start_ns: self.t_start_ns,
+            t_end_ns: self.t_end_ns,
+        }
+    }
+}
+
 /// Optional fields of a span.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanAt {
