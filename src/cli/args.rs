@@ -230,6 +230,12 @@ pub struct RunArgs {
     /// Print one JSON object with the results as the last stdout line.
     #[arg(long)]
     pub json: bool,
+
+    /// Seconds between progress lines (prefill chunk k of N, decode tokens/s) on rank 0's
+    /// stderr (default: on a terminal one line updated in place, else a line every 5 s);
+    /// 0 turns progress off.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_progress_every)]
+    pub progress_every: Option<f64>,
 }
 
 fn parse_temperature(text: &str) -> Result<f64, String> {
@@ -255,6 +261,13 @@ fn parse_top_p(text: &str) -> Result<f64, String> {
 
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     parse_size::parse_size(text).map_err(|e| format!("`{text}` is not a size in bytes: {e}"))
+}
+
+fn parse_progress_every(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t >= 0.0 && t.is_finite() => Ok(t),
+        _ => Err(format!("`{text}` is not a number of seconds >= 0")),
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<f64, String> {

@@ -24,10 +24,13 @@ impl FormatTime for RankAndUptime {
     }
 }
 
-/// Starts logging at `RUST_LOG` (default: warnings).
+/// Starts logging at `RUST_LOG` (default: warnings); colours only when stderr is a terminal
+/// (a log file or a pipe gets plain text).
 pub fn init_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_timer(RankAndUptime {
             start: Instant::now(),
         })

@@ -15,6 +15,7 @@ pub mod memory_plan;
 pub mod plan;
 pub mod prefill_pass;
 pub mod prefill_runs;
+pub mod progress;
 pub mod report;
 pub mod stage_loop;
 pub mod summary;
@@ -40,6 +41,7 @@ use gather_report::JobResults;
 use load_stage::{load_stage, LoadedStage};
 use plan::JobPlan;
 use prefill_runs::PrefillSetup;
+use progress::Progress;
 use report::JobReport;
 use trace_writer::write_job_trace;
 
@@ -104,6 +106,7 @@ fn run_loaded(
         transport,
     } = stage;
     let kv = Arc::new(kv);
+    let progress = Progress::for_rank(env.rank, args.progress_every);
     let owned = plan.schedule.split().range(env.rank);
     let mut rest = Some(
         BackgroundLoad::start(
@@ -128,6 +131,7 @@ fn run_loaded(
         transport: &transport,
         watchdog,
         spans,
+        progress: &progress,
     }
     .run(&mut model, &mut rest)?;
     if let Some(dir) = &args.dump {
@@ -145,15 +149,15 @@ fn run_loaded(
     }
 
     // 5. Decode on every rank, no communication; rank 0 streams the text; the ranks agree.
-    let decoded = decode_stream::decode_and_stream(
+    let decoded = decode_stream::DecodeStream {
         plan,
-        env.rank,
-        &model,
-        &kv,
-        prefill.last.first,
-        &mut prefill.last.sampler,
+        rank: env.rank,
+        model: &model,
+        kv: &kv,
         spans,
-    )
+        progress: &progress,
+    }
+    .run(prefill.last.first, &mut prefill.last.sampler)
     .map_err(fail)?;
     let checked = Fault::as_checked(plan.environment.fault.as_ref(), env.rank, &decoded.generated);
     consistency::check_ranks_agree(&env.world, &checked, watchdog).map_err(|error| JobError::Failed {

@@ -11,6 +11,7 @@ use super::failure::JobAbort;
 use super::fault::Fault;
 use super::first_token;
 use super::plan::JobPlan;
+use super::progress::Progress;
 use super::stage_loop::{run_stage, HiddenBuffers, StageContext, StageTimes};
 use crate::abort::watchdog::Watchdog;
 use crate::generate::Sampler;
@@ -61,6 +62,7 @@ pub struct PrefillPass<'a> {
     pub spans: &'a SpanLog,
     /// Spans of each layer's parts (`--op-spans`).
     pub op_spans: bool,
+    pub progress: &'a Progress,
 }
 
 impl PrefillPass<'_> {
@@ -98,10 +100,13 @@ impl PrefillPass<'_> {
             spans,
             device_spans: &device_spans,
             op_spans: self.op_spans,
+            progress: self.progress,
         };
+        self.progress.start_phase();
         let poll = poll_interval(self.device.is_cuda(), plan.environment.transport.progress_poll);
         let progress = MpiProgress::start(idle, poll)?;
         let (logits, stage_times, outputs_finite) = run_stage(&ctx, hidden_buffers);
+        self.progress.clear();
         let idle = progress.stop()?;
 
         // The first token from the last rank's logits.

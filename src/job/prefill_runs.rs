@@ -12,6 +12,7 @@ use super::failure::JobError;
 use super::first_token;
 use super::plan::JobPlan;
 use super::prefill_pass::{Prefill, PrefillPass, PREFILL_SPANS};
+use super::progress::Progress;
 use super::stage_loop::HiddenBuffers;
 use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
@@ -37,6 +38,7 @@ pub struct PrefillSetup<'a> {
     pub transport: &'a TransportPlan,
     pub watchdog: &'a Watchdog,
     pub spans: &'a SpanLog,
+    pub progress: &'a Progress,
 }
 
 impl PrefillSetup<'_> {
@@ -74,6 +76,7 @@ impl PrefillSetup<'_> {
                 fault: if run == 0 { plan.environment.fault } else { None },
                 spans: self.spans,
                 op_spans: self.args.op_spans,
+                progress: self.progress,
             };
             let idle = idle_comm
                 .take()

@@ -14,6 +14,7 @@ use mpi::traits::*;
 use super::failure::JobAbort;
 use super::fault::{Fault, Phase};
 use super::layer_spans::LayerPartSpans;
+use super::progress::Progress;
 use crate::abort::watchdog::Watchdog;
 use crate::model::layer_probe::LayerProbe;
 use crate::model::{KvCache, Qwen3};
@@ -52,6 +53,8 @@ pub struct StageContext<'a> {
     pub device_spans: &'a DeviceSpans,
     /// Spans of each layer's parts too (`--op-spans`).
     pub op_spans: bool,
+    /// Rank 0's progress line.
+    pub progress: &'a Progress,
 }
 
 /// Host memory for the hidden states between stages, one buffer per chunk each way (none out
@@ -127,6 +130,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             if let Err(error) = done {
                 ctx.abort.fail(&error);
             }
+            report_progress(ctx, op);
         }
         let started = Instant::now();
         if let Err(error) = post_staged_sends(ctx, scope, &mut loop_state, true) {
@@ -150,6 +154,23 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             .unwrap_or_else(|error| ctx.abort.fail(&error));
         (loop_state.logits, loop_state.times, finite)
     })
+}
+
+/// Rank 0 has passed a chunk once its last layer of it is computed.
+fn report_progress(ctx: &StageContext, op: StageOp) {
+    if let StageOp::ComputeLayer { layer, chunk } = op {
+        if ctx.rank == 0 && layer + 1 == ctx.schedule.split().range(0).end {
+            let chunks = ctx.schedule.chunks();
+            let total = chunks.last().map_or(0, |c| c.end);
+            ctx.progress.prefill(
+                chunk.index + 1,
+                chunks.len(),
+                chunk.end,
+                total,
+                ctx.schedule.ranks(),
+            );
+        }
+    }
 }
 
 struct LoopState<'a, 's> {
