@@ -10,8 +10,13 @@
 # guesses: it only takes srun when all three checks pass, and it logs why.
 #
 # GPUs: qwen3-mpi itself takes GPU (node-local rank mod visible GPUs), within
-# CUDA_VISIBLE_DEVICES, so no wrapper sets devices. Under srun each task sees the GPU Slurm gave
-# it; under mpirun the ranks of a node see all of the job's GPUs there and pick by local rank.
+# CUDA_VISIBLE_DEVICES, so no wrapper sets devices. Every task must see all of its node's GPUs
+# of the job, or the `ipc` transport cannot map its peers' caches: srun runs with
+# --gpu-bind=none (--gpus-per-task would otherwise bind each task to its own GPU alone);
+# under mpirun the ranks of a node see the job's GPUs there anyway.
+#
+# CPUs: srun passes the job's --cpus-per-task on (Slurm 22.05 and later no longer do so
+# themselves), so each rank's threads get their CPUs.
 
 # Whether the MPI library behind mpirun accepts ranks started by srun --mpi=pmix.
 _qwen3_mpi_has_pmix() {
@@ -67,11 +72,23 @@ qwen3_mpi_launch() {
     _qwen3_mpi_launcher_picked="$(qwen3_mpi_pick_launcher)" || return 1
   fi
   if [ "$_qwen3_mpi_launcher_picked" = srun ]; then
-    srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$tasks" "$QWEN3_MPI_BIN" "$@"
+    srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$tasks" --gpu-bind=none \
+      ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "$QWEN3_MPI_BIN" "$@"
   else
     # mpirun starts its daemons on the other nodes with srun, one per node: that step must not
     # inherit the job's per-task GPU request, or each node's ranks would share one GPU.
     env -u SLURM_GPUS_PER_TASK -u SLURM_TRES_PER_TASK \
       mpirun -n "$tasks" "$QWEN3_MPI_BIN" "$@"
   fi
+}
+
+# One line for the job log: what the job is, its size and where it runs, and what it sees of
+# the GPUs. `qwen3_mpi_describe_job WHAT`.
+qwen3_mpi_describe_job() {
+  local gpus="${SLURM_GPUS_PER_TASK:-${SLURM_GPUS_PER_NODE:-0}}"
+  echo "$1 $SLURM_NTASKS tasks (${SLURM_JOB_NUM_NODES:-1} x ${SLURM_NTASKS_PER_NODE:-?} per node;" \
+    "${SLURM_CPUS_PER_TASK:-1} CPUs and ${gpus} GPUs per task) on ${SLURM_JOB_NODELIST:-?};" \
+    "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}; each task sees its node's GPUs and takes" \
+    "one by node-local rank (the summary names the transport; on GPUs rank 0 says why, and why it" \
+    "fell back if it did)"
 }

@@ -11,14 +11,14 @@
 # QWEN3_SLURM_DIR (default /tmp/qwen3-mpi-slurm) holds the config, state and logs;
 # QWEN3_SLURM_PORT (default 16817; slurmd takes the next port) keeps it apart from a real Slurm;
 # QWEN3_SLURM_AUTH=munge|none (default munge; none where munged cannot run);
-# QWEN3_SLURM_CPUS (default 12) is how many CPUs the node claims, whatever the machine has.
+# QWEN3_SLURM_CPUS (default 32) is how many CPUs the node claims, whatever the machine has.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir="${QWEN3_SLURM_DIR:-/tmp/qwen3-mpi-slurm}"
 port="${QWEN3_SLURM_PORT:-16817}"
 auth="${QWEN3_SLURM_AUTH:-munge}"
-cpus="${QWEN3_SLURM_CPUS:-12}"
+cpus="${QWEN3_SLURM_CPUS:-32}"
 host="$(hostname -s)"
 export SLURM_CONF="$dir/slurm.conf"
 

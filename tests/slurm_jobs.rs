@@ -194,6 +194,24 @@ fn submit(script: &str, sbatch_args: &[&str], env: &[(&str, &str)]) -> Job {
     job
 }
 
+/// The fields of each job or array task of `id`, from `scontrol show job`.
+fn job_fields(id: &str) -> Vec<HashMap<String, String>> {
+    let out = cluster()
+        .client("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
 /// (JobState, ExitCode) of each job or array task of `id`, from `scontrol show job`.
 fn job_states(id: &str) -> Vec<(String, String)> {
     let out = cluster()
@@ -242,10 +260,15 @@ fn int_attr(file: &hdf5::File, name: &str) -> u64 {
 
 /// Opens a trace of a successful 3-rank run and checks what every such trace holds.
 fn open_ok_trace(job: &Job, name: &str, new_tokens: usize) -> hdf5::File {
+    open_ok_trace_of(job, name, new_tokens, 3)
+}
+
+/// As [`open_ok_trace`], for a run of `ranks` ranks.
+fn open_ok_trace_of(job: &Job, name: &str, new_tokens: usize, ranks: u64) -> hdf5::File {
     let path = job.trace(name);
     let file = hdf5::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), job.logs()));
     assert_eq!(text_attr(&file, "status"), "ok");
-    assert_eq!(int_attr(&file, "world_size"), 3);
+    assert_eq!(int_attr(&file, "world_size"), ranks, "{}", job.logs());
     let generated: Vec<u32> = file.dataset("output/generated_ids").unwrap().read_raw().unwrap();
     assert_eq!(generated.len(), new_tokens);
     file
@@ -253,12 +276,36 @@ fn open_ok_trace(job: &Job, name: &str, new_tokens: usize) -> hdf5::File {
 
 #[test]
 fn prefill_job_runs_three_ranks_through_srun_pmix_and_writes_its_trace() {
+    // the script's own size: 1 node x 3 tasks, 4 CPUs each
     let env = [("PROMPT", "Slurm starts three ranks"), ("MAX_NEW_TOKENS", "4")];
-    let job = submit("jobs/prefill.slurm", &["--ntasks=3"], &env);
+    let job = submit("jobs/prefill.slurm", &[], &env);
     assert_completed(&job, 1);
     let log = job.logs();
     assert!(log.contains("launch: srun --mpi=pmix"), "{log}");
+    assert!(
+        log.contains(": 3 tasks (1 x 3 per node; 4 CPUs and 0 GPUs per task)"),
+        "{log}"
+    );
+    let fields = &job_fields(&job.id)[0];
+    assert_eq!(
+        fields.get("NumTasks").map(String::as_str),
+        Some("3"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("CPUs/Task").map(String::as_str),
+        Some("4"),
+        "{fields:?}"
+    );
     open_ok_trace(&job, &format!("{}.h5", job.id), 4);
+}
+
+#[test]
+fn prefill_job_takes_its_size_from_nodes_times_tasks_per_node() {
+    let env = [("MAX_NEW_TOKENS", "2"), ("SYNTHETIC_PROMPT", "32")];
+    let job = submit("jobs/prefill.slurm", &["--nodes=1", "--ntasks-per-node=4"], &env);
+    assert_completed(&job, 1);
+    open_ok_trace_of(&job, &format!("{}.h5", job.id), 2, 4);
 }
 
 #[test]
@@ -290,7 +337,7 @@ fn prefill_job_falls_back_to_mpirun_where_srun_has_no_pmix() {
         ("SYNTHETIC_PROMPT", "24"),
         ("MAX_NEW_TOKENS", "3"),
     ];
-    let job = submit("jobs/prefill.slurm", &["--ntasks=3"], &env);
+    let job = submit("jobs/prefill.slurm", &[], &env);
     assert_completed(&job, 1);
     let log = job.logs();
     assert!(
@@ -301,21 +348,62 @@ fn prefill_job_falls_back_to_mpirun_where_srun_has_no_pmix() {
 }
 
 #[test]
-fn sweep_array_writes_one_trace_per_task_with_its_combination() {
+fn sweep_array_writes_one_trace_per_task_with_its_combination_and_its_tasks_do_not_overlap() {
+    // the binary behind a wrapper that notes when each of its processes ran
+    let times = tempfile::tempdir().unwrap();
+    let wrapper = times.path().join("qwen3-mpi");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nlog={}/task-$SLURM_ARRAY_TASK_ID.$$\necho \"start $(date +%s.%N)\" >$log\n\
+             {} \"$@\"; code=$?\necho \"end $(date +%s.%N)\" >>$log\nexit $code\n",
+            times.path().display(),
+            env!("CARGO_BIN_EXE_qwen3-mpi")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = wrapper.display().to_string();
     let env = [
         ("CHUNK_SIZES", "8"),
         ("SYNCS", "allgather ring"),
         ("TRANSPORTS", "auto"),
         ("SYNTHETIC_PROMPT", "32"),
         ("MAX_NEW_TOKENS", "2"),
+        ("QWEN3_MPI_BIN", bin.as_str()),
     ];
-    let job = submit("jobs/sweep.slurm", &["--array=0-1", "--ntasks=3"], &env);
+    let job = submit("jobs/sweep.slurm", &["--array=0-1"], &env);
     assert_completed(&job, 2);
     for (task, sync) in ["allgather", "ring"].iter().enumerate() {
         let file = open_ok_trace(&job, &format!("{}_{task}.h5", job.id), 2);
         assert_eq!(text_attr(&file, "sync_strategy"), *sync, "task {task}");
         assert_eq!(int_attr(&file, "chunk_size"), 8, "task {task}");
     }
+    // [first start, last end] of each task's ranks: one task ends before the other starts
+    let window = |task: usize| -> (f64, f64) {
+        let mut start = f64::MAX;
+        let mut end = f64::MIN;
+        for entry in std::fs::read_dir(times.path()).unwrap().filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("task-{task}.")) {
+                continue;
+            }
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                match line.split_once(' ') {
+                    Some(("start", t)) => start = start.min(t.parse().unwrap()),
+                    Some(("end", t)) => end = end.max(t.parse().unwrap()),
+                    _ => {}
+                }
+            }
+        }
+        assert!(start < end, "task {task}: no times of its ranks\n{}", job.logs());
+        (start, end)
+    };
+    let (first, second) = (window(0), window(1));
+    assert!(
+        first.1 <= second.0 || second.1 <= first.0,
+        "the sweep's tasks ran at the same time: {first:?} and {second:?}"
+    );
 }
 
 #[test]
@@ -343,7 +431,7 @@ fn comm_bench_job_times_the_kv_sync_and_writes_its_table() {
         ("ITERS", "2"),
         ("SYNCS", "allgather,ring"),
     ];
-    let job = submit("jobs/comm-bench.slurm", &["--ntasks=3"], &env);
+    let job = submit("jobs/comm-bench.slurm", &[], &env);
     assert_completed(&job, 1);
     let path = job.trace(&format!("comm-bench/{}.h5", job.id));
     let file = hdf5::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), job.logs()));
