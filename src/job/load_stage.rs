@@ -32,6 +32,12 @@ pub fn load_stage(
     spans: &SpanLog,
 ) -> Result<LoadedStage, JobError> {
     let rank = env.rank;
+    tracing::info!(
+        "node-local rank {} of {} on host {}",
+        env.local_rank,
+        env.local_size,
+        MpiEnv::hostname()
+    );
     let loaded = (|| -> Result<LoadedStage> {
         let device = select_device(args.device, env.local_rank, env.local_size)?;
         let settings = &plan.environment.transport;
