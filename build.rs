@@ -102,7 +102,11 @@ fn build_kernels() {
             "src/model/kernels/layer_ops.cu",
             "src/model/kernels/decode_ops.cu",
         ])
-        .watch(["src/model/kernels/elementwise.cuh"])
+        .watch([
+            "src/model/kernels/elementwise.cuh",
+            "src/model/kernels/overlap.cuh",
+            "src/model/kernels/decode_step_attention.cuh",
+        ])
         .arg("-std=c++17")
         .arg("-O3")
         .build_ptx()

@@ -46,6 +46,8 @@ run "ab-$ab-op-spans" mpirun 1 --synthetic-prompt "$ab" --op-spans
 QWEN3_MPI_ATTENTION=kernel run "ab-$ab-kernel" mpirun 1 --synthetic-prompt "$ab"
 run "ab-$ab-chunk8192" mpirun 1 --synthetic-prompt "$ab" --chunk-size 8192
 QWEN3_MPI_DECODE_GRAPH=0 run "ab-1024-decode-no-graph" mpirun 1 --synthetic-prompt 1024
+# the decode step's kernels queued one after the other instead of overlapped
+for n in 1024 "$ab"; do QWEN3_MPI_DECODE_OVERLAP=0 run "ab-$n-decode-no-overlap" mpirun 1 --synthetic-prompt "$n"; done
 # each kernel of the first decode step, timed (a table in the run's log)
 for n in 1024 "$ab"; do QWEN3_MPI_DECODE_PROFILE=1 RUNS_OVERRIDE=1 run "ab-$n-decode-profile" mpirun 1 --synthetic-prompt "$n"; done
 if [ -n "${BASE_BIN:-}" ]; then

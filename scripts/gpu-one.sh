@@ -10,7 +10,8 @@
 #                  our flash kernel) beside PyTorch's cuDNN and FlashAttention-2 backends
 #        MODES (auto kernel reference), GROUPINGS (4 5 8): what the check phase covers;
 #        BASE_BIN: the previous build, for same-call baselines of its decode check;
-#        DEADLINE (epoch s; default BUDGET_S=520 s from the start): no step starts after it.
+#        DEADLINE (epoch s; default BUDGET_S=520 s from the start): no step starts after it;
+#        RUN_LIMIT (s, default 180): the hard limit of each run.
 # Results: OUTDIR/one-gpu.md, logs and reports tarred beside it.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"; cd "$repo"
@@ -27,7 +28,7 @@ late() { [ "$(date +%s)" -gt "$deadline" ] && { echo "- $1: skipped (time budget
 run() { # name launcher ranks args...   (MODEL= the checkpoint; BIN_OVERRIDE= another binary)
   local name=$1 launcher=$2 n=$3 t0; shift 3; t0=$(date +%s.%N)
   late "$name" && return
-  RUST_LOG=info timeout 180 $launcher -n "$n" "${BIN_OVERRIDE:-$bin}" --model "${MODEL:-/tmp/model}" --json "$@" \
+  RUST_LOG=info timeout "${RUN_LIMIT:-180}" $launcher -n "$n" "${BIN_OVERRIDE:-$bin}" --model "${MODEL:-/tmp/model}" --json "$@" \
     > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
     { echo "- run $name failed: $(grep -m1 -iE "error|panic" "$out/logs/$name.err")" | tee -a "$md"; status=1; }
   echo "- $name: $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}") s wall; layers: $(grep -m1 -o 'layers: .*' "$out/logs/$name.err")" >> "$md"

@@ -2,7 +2,8 @@
 //! tested without a GPU): keys of the attention kernel split across blocks, and the persistent
 //! grid of the matrix-vector kernels.
 
-/// Keys one attention block takes per iteration (`KEYS_PER_ITER` in `kernels/decode_ops.cu`).
+/// Keys one attention block takes per iteration (`TILE_KEYS` in
+/// `kernels/decode_step_attention.cuh`).
 pub const KEYS_PER_ITER: usize = 32;
 /// Output rows one matrix-vector block takes at a time (`ROWS_PER_BLOCK` there).
 pub const GEMV_ROWS_PER_BLOCK: usize = 16;

@@ -1,17 +1,20 @@
 //! One decode step (a token through every layer and the head) as a chain of our own kernels
 //! (`kernels/decode_ops.cu`, `kernels/layer_ops.cu`) on buffers made once per decode: a step
 //! reads every weight once, so it should take what the weights' bytes take at memory bandwidth.
-//! Seven launches a layer, no allocation but the logits, no candle op in between. The token and
+//! Six launches a layer, no allocation but the logits, no candle op in between. The token and
 //! its position are read from device memory, and the key ranges of the attention are fixed by the
 //! cache's capacity, so the whole step is captured once as a CUDA graph and replayed for every
 //! token (`QWEN3_MPI_DECODE_GRAPH=0` launches it kernel by kernel instead;
-//! `QWEN3_MPI_DECODE_PROFILE=1` times each kernel of the first step and logs the table):
+//! `QWEN3_MPI_DECODE_PROFILE=1` times each kernel of the first step and logs the table). Each
+//! kernel is queued to overlap the one before it (programmatic dependent launch,
+//! `kernels/overlap.cuh`): a product starts streaming its weights while the previous kernel
+//! drains (`QWEN3_MPI_DECODE_OVERLAP=0` queues them one after the other):
 //!
 //! ```text
 //! x = embed[token]
 //! per layer:  qkv  = W_qkv · RMSNorm(x)                 gemv_rmsnorm_store
 //!             q, cache[pos] = q/k norm, RoPE, K/V       qk_norm_rope_cache
-//!             attn = softmax(q Kᵀ) V over [0, pos]      decode_attention_g<G> + combine
+//!             attn = softmax(q Kᵀ) V over [0, pos]      decode_attention_g<G> (ranges merged)
 //!             x    = x + W_o · attn                     gemv_copy_residual
 //!             gu   = W_gu · RMSNorm(x)                  gemv_rmsnorm_store
 //!             x    = x + W_down · SwiGLU(gu)            gemv_swiglu_residual
@@ -40,6 +43,9 @@ const LAYER_MODULE: &str = "qwen3_mpi_layer_ops";
 const HEAD_DIM: usize = 128;
 const GEMV_THREADS: u32 = 256;
 const ATTN_THREADS: u32 = 128;
+/// `ATTN_SMEM_BYTES` of `kernels/decode_step_attention.cuh`: 4 stages of K and V tiles of 32
+/// keys (bf16/f16).
+const ATTN_SHARED_BYTES: u32 = 4 * 2 * 32 * HEAD_DIM as u32 * 2;
 
 /// What the step reads of a model that holds every layer and the head.
 pub struct ModelParts<'a> {
@@ -81,6 +87,19 @@ struct Gemv {
 const GRAPH_ENV: &str = "QWEN3_MPI_DECODE_GRAPH";
 /// Times each kernel of the first step (`QWEN3_MPI_DECODE_PROFILE=1`) and logs the table.
 const PROFILE_ENV: &str = "QWEN3_MPI_DECODE_PROFILE";
+/// Whether the step's kernels overlap their neighbours (`QWEN3_MPI_DECODE_OVERLAP`, default on).
+const OVERLAP_ENV: &str = "QWEN3_MPI_DECODE_OVERLAP";
+
+/// Queues one kernel of the step: overlapped with the one before it, unless turned off.
+macro_rules! queue_step_kernel {
+    ($step:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {
+        if $step.overlap {
+            launch_kernel!(overlapped: $step.device, $func, $config, $($arg),*)
+        } else {
+            launch_kernel!($step.device, $func, $config, $($arg),*)
+        }
+    };
+}
 
 /// A scratch vector of the step and its address.
 struct Buffer {
@@ -107,7 +126,6 @@ pub struct DecodeStep {
     embed_fn: CudaFunction,
     qk_fn: CudaFunction,
     attention_fn: CudaFunction,
-    combine_fn: CudaFunction,
     qkv: Gemv,
     o: Gemv,
     gate_up: Gemv,
@@ -125,6 +143,7 @@ pub struct DecodeStep {
     logits_out: Buffer,
     graph: Option<CudaGraph>,
     use_graph: bool,
+    overlap: bool,
     profile: bool,
     x: Buffer,
     qkv_out: Buffer,
@@ -133,6 +152,10 @@ pub struct DecodeStep {
     gate_up_out: Buffer,
     part_o: Buffer,
     part_ml: Buffer,
+    /// Key ranges of each KV head done (KVH i32): zero between launches, the attention's last
+    /// range of a head resets it.
+    _ranges_done: CudaSlice<i32>,
+    ranges_done_at: u64,
     /// Handles that keep every tensor whose address the step holds alive.
     _held: Vec<Tensor>,
 }
@@ -208,25 +231,18 @@ impl DecodeStep {
             .context("decode step: multiprocessor count")? as usize;
         let load = |name: &str, module: &str, ptx: &'static str| function(&device, name, module, ptx);
         let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
-            let func = load(&format!("gemv_{kind}_{suffix}"), DECODE_MODULE, DECODE_OPS)?;
+            let name = format!("gemv_{kind}_{suffix}");
+            let func = load(&name, DECODE_MODULE, DECODE_OPS)?;
             let shared_bytes = (cols * dtype.size_in_bytes()) as u32;
-            func.set_attribute(
-                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared_bytes as i32,
-            )
-            .with_context(|| format!("decode step: {shared_bytes} bytes of shared memory for gemv_{kind}"))?;
-            let per_sm = func
-                .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, shared_bytes as usize, None)
-                .context("decode step: occupancy")? as usize;
+            let per_sm = max_blocks_per_sm(&func, GEMV_THREADS, shared_bytes, &name)?;
             if per_sm == 0 {
-                bail!("decode step: gemv_{kind} with {cols} inputs does not fit a multiprocessor");
+                bail!("decode step: {name} with {cols} inputs does not fit a multiprocessor");
             }
-            let grid = gemv_grid(rows, per_sm * sms) as u32;
             Ok(Gemv {
                 func,
                 rows,
                 cols,
-                grid,
+                grid: gemv_grid(rows, per_sm * sms) as u32,
                 shared_bytes,
             })
         };
@@ -237,15 +253,17 @@ impl DecodeStep {
             DECODE_MODULE,
             DECODE_OPS,
         )?;
-        let attention_resident = attention_fn
-            .occupancy_max_active_blocks_per_multiprocessor(ATTN_THREADS, 0, None)
-            .context("decode step: occupancy")?
-            .max(1) as usize
-            * sms;
+        let attention_resident =
+            max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1)
+                * sms;
         let (split_keys, splits) = key_splits(capacity, kv_heads, attention_resident);
         // [token, position, keys]
         let step_inputs = stream.alloc_zeros::<i32>(3).context("decode step: its inputs")?;
         let step_inputs_at = step_inputs.device_ptr(&stream).0;
+        let ranges_done = stream
+            .alloc_zeros::<i32>(kv_heads)
+            .context("decode step: the attention's range counters")?;
+        let ranges_done_at = ranges_done.device_ptr(&stream).0;
         debug_assert!(splits <= max_splits(kv_heads, attention_resident));
         let buffer = |dtype: DType, len: usize| -> Result<Buffer> {
             let (slice, at) = alloc(&device, dtype, len)?;
@@ -268,11 +286,6 @@ impl DecodeStep {
             embed_fn: load(&format!("embed_row_{suffix}"), DECODE_MODULE, DECODE_OPS)?,
             qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LAYER_MODULE, LAYER_OPS)?,
             attention_fn,
-            combine_fn: load(
-                &format!("decode_attention_combine_{suffix}"),
-                DECODE_MODULE,
-                DECODE_OPS,
-            )?,
             qkv: gemv("rmsnorm_store", qkv_rows, hidden)?,
             o: gemv("copy_residual", hidden, heads * HEAD_DIM)?,
             gate_up: gemv("rmsnorm_store", 2 * inter, hidden)?,
@@ -286,6 +299,7 @@ impl DecodeStep {
             logits_out: buffer(DType::F32, vocab)?,
             graph: None,
             use_graph: !matches!(std::env::var(GRAPH_ENV).as_deref(), Ok("0") | Ok("off")),
+            overlap: !matches!(std::env::var(OVERLAP_ENV).as_deref(), Ok("0") | Ok("off")),
             profile: matches!(std::env::var(PROFILE_ENV).as_deref(), Ok("1") | Ok("on")),
             x: buffer(dtype, hidden)?,
             qkv_out: buffer(dtype, qkv_rows)?,
@@ -294,6 +308,8 @@ impl DecodeStep {
             gate_up_out: buffer(dtype, 2 * inter)?,
             part_o: buffer(DType::F32, splits * heads * HEAD_DIM)?,
             part_ml: buffer(DType::F32, splits * heads * 2)?,
+            _ranges_done: ranges_done,
+            ranges_done_at,
             device,
             _held: held,
         })
@@ -371,12 +387,11 @@ impl DecodeStep {
 
     /// Queues the step: every kernel, after each of which `mark` sees its name.
     fn enqueue(&self, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
-        let device = &self.device;
         let (token_at, position_at) = (self.token_at, self.position_at);
         // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `logits`) into x (hidden).
         unsafe {
-            launch_kernel!(
-                device,
+            queue_step_kernel!(
+                self,
                 &self.embed_fn,
                 grid(self.hidden.div_ceil(256) as u32, 256, 0),
                 self.embed,
@@ -408,7 +423,6 @@ impl DecodeStep {
         position_at: u64,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
-        let device = &self.device;
         // 1. qkv = W_qkv · RMSNorm(x)
         self.gemv(
             &self.qkv,
@@ -437,26 +451,27 @@ impl DecodeStep {
         };
         // SAFETY: one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row `position`
         // < capacity, q out (H D), cache position `position` < capacity (checked by `logits`).
-        unsafe { qk.queue(device, &self.qk_fn)? };
+        unsafe { qk.queue(&self.device, &self.qk_fn, self.overlap)? };
         mark("q/k norm, RoPE, cache write")?;
-        // 3. attention over cache positions [0, keys), in fixed key ranges, then merged
+        // 3. attention over cache positions [0, keys), in fixed key ranges merged by the last
         let attention_config = LaunchConfig {
             grid_dim: (self.kv_heads as u32, self.splits as u32, 1),
             block_dim: (ATTN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: ATTN_SHARED_BYTES,
         };
         // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the partials
-        // of `splits` ranges (the buffers' size); ranges past the keys are written empty.
+        // of at most `splits` ranges (the buffers' size), the KVH counters and attn (H, D).
         unsafe {
-            launch_kernel!(
-                device,
+            queue_step_kernel!(
+                self,
                 &self.attention_fn,
                 attention_config,
                 self.q.at,
                 layer.kv,
                 self.part_o.at,
                 self.part_ml.at,
-                0i32,
+                self.ranges_done_at,
+                self.attn.at,
                 position_at + 4,
                 self.split_keys as i32,
                 self.heads as i32,
@@ -465,21 +480,6 @@ impl DecodeStep {
             )?;
         }
         mark("attention")?;
-        let combine_config = grid(self.heads as u32, HEAD_DIM as u32, 0);
-        // SAFETY: reads the `splits` partials written above, writes attn (H, D).
-        unsafe {
-            launch_kernel!(
-                device,
-                &self.combine_fn,
-                combine_config,
-                self.part_o.at,
-                self.part_ml.at,
-                self.attn.at,
-                self.splits as i32,
-                self.heads as i32
-            )?;
-        }
-        mark("attention combine")?;
         // 4. x = x + W_o · attn; 5. gu = W_gu · RMSNorm(x); 6. x = x + W_down · SwiGLU(gu)
         self.gemv(&self.o, layer.o, self.attn.at, 0, self.x.at, self.x.at)?;
         mark("gemv o")?;
@@ -510,8 +510,8 @@ impl DecodeStep {
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
         // the grid walks row groups of W only.
         unsafe {
-            launch_kernel!(
-                self.device,
+            queue_step_kernel!(
+                self,
                 &g.func,
                 config,
                 weight,
@@ -581,4 +581,18 @@ impl DecodeStep {
         table += &format!("| all ({} layers) | {} | {total:.3} | | |", layers, marks.len());
         Ok(table)
     }
+}
+
+/// Blocks of `func` a multiprocessor holds at once with `threads` threads and `shared_bytes` of
+/// dynamic shared memory (raising the kernel's dynamic shared memory limit to that first).
+fn max_blocks_per_sm(func: &CudaFunction, threads: u32, shared_bytes: u32, name: &str) -> Result<usize> {
+    func.set_attribute(
+        sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        shared_bytes as i32,
+    )
+    .with_context(|| format!("decode step: {shared_bytes} bytes of shared memory for {name}"))?;
+    let blocks = func
+        .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
+        .with_context(|| format!("decode step: occupancy of {name}"))?;
+    Ok(blocks as usize)
 }

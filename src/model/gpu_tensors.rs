@@ -4,7 +4,7 @@
 //! queues its own work on, so ordering with candle's ops is the stream's order.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
@@ -104,13 +104,72 @@ pub fn function(device: &CudaDevice, name: &str, module: &str, ptx: &'static str
         .into_cuda_function())
 }
 
+/// Queues `func` on the device's stream so that it may start while the kernel before it is still
+/// running (programmatic dependent launch); below sm_90 the driver queues it as usual.
+///
+/// # Safety
+/// `params` holds a pointer to each of the kernel's arguments, in order, alive for the call; the
+/// kernel follows the rules of `kernels/overlap.cuh` (it waits for the previous kernel before it
+/// touches anything that kernel may read or write), and the launch's own contract holds.
+pub unsafe fn launch_overlapped(
+    device: &CudaDevice,
+    func: &CudaFunction,
+    config: LaunchConfig,
+    params: &mut [*mut std::ffi::c_void],
+) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::cuda_backend::WrapErr as _;
+    let stream = device.cuda_stream();
+    stream.context().bind_to_thread().w()?;
+    // SAFETY: a zeroed attribute is a valid value of the plain-data union; the id and the one
+    // field it selects are set next.
+    let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attribute.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attribute.value.programmaticStreamSerializationAllowed = 1;
+    let launch = sys::CUlaunchConfig {
+        gridDimX: config.grid_dim.0,
+        gridDimY: config.grid_dim.1,
+        gridDimZ: config.grid_dim.2,
+        blockDimX: config.block_dim.0,
+        blockDimY: config.block_dim.1,
+        blockDimZ: config.block_dim.2,
+        sharedMemBytes: config.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: 1,
+    };
+    // SAFETY: the caller's contract; `launch` and `attribute` outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &launch,
+            func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .w()
+    }
+}
+
 /// Launches a kernel on the device's stream: `launch_kernel!(device, func, config, args...)`,
 /// each argument a value (addresses as `u64`, sizes as `i32`/`i64`, scalars as `f32`) that lives
 /// until the launch is queued. Evaluates to `candle_core::Result<()>`.
 ///
 /// The caller wraps it in `unsafe`: the arguments must match the kernel's signature, and every
 /// address the kernel touches under `config` must lie inside live allocations of the right size.
+///
+/// `launch_kernel!(overlapped: device, func, config, args...)` queues it with
+/// [`launch_overlapped`] instead (the kernel must follow `kernels/overlap.cuh`).
 macro_rules! launch_kernel {
+    (overlapped: $device:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {{
+        let mut params: Vec<*mut std::ffi::c_void> = Vec::new();
+        // each argument in a binding of its own, alive (though shadowed) until the launch
+        $(
+            let arg = $arg;
+            params.push(std::ptr::addr_of!(arg) as *mut std::ffi::c_void);
+        )*
+        $crate::model::gpu_tensors::launch_overlapped(&$device, $func, $config, &mut params)
+    }};
     ($device:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {{
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
         use candle_core::cuda_backend::WrapErr as _;

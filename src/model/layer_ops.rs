@@ -148,7 +148,7 @@ pub fn qk_norm_rope_cache(
     };
     // SAFETY: the addresses are of the tensors checked above; positions [start, start + L) lie
     // inside the cache and the RoPE table (checked above).
-    unsafe { launch.queue(&device, &func)? };
+    unsafe { launch.queue(&device, &func, false)? };
     Ok(wrap(&device, q, (rows, heads, HEAD_DIM)))
 }
 
@@ -177,7 +177,8 @@ pub struct QkNormRope {
 }
 
 impl QkNormRope {
-    /// Queues the kernel on the device's stream: a half-warp per (row, head).
+    /// Queues the kernel on the device's stream: a half-warp per (row, head); `overlapped`
+    /// lets it start while the kernel before it drains (`kernels/overlap.cuh`).
     ///
     /// # Safety
     /// Every address must hold its shape above, and positions `[start, start + rows)` must lie
@@ -186,30 +187,42 @@ impl QkNormRope {
         &self,
         device: &candle_core::cuda_backend::CudaDevice,
         func: &CudaFunction,
+        overlapped: bool,
     ) -> Result<()> {
         let items = (self.rows * (self.heads + 2 * self.kv_heads)) as u32;
         // two heads a warp
         let config = grid(items.div_ceil(2 * QK_WARPS_PER_BLOCK), 32 * QK_WARPS_PER_BLOCK, 0);
+        let args = (
+            self.rows as i32,
+            self.heads as i32,
+            self.kv_heads as i32,
+            self.start as i32,
+        );
         // SAFETY: the caller's contract.
         unsafe {
-            launch_kernel!(
-                device,
-                func,
-                config,
-                self.qkv,
-                self.q_w,
-                self.k_w,
-                self.cos,
-                self.sin,
-                self.q_out,
-                self.kv,
-                self.rows as i32,
-                self.heads as i32,
-                self.kv_heads as i32,
-                self.start as i32,
-                self.start_at,
-                self.eps
-            )
+            if overlapped {
+                launch_kernel!(overlapped: device, func, config, self.qkv, self.q_w, self.k_w, self.cos, self.sin,
+                    self.q_out, self.kv, args.0, args.1, args.2, args.3, self.start_at, self.eps)
+            } else {
+                launch_kernel!(
+                    device,
+                    func,
+                    config,
+                    self.qkv,
+                    self.q_w,
+                    self.k_w,
+                    self.cos,
+                    self.sin,
+                    self.q_out,
+                    self.kv,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    self.start_at,
+                    self.eps
+                )
+            }
         }
     }
 }

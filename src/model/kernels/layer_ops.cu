@@ -8,6 +8,7 @@
 //   SwiGLU:   T(T(silu(gate)) * up)                         (silu in f32)
 // T is bf16 or f16 (one extern "C" entry point per type); accumulation is f32.
 #include "elementwise.cuh"
+#include "overlap.cuh"
 
 namespace {
 
@@ -90,6 +91,9 @@ __device__ void qk_norm_rope_cache(const T* __restrict__ qkv, const T* __restric
                                    const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ q_out,
                                    T* __restrict__ kv, int rows, int H, int KVH, int start, const int* start_at,
                                    float eps) {
+    // in the decode step this kernel's launch may overlap the qkv product's (overlap.cuh)
+    allow_next_kernel_launch();
+    wait_for_previous_kernel();
     const int warps_per_block = blockDim.x / 32;
     const int lane = threadIdx.x % 16, half = (threadIdx.x / 16) % 2;
     const unsigned mask = 0xffffu << (16 * half);
