@@ -5,7 +5,9 @@
     runs = qt.load_folder("results/runs")    # one row per file: model, ranks, chunk, sync, TTFT, ...
 
 t.events holds every rank's spans in one table: a `rank` column, `kind` and `thread` as names,
-times in seconds (`start_s`, `duration_s`).
+`label` (the kind, with each Wait named by what it waits for), times in seconds (`start_s`,
+`duration_s`). qt.kv_sync_spans(t) splits each KV-sync span into waiting for the peers and
+moving bytes; qt.describe(t) is a one-line title of the run.
 """
 import glob
 import json
@@ -68,7 +70,21 @@ def load(path):
     if len(events):
         events["start_s"] = events["t_start_ns"] / 1e9
         events["duration_s"] = (events["t_end_ns"] - events["t_start_ns"]) / 1e9
+        # a Wait with a peer waits for the first token from it; without, for the KV sync to drain
+        wait = events["kind"] == "Wait"
+        events["label"] = events["kind"]
+        events.loc[wait & (events["peer"] >= 0), "label"] = "Wait: first token"
+        events.loc[wait & (events["peer"] < 0), "label"] = "Wait: KV sync drain"
     return Trace(path, meta, summary, per_rank, events)
+
+
+def describe(trace):
+    """A one-line title: model, ranks, prompt and chunks, sync and transport, device."""
+    m = trace.meta
+    chunks = len(m.get("chunk_lengths", [])) or "?"
+    return (f"{m.get('model', '?')}: {m.get('world_size', '?')} ranks, {m.get('prompt_tokens', '?')} tokens "
+            f"in {chunks} chunks, {m.get('sync_strategy', '?')} over {m.get('transport', '?')}, "
+            f"{m.get('device', '?')} {m.get('dtype', '')}")
 
 
 def load_folder(folder):
@@ -95,8 +111,22 @@ def load_folder(folder):
 
 
 def kv_sync_spans(trace):
-    """KV-sync spans with their bandwidth (bytes moved by this rank over the span's time)."""
+    """KV-sync spans, each split into waiting for the peers (`wait_s`) and moving bytes
+    (`move_s`), with the bandwidth over the moving part (`gb_per_s`).
+
+    Every rank takes part in every sync call, in the same order, so the n-th KvSync span of
+    step s is the same call on every rank (`call`). A collective call moves bytes only once its
+    last rank has arrived: the time before that is waiting (the span's start to the latest
+    start of the call on any rank), the rest is moving. (With `ipc` a call only queues pushes
+    and waits for no peer: read its `duration_s`.)"""
     ev = trace.events
-    kv = ev[ev["kind"] == "KvSync"].copy()
-    kv["gb_per_s"] = kv["bytes"] / kv["duration_s"].clip(lower=1e-9) / 1e9
+    kv = ev[ev["kind"] == "KvSync"].sort_values(["rank", "t_start_ns"]).copy()
+    if not len(kv):
+        return kv.assign(call=[], wait_s=[], move_s=[], gb_per_s=[])
+    kv["call"] = kv.groupby(["rank", "step"]).cumcount()
+    last_in = kv.groupby(["step", "call"])["t_start_ns"].transform("max")
+    moving_from = np.maximum(last_in, kv["t_start_ns"])
+    kv["wait_s"] = (moving_from - kv["t_start_ns"]) / 1e9
+    kv["move_s"] = (kv["t_end_ns"] - moving_from).clip(lower=0) / 1e9
+    kv["gb_per_s"] = kv["bytes"] / kv["move_s"].clip(lower=1e-9) / 1e9
     return kv

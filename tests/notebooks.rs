@@ -21,20 +21,20 @@ fn traces_read_with_h5py_hold_the_layout_and_notebooks_draw_their_figures() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    for (ranks, sync) in [
-        (1, "allgather"),
-        (2, "allgather"),
-        (3, "allgather"),
-        (2, "ring"),
-        (3, "ring"),
-    ] {
-        let trace = runs.join(format!("n{ranks}-{sync}.h5"));
+    // a chunk-size x rank sweep of the allgather, and the ring at one chunk size
+    let mut sweep: Vec<(usize, &str, &str)> = Vec::new();
+    for chunk in ["8", "16"] {
+        sweep.extend([1, 2, 3].map(|ranks| (ranks, "allgather", chunk)));
+    }
+    sweep.extend([(2, "ring", "8"), (3, "ring", "8")]);
+    for &(ranks, sync, chunk) in &sweep {
+        let trace = runs.join(format!("n{ranks}-{sync}-c{chunk}.h5"));
         let t = trace.display().to_string();
         let args = [
             "--synthetic-prompt",
             "48",
             "--chunk-size",
-            "8",
+            chunk,
             "--max-new-tokens",
             "3",
             "--sync",
@@ -45,7 +45,7 @@ fn traces_read_with_h5py_hold_the_layout_and_notebooks_draw_their_figures() {
         ];
         let (code, stdout, stderr, _) = run_mpi(ranks, &args, &[], 120);
         assert_eq!(code, 0, "{ranks} ranks {sync}: {stderr}");
-        if ranks == 3 {
+        if ranks == 3 && chunk == "8" {
             // The layout contract, read with h5py, against the run's JSON report.
             let report = dir.path().join(format!("n{ranks}-{sync}.json"));
             std::fs::write(&report, &stdout).unwrap();
@@ -85,4 +85,18 @@ fn traces_read_with_h5py_hold_the_layout_and_notebooks_draw_their_figures() {
             .unwrap_or(0);
         assert!(size > 10_000, "{figure} missing or empty ({size} bytes)");
     }
+    // scaling.ipynb draws one line per (prompt, chunk size, sync, transport), over its ranks
+    let series = std::fs::read_to_string(figures.join("scaling_series.csv")).unwrap();
+    let mut lines: Vec<&str> = series.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "48,16,allgather,host,1 2 3",
+            "48,8,allgather,host,1 2 3",
+            "48,8,ring,host,2 3",
+            "prompt_tokens,chunk,sync,transport,ranks",
+        ],
+        "{series}"
+    );
 }
