@@ -227,8 +227,16 @@ fn a_nan_weight_ends_the_job_naming_the_first_stage_that_output_one() {
 fn a_bad_qwen3_mpi_variable_ends_the_job_at_setup_with_one_line_naming_it() {
     // read on every rank at setup, even where the value would only matter on a GPU
     for (name, value, needle) in [
-        ("QWEN3_MPI_STAGE_PIECE_BYTES", "lots", "QWEN3_MPI_STAGE_PIECE_BYTES=lots: expected a byte count"),
-        ("QWEN3_MPI_HOST_PATH", "shm", "QWEN3_MPI_HOST_PATH=shm: expected `mpi` or `window`"),
+        (
+            "QWEN3_MPI_STAGE_PIECE_BYTES",
+            "lots",
+            "QWEN3_MPI_STAGE_PIECE_BYTES=lots: expected a byte count",
+        ),
+        (
+            "QWEN3_MPI_HOST_PATH",
+            "shm",
+            "QWEN3_MPI_HOST_PATH=shm: expected `mpi` or `window`",
+        ),
     ] {
         let out = tempfile::tempdir().unwrap();
         let trace = out.path().join("job.h5").display().to_string();

@@ -19,7 +19,10 @@ fn layer_spans(trace: &std::path::Path, ranks: usize) -> Vec<Vec<Span>> {
                 .unwrap()
                 .read_raw()
                 .unwrap();
-            assert!(events.iter().all(|e| e.rank == r as i32), "rank {r}'s rank column");
+            assert!(
+                events.iter().all(|e| e.rank == r as i32),
+                "rank {r}'s rank column"
+            );
             events
                 .iter()
                 .map(SpanRow::span)

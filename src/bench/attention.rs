@@ -26,7 +26,13 @@ pub struct AttentionBenchArgs {
     pub shapes: Vec<ChunkShape>,
 
     /// Backends to time.
-    #[arg(long, value_name = "BACKEND,...", value_enum, value_delimiter = ',', default_value = "cudnn,kernel")]
+    #[arg(
+        long,
+        value_name = "BACKEND,...",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cudnn,kernel"
+    )]
     pub backends: Vec<AttentionBackend>,
 
     /// Timed calls per (backend, shape), after the warm-up calls.

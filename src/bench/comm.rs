@@ -41,12 +41,24 @@ pub struct CommBenchArgs {
     pub warmup: u64,
 
     /// KV sync strategies to time, as `run --sync` takes them.
-    #[arg(long, value_name = "SYNC,...", value_enum, value_delimiter = ',', default_value = "allgather,ring")]
+    #[arg(
+        long,
+        value_name = "SYNC,...",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "allgather,ring"
+    )]
     pub sync: Vec<SyncStrategy>,
 
     /// Transports to time, as `run --transport` takes them (one that cannot run here is skipped
     /// with the reason).
-    #[arg(long, value_name = "TRANSPORT,...", value_enum, value_delimiter = ',', default_value = "auto")]
+    #[arg(
+        long,
+        value_name = "TRANSPORT,...",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "auto"
+    )]
     pub transport: Vec<TransportArg>,
 
     /// K/V heads of the model whose blocks are moved (default: Qwen3-8B's).
