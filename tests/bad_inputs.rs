@@ -28,16 +28,22 @@ fn assert_job_fails(ranks: usize, args: &[&str], code: i32, needle: &str) {
 fn more_ranks_than_layers_and_bad_layer_splits() {
     let model = materialize("gqa-untied-odd-4x"); // 5 layers
     let m = model.path().display().to_string();
-    assert_job_fails(6, &["--model", &m], 1, "6 ranks but the model has only 5 layers");
+    let short = ["--prompt", SHORT_PROMPT];
+    assert_job_fails(
+        6,
+        &["--model", &m, short[0], short[1]],
+        1,
+        "6 ranks but the model has only 5 layers",
+    );
     assert_job_fails(
         2,
-        &["--model", &m, "--layers", "1,1"],
+        &["--model", &m, "--layers", "1,1", short[0], short[1]],
         1,
         "--layers sums to 2 but the model has 5 layers",
     );
     assert_job_fails(
         2,
-        &["--model", &m, "--layers", "5,0"],
+        &["--model", &m, "--layers", "5,0", short[0], short[1]],
         1,
         "--layers gives rank 1 no layers",
     );
@@ -200,7 +206,16 @@ fn a_nan_weight_ends_the_job_naming_the_first_stage_that_output_one() {
         1,
         poison("model.layers.3.mlp.down_proj.weight", f32::NAN),
     );
-    let args = ["--model", &m, "--trace", &t, "--temperature", "0.7"];
+    let args = [
+        "--model",
+        &m,
+        "--prompt",
+        SHORT_PROMPT,
+        "--trace",
+        &t,
+        "--temperature",
+        "0.7",
+    ];
     assert_job_fails(2, &args, 1, "rank 1's layers 3..5 output NaN or Inf");
     let file = hdf5::File::open(&trace).expect("a trace marked failed");
     let read = |name: &str| {
@@ -212,12 +227,17 @@ fn a_nan_weight_ends_the_job_naming_the_first_stage_that_output_one() {
     };
     assert_eq!(read("status"), "failed");
     assert!(read("error").contains("output NaN or Inf"), "{}", read("error"));
-    assert_job_fails(1, &["--model", &m], 1, "rank 0's layers 0..5 output NaN or Inf");
+    assert_job_fails(
+        1,
+        &["--model", &m, "--prompt", SHORT_PROMPT],
+        1,
+        "rank 0's layers 0..5 output NaN or Inf",
+    );
     // an Inf in the head: every stage's output is finite, the logits are not
     write_checkpoint_with(dir.path(), &cfg, seed, 1, poison("lm_head.weight", f32::INFINITY));
     assert_job_fails(
         2,
-        &["--model", &m],
+        &["--model", &m, "--prompt", SHORT_PROMPT],
         1,
         "the prefill logits on rank 1 hold NaN or Inf",
     );

@@ -51,6 +51,8 @@ fn run_failing(model: &Path, env: &[(&str, &str)]) -> (Vec<String>, String) {
     let args = [
         "--model",
         &model.display().to_string(),
+        "--prompt",
+        SHORT_PROMPT,
         "--max-new-tokens",
         "3",
         "--trace",
