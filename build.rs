@@ -33,7 +33,9 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=QWEN3_MPI_GIT_COMMIT={commit}");
+    // HEAD names the branch; its log changes with every commit, checkout and reset
     println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/logs/HEAD");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,/usr/local/cuda/lib64");
         build_kernels();
