@@ -283,6 +283,7 @@ fn block_config(args: &CommBenchArgs) -> Qwen3Config {
         vocab_size: 1,
         checkpoint_dtype: None,
         eos_token_ids: Vec::new(),
+        moe: None,
     }
 }
 

@@ -129,8 +129,9 @@ pub const DEFAULT_PROMPT: &str =
 
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct RunArgs {
-    /// Hugging Face Qwen3 model directory, or `tiny` for the built-in toy model.
-    #[arg(long, default_value = "tiny", value_name = "DIR|tiny")]
+    /// Hugging Face Qwen3 or Qwen3-MoE model directory, or `tiny` / `tiny-moe` for the built-in
+    /// toy models (dense / mixture-of-experts).
+    #[arg(long, default_value = "tiny", value_name = "DIR|tiny|tiny-moe")]
     pub model: String,
 
     /// Prompt text (default: a built-in prompt of about 120 tokens).

@@ -10,7 +10,6 @@ use super::plan::JobPlan;
 use super::progress::Progress;
 use crate::generate::decode::DecodeOutcome;
 use crate::generate::{decode, Sampler};
-use crate::model::source::ModelSource;
 use crate::model::{KvCache, Qwen3};
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 
@@ -46,7 +45,7 @@ impl DecodeStream<'_> {
         let fault = plan.environment.fault;
         let mut stream = plan.tokenizer.as_ref().map(|t| t.stream());
         let mut stdout = std::io::stdout();
-        if stream.is_some() && matches!(plan.source, ModelSource::Tiny) {
+        if stream.is_some() && plan.source.is_builtin() {
             let _ = writeln!(stdout, "{TINY_NOTICE}");
         }
         let eos = plan.files.eos_token_ids();

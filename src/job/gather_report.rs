@@ -12,7 +12,6 @@ use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name};
 use crate::generate::DecodeOutcome;
-use crate::model::source::ModelSource;
 use crate::model::Qwen3;
 use crate::trace::spans::SpanLog;
 use crate::transport::placement::gather_strings;
@@ -75,7 +74,7 @@ impl JobResults<'_> {
         let pipeline_ideal = plan.schedule.ideal_speedup();
         Ok(JobReport {
             model: plan.source.describe(),
-            random_weights: matches!(plan.source, ModelSource::Tiny),
+            random_weights: plan.source.is_builtin(),
             device: device_name(device),
             dtype: format!("{:?}", model.dtype()).to_lowercase(),
             ranks,

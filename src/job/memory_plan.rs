@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 
+use crate::model::weight_names::parameter_count;
 use crate::model::Qwen3Config;
 
 /// Bytes this rank will hold.
@@ -16,17 +17,11 @@ pub struct MemoryNeed {
 
 impl MemoryNeed {
     pub fn of(cfg: &Qwen3Config, capacity: usize, dtype: DType) -> Self {
-        let (hidden, inter, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-        let per_layer = hidden * q + 2 * hidden * kv + q * hidden // q, k, v, o projections
-            + 2 * d                                                 // q and k norms
-            + 3 * hidden * inter                                    // gate, up, down
-            + 2 * hidden; // the layer's two RMSNorms
-        let embeddings = cfg.vocab_size * hidden * if cfg.tie_word_embeddings { 1 } else { 2 };
-        let params = cfg.num_hidden_layers * per_layer + embeddings + hidden;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
         let size = dtype.size_in_bytes() as u64;
         Self {
-            weights: params as u64 * size,
+            // every layer, and with mixture-of-experts every expert of it
+            weights: parameter_count(cfg) * size,
             kv_cache: (cfg.num_hidden_layers * capacity * 2 * kv) as u64 * size,
         }
     }
@@ -120,6 +115,7 @@ mod tests {
             vocab_size: 151936,
             checkpoint_dtype: None,
             eos_token_ids: vec![],
+            moe: None,
         };
         let need = MemoryNeed::of(&cfg, 16384, DType::BF16);
         // Qwen3-8B has 8,190,735,360 parameters (its model card: 8.2B)
@@ -129,5 +125,34 @@ mod tests {
         let err = check_fits(need, Some((16 << 30, "--max-memory")), &cfg, 16384).unwrap_err();
         assert!(err.to_string().contains("15.256 GiB for all 36 layers"), "{err}");
         assert!(check_fits(need, Some((20 << 30, "--max-memory")), &cfg, 16384).is_ok());
+    }
+
+    #[test]
+    fn qwen3_30b_a3b_needs_every_expert_of_every_layer() {
+        let cfg = Qwen3Config {
+            hidden_size: 2048,
+            intermediate_size: 6144,
+            num_hidden_layers: 48,
+            num_attention_heads: 32,
+            num_key_value_heads: 4,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            vocab_size: 151936,
+            checkpoint_dtype: None,
+            eos_token_ids: vec![],
+            moe: Some(crate::model::MoeConfig {
+                num_experts: 128,
+                num_experts_per_tok: 8,
+                moe_intermediate_size: 768,
+                norm_topk_prob: true,
+                decoder_sparse_step: 1,
+                mlp_only_layers: vec![],
+            }),
+        };
+        // Qwen3-30B-A3B has 30,532,122,624 parameters (its model card: 30.5B), 3.3B active
+        assert_eq!(MemoryNeed::of(&cfg, 1, DType::BF16).weights, 30_532_122_624 * 2);
     }
 }

@@ -79,7 +79,7 @@ pub fn prepare(
         }
         let inputs = match &source {
             ModelSource::Dir(dir) => Some(dir.as_path()),
-            ModelSource::Tiny => None,
+            ModelSource::Tiny | ModelSource::TinyMoe => None,
         };
         let trace = args
             .trace
@@ -204,7 +204,7 @@ fn layer_params(cfg: &Qwen3Config) -> usize {
 
 fn tokenizer_origin(source: &ModelSource) -> String {
     match source {
-        ModelSource::Tiny => "built-in tokenizer.json".into(),
+        ModelSource::Tiny | ModelSource::TinyMoe => "built-in tokenizer.json".into(),
         ModelSource::Dir(dir) => dir.join("tokenizer.json").display().to_string(),
     }
 }

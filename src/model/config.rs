@@ -1,14 +1,20 @@
-//! `config.json` of a dense Qwen3 checkpoint, in the transformers 4.x and 5.x spellings.
+//! `config.json` of a Qwen3 checkpoint, dense (`qwen3`) or mixture-of-experts (`qwen3_moe`,
+//! its MoE fields in `moe_config.rs`), in the transformers 4.x and 5.x spellings.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+pub use super::moe_config::MoeConfig;
+use super::moe_config::{self, check_unsupported_moe};
 
 /// The largest value each size field may take: far beyond any published Qwen3 (Qwen3-235B has 94
 /// layers, hidden 4096, 64 heads, 151,936 tokens, 40,960 positions), and small enough that every
-/// product the job forms from them (weights, cache, schedule) fits 64 bits.
-const FIELD_LIMITS: [(&str, u64); 8] = [
+/// product the job forms from them (weights, cache, schedule) fits 64 bits: all experts of all
+/// layers at the largest sizes are 3·2^58 parameters, 3·2^60 bytes in f32 (Qwen3-235B-A22B has
+/// 128 experts of 1536, 8 per token).
+const FIELD_LIMITS: [(&str, u64); 13] = [
     ("hidden_size", 1 << 16),
     ("intermediate_size", 1 << 20),
     ("num_hidden_layers", 4096),
@@ -17,6 +23,11 @@ const FIELD_LIMITS: [(&str, u64); 8] = [
     ("head_dim", 1024),
     ("max_position_embeddings", 1 << 24),
     ("vocab_size", 1 << 24),
+    ("num_experts", 1024),
+    ("num_local_experts", 1024),
+    ("num_experts_per_tok", 1024),
+    ("moe_intermediate_size", 1 << 20),
+    ("decoder_sparse_step", 4096),
 ];
 
 /// The architecture hyper-parameters this implementation reads and supports.
@@ -37,6 +48,8 @@ pub struct Qwen3Config {
     pub checkpoint_dtype: Option<String>,
     /// EOS ids from config.json (generation_config.json may add more).
     pub eos_token_ids: Vec<u32>,
+    /// The sparse MoE block (`qwen3_moe`); `None` for dense Qwen3.
+    pub moe: Option<MoeConfig>,
 }
 
 impl Qwen3Config {
@@ -52,31 +65,18 @@ impl Qwen3Config {
     /// Parses a config object; errors name the offending field.
     pub fn from_json(json: &Value) -> Result<Self> {
         let obj = json.as_object().context("config is not a JSON object")?;
-        check_supported(obj)?;
-        let usize_field = |name: &str| -> Result<usize> {
-            let v = obj.get(name).with_context(|| format!("missing field `{name}`"))?;
-            let n = v
-                .as_u64()
-                .with_context(|| format!("field `{name}` must be a non-negative integer, got {v}"))?;
-            if n == 0 {
-                bail!("field `{name}` must be positive");
-            }
-            if let Some(&(_, limit)) = FIELD_LIMITS.iter().find(|(field, _)| *field == name) {
-                if n > limit {
-                    bail!("field `{name}` is {n}, more than this implementation takes ({limit})");
-                }
-            }
-            Ok(n as usize)
-        };
+        let sparse = check_supported(obj)?;
+        let usize_field = |name: &str| read_usize(obj, name);
         let f64_field = |name: &str| -> Result<f64> {
             let v = obj.get(name).with_context(|| format!("missing field `{name}`"))?;
             v.as_f64()
                 .with_context(|| format!("field `{name}` must be a number, got {v}"))
         };
+        let num_hidden_layers = usize_field("num_hidden_layers")?;
         let cfg = Self {
             hidden_size: usize_field("hidden_size")?,
             intermediate_size: usize_field("intermediate_size")?,
-            num_hidden_layers: usize_field("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads: usize_field("num_attention_heads")?,
             num_key_value_heads: usize_field("num_key_value_heads")?,
             head_dim: usize_field("head_dim")?,
@@ -96,9 +96,19 @@ impl Qwen3Config {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             eos_token_ids: token_ids(obj.get("eos_token_id")).context("field `eos_token_id`")?,
+            moe: if sparse {
+                Some(moe_config::read(obj, num_hidden_layers, &usize_field)?)
+            } else {
+                None
+            },
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether decoder layer `layer` runs the sparse MoE block (else the dense MLP).
+    pub fn is_sparse_layer(&self, layer: usize) -> bool {
+        self.moe.as_ref().is_some_and(|moe| moe.is_sparse(layer))
     }
 
     fn validate(&self) -> Result<()> {
@@ -122,28 +132,58 @@ impl Qwen3Config {
     }
 }
 
-/// Rejects configs whose features this implementation does not have, instead of running them
-/// with silently wrong output.
-fn check_supported(obj: &serde_json::Map<String, Value>) -> Result<()> {
-    match obj.get("model_type").and_then(Value::as_str) {
-        Some("qwen3") => {}
-        Some(other) => bail!("unsupported model_type `{other}` (only dense `qwen3` is supported)"),
-        None => bail!("missing field `model_type` (expected \"qwen3\")"),
+/// A positive integer field, bounded by [`FIELD_LIMITS`] before anything is sized from it.
+fn read_usize(obj: &Map<String, Value>, name: &str) -> Result<usize> {
+    let v = obj.get(name).with_context(|| format!("missing field `{name}`"))?;
+    let n = v
+        .as_u64()
+        .with_context(|| format!("field `{name}` must be a non-negative integer, got {v}"))?;
+    if n == 0 {
+        bail!("field `{name}` must be positive");
     }
+    if let Some(&(_, limit)) = FIELD_LIMITS.iter().find(|(field, _)| *field == name) {
+        if n > limit {
+            bail!("field `{name}` is {n}, more than this implementation takes ({limit})");
+        }
+    }
+    Ok(n as usize)
+}
+
+/// Rejects configs whose features this implementation does not have, instead of running them
+/// with silently wrong output; whether the model is the mixture-of-experts `qwen3_moe`.
+fn check_supported(obj: &Map<String, Value>) -> Result<bool> {
+    let (sparse, architecture) = match obj.get("model_type").and_then(Value::as_str) {
+        Some("qwen3") => (false, "Qwen3ForCausalLM"),
+        Some("qwen3_moe") => (true, "Qwen3MoeForCausalLM"),
+        Some(other) => bail!("unsupported model_type `{other}` (only `qwen3` and `qwen3_moe`)"),
+        None => bail!("missing field `model_type` (expected \"qwen3\" or \"qwen3_moe\")"),
+    };
     if let Some(architectures) = obj.get("architectures").and_then(Value::as_array) {
         let names: Vec<&str> = architectures.iter().filter_map(Value::as_str).collect();
-        if !names.is_empty() && !names.contains(&"Qwen3ForCausalLM") {
+        if !names.is_empty() && !names.contains(&architecture) {
             bail!(
-                "unsupported architecture {} (field `architectures`; only Qwen3ForCausalLM, dense)",
-                names.join(", ")
+                "unsupported architecture {} (field `architectures`; model_type `{}` takes {architecture})",
+                names.join(", "),
+                if sparse { "qwen3_moe" } else { "qwen3" }
             );
         }
     }
-    for key in ["num_experts", "num_experts_per_tok", "moe_intermediate_size"] {
-        if obj.get(key).is_some_and(|v| !v.is_null() && v != 0) {
-            bail!("unsupported feature: mixture-of-experts (`{key}` is set)");
+    if !sparse {
+        for key in [
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+        ] {
+            if obj.get(key).is_some_and(|v| !v.is_null() && v != 0) {
+                bail!(
+                    "unsupported feature: mixture-of-experts (`{key}` is set) with model_type `qwen3` \
+                     (Qwen3-MoE is model_type `qwen3_moe`)"
+                );
+            }
         }
     }
+    check_unsupported_moe(obj)?;
     if obj.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
         bail!("unsupported feature: sliding-window attention (`use_sliding_window` is true)");
     }
@@ -167,12 +207,12 @@ fn check_supported(obj: &serde_json::Map<String, Value>) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(sparse)
 }
 
 /// RoPE theta: top-level `rope_theta` (transformers 4.x) or `rope_parameters.rope_theta` (5.x);
 /// transformers' default 10000 when neither is written.
-fn rope_theta(obj: &serde_json::Map<String, Value>) -> Result<f64> {
+fn rope_theta(obj: &Map<String, Value>) -> Result<f64> {
     let nested = obj.get("rope_parameters").and_then(|p| p.get("rope_theta"));
     match nested.or_else(|| obj.get("rope_theta")) {
         None | Some(Value::Null) => Ok(10_000.0),
@@ -237,8 +277,9 @@ mod tests {
                 json!({"rope_type": "yarn", "factor": 4.0}),
                 "yarn",
             ),
-            ("model_type", json!("qwen3_moe"), "qwen3_moe"),
+            ("model_type", json!("qwen2_moe"), "qwen2_moe"),
             ("num_experts", json!(8), "mixture-of-experts"),
+            ("shared_expert_intermediate_size", json!(512), "shared experts"),
         ] {
             let mut j = base();
             j.as_object_mut().unwrap().insert(key.into(), value);
@@ -253,5 +294,139 @@ mod tests {
         j.as_object_mut().unwrap().remove("head_dim");
         let err = format!("{:#}", Qwen3Config::from_json(&j).unwrap_err());
         assert!(err.contains("head_dim"), "{err}");
+    }
+
+    /// Qwen3-30B-A3B's config.json as published (transformers 4.51), at toy sizes.
+    fn moe_4x() -> Value {
+        let mut j = base();
+        let o = j.as_object_mut().unwrap();
+        o.insert("model_type".into(), json!("qwen3_moe"));
+        o.insert("architectures".into(), json!(["Qwen3MoeForCausalLM"]));
+        for (key, value) in [
+            ("num_experts", json!(8)),
+            ("num_experts_per_tok", json!(2)),
+            ("moe_intermediate_size", json!(16)),
+            ("norm_topk_prob", json!(true)),
+            ("decoder_sparse_step", json!(1)),
+            ("mlp_only_layers", json!([1])),
+            ("output_router_logits", json!(false)),
+            ("router_aux_loss_coef", json!(0.001)),
+        ] {
+            o.insert(key.into(), value);
+        }
+        j
+    }
+
+    #[test]
+    fn reads_qwen3_moe_in_the_4x_and_5x_spellings() {
+        let v4 = Qwen3Config::from_json(&moe_4x()).unwrap();
+        let mut j5 = moe_4x();
+        let o = j5.as_object_mut().unwrap();
+        o.remove("num_experts");
+        o.insert("num_local_experts".into(), json!(8));
+        o.remove("rope_theta");
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "default", "rope_theta": 1000000.0}),
+        );
+        assert_eq!(Qwen3Config::from_json(&j5).unwrap(), v4);
+        let moe = v4.moe.as_ref().unwrap();
+        assert_eq!(
+            (
+                moe.num_experts,
+                moe.num_experts_per_tok,
+                moe.moe_intermediate_size
+            ),
+            (8, 2, 16)
+        );
+        assert!(moe.norm_topk_prob);
+        let sparse: Vec<bool> = (0..3).map(|l| v4.is_sparse_layer(l)).collect();
+        assert_eq!(sparse, [true, false, true], "mlp_only_layers [1]");
+        assert!(Qwen3Config::from_json(&base()).unwrap().moe.is_none());
+    }
+
+    #[test]
+    fn decoder_sparse_step_picks_the_sparse_layers_as_transformers_does() {
+        let mut j = moe_4x();
+        let o = j.as_object_mut().unwrap();
+        o.insert("decoder_sparse_step".into(), json!(2));
+        o.insert("mlp_only_layers".into(), json!([]));
+        o.remove("norm_topk_prob"); // transformers' default: false
+        let cfg = Qwen3Config::from_json(&j).unwrap();
+        // (layer + 1) % step == 0
+        let sparse: Vec<bool> = (0..3).map(|l| cfg.is_sparse_layer(l)).collect();
+        assert_eq!(sparse, [false, true, false]);
+        assert!(!cfg.moe.unwrap().norm_topk_prob);
+    }
+
+    #[test]
+    fn moe_fields_are_bounded_and_checked_by_name() {
+        for (key, value, needle) in [
+            (
+                "num_experts",
+                json!(1u64 << 40),
+                "field `num_experts` is 1099511627776, more than",
+            ),
+            (
+                "moe_intermediate_size",
+                json!(1u64 << 21),
+                "field `moe_intermediate_size` is 2097152",
+            ),
+            (
+                "num_experts_per_tok",
+                json!(9),
+                "`num_experts_per_tok` (9) is more than the 8 experts",
+            ),
+            (
+                "num_experts_per_tok",
+                json!(0),
+                "field `num_experts_per_tok` must be positive",
+            ),
+            (
+                "num_local_experts",
+                json!(16),
+                "`num_experts` (8) and `num_local_experts` (16) disagree",
+            ),
+            (
+                "mlp_only_layers",
+                json!([3]),
+                "`mlp_only_layers`: 3 is not a layer",
+            ),
+            (
+                "decoder_sparse_step",
+                json!(0),
+                "field `decoder_sparse_step` must be positive",
+            ),
+            ("norm_topk_prob", json!(1), "`norm_topk_prob` must be a bool"),
+            (
+                "n_shared_experts",
+                json!(2),
+                "shared experts (field `n_shared_experts` is 2)",
+            ),
+            ("scoring_func", json!("sigmoid"), "a router other than softmax"),
+            (
+                "architectures",
+                json!(["Qwen3ForCausalLM"]),
+                "unsupported architecture Qwen3ForCausalLM",
+            ),
+        ] {
+            let mut j = moe_4x();
+            j.as_object_mut().unwrap().insert(key.into(), value);
+            let err = format!("{:#}", Qwen3Config::from_json(&j).unwrap_err());
+            assert!(err.contains(needle), "{key}: {err}");
+        }
+        let mut j = moe_4x();
+        j.as_object_mut().unwrap().remove("num_experts");
+        let err = format!("{:#}", Qwen3Config::from_json(&j).unwrap_err());
+        assert!(
+            err.contains("missing field `num_experts` (4.x) or `num_local_experts` (5.x)"),
+            "{err}"
+        );
+        // the neutral values of the refused features are accepted
+        let mut j = moe_4x();
+        let o = j.as_object_mut().unwrap();
+        o.insert("scoring_func".into(), json!("softmax"));
+        o.insert("shared_expert_intermediate_size".into(), json!(0));
+        assert!(Qwen3Config::from_json(&j).is_ok());
     }
 }

@@ -1,4 +1,6 @@
-//! One Qwen3 decoder layer: pre-norm attention and pre-norm SwiGLU MLP, both residual.
+//! One Qwen3 decoder layer: pre-norm attention and a pre-norm feed-forward block, both
+//! residual. The block is the dense SwiGLU MLP, or in a Qwen3-MoE sparse layer the MoE block;
+//! only the dense layer has the fused GPU path.
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -11,24 +13,62 @@ use super::layer_plan::LayerPlan;
 use super::layer_probe::LayerProbe;
 use super::layer_weights::{LayerWeights, WeightLoader};
 use super::mlp::Mlp;
+use super::moe::SparseMoe;
 use super::rope::RotaryTable;
 
-pub struct DecoderLayer {
+/// The feed-forward half of a layer: x (L, hidden) → (L, hidden).
+pub trait FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl FeedForward for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Mlp::forward(self, x)
+    }
+}
+
+impl FeedForward for SparseMoe {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        SparseMoe::forward(self, x)
+    }
+}
+
+/// A decoder layer with feed-forward block `F` (the dense MLP unless named).
+pub struct DecoderLayer<F = Mlp> {
     pub(super) input_layernorm: RmsNorm,
     pub(super) self_attn: Attention,
     pub(super) post_attention_layernorm: RmsNorm,
-    pub(super) mlp: Mlp,
+    pub(super) mlp: F,
 }
 
-impl DecoderLayer {
+/// A layer of the model as its config makes it.
+pub enum Layer {
+    Dense(DecoderLayer),
+    /// A Qwen3-MoE sparse layer.
+    Sparse(DecoderLayer<SparseMoe>),
+}
+
+impl Layer {
+    /// Loads layer `layer`: sparse where the config says so.
     pub fn load(loader: WeightLoader, cfg: &Qwen3Config, layer: usize) -> Result<Self> {
         let w = LayerWeights::new(loader, cfg, layer);
-        Ok(Self {
-            input_layernorm: w.rms_norm("input_layernorm")?,
-            self_attn: Attention::load(&w, cfg, layer)?,
-            post_attention_layernorm: w.rms_norm("post_attention_layernorm")?,
-            mlp: Mlp::load(&w)?,
+        Ok(match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
+            Some(moe) => Self::Sparse(DecoderLayer::load_with(
+                &w,
+                cfg,
+                layer,
+                SparseMoe::load(&w, moe)?,
+            )?),
+            None => Self::Dense(DecoderLayer::load_with(&w, cfg, layer, Mlp::load(&w)?)?),
         })
+    }
+
+    /// The dense layer, which the fused GPU kernels take; `None` for a sparse one.
+    pub fn dense(&self) -> Option<&DecoderLayer> {
+        match self {
+            Self::Dense(layer) => Some(layer),
+            Self::Sparse(_) => None,
+        }
     }
 
     /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden). Writes the chunk's K/V
@@ -43,16 +83,57 @@ impl DecoderLayer {
         plan: &LayerPlan,
         probe: Option<&dyn LayerProbe>,
     ) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
-        if plan.fused {
-            return super::fused_layer::forward(self, x, start, rope, kv, &plan.prefill, probe);
+        match self {
+            Self::Dense(layer) => layer.forward(x, start, rope, kv, plan, probe),
+            // the fused kernels have no MoE block (the plan declines MoE models)
+            Self::Sparse(layer) => layer.forward_unfused(x, start, rope, kv),
         }
-        let _ = (plan, probe); // the unfused reference is not split into parts
+    }
+}
+
+impl<F: FeedForward> DecoderLayer<F> {
+    fn load_with(w: &LayerWeights, cfg: &Qwen3Config, layer: usize, mlp: F) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: w.rms_norm("input_layernorm")?,
+            self_attn: Attention::load(w, cfg, layer)?,
+            post_attention_layernorm: w.rms_norm("post_attention_layernorm")?,
+            mlp,
+        })
+    }
+
+    /// The unfused reference in plain tensor operations. x: (L, hidden) → (L, hidden)
+    pub fn forward_unfused(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &RotaryTable,
+        kv: &KvCache,
+    ) -> Result<Tensor> {
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, start, rope, kv)?;
         let x = (x + attn)?;
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + mlp)?)
+    }
+}
+
+impl DecoderLayer {
+    /// As [`Layer::forward`], on the fused GPU layer where the plan says so.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        start: usize,
+        rope: &RotaryTable,
+        kv: &KvCache,
+        plan: &LayerPlan,
+        probe: Option<&dyn LayerProbe>,
+    ) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if plan.fused {
+            return super::fused_layer::forward(self, x, start, rope, kv, &plan.prefill, probe);
+        }
+        let _ = (plan, probe); // the unfused reference is not split into parts
+        self.forward_unfused(x, start, rope, kv)
     }
 }

@@ -187,6 +187,13 @@ pub fn choose(cfg: &Qwen3Config, dtype: DType, device: &Device) -> Result<LayerP
 
 /// Whether the fused layer's kernels take this model and dtype, or why not.
 fn fused_layer_covers(cfg: &Qwen3Config, dtype: DType) -> std::result::Result<(), String> {
+    if let Some(moe) = &cfg.moe {
+        return Err(format!(
+            "the fused kernels have no mixture-of-experts block (qwen3_moe, {} experts, {} per token: \
+             the MoE block runs in plain tensor operations)",
+            moe.num_experts, moe.num_experts_per_tok
+        ));
+    }
     if !matches!(dtype, DType::BF16 | DType::F16) {
         return Err(format!("the fused kernels take bf16 or f16, not {dtype:?}"));
     }
@@ -256,6 +263,17 @@ mod tests {
             (plan.prefill_name(), plan.decode_name()),
             ("reference", "reference")
         );
+    }
+
+    #[test]
+    fn mixture_of_experts_models_decline_the_fused_layer_with_the_reason() {
+        let json = serde_json::from_str(crate::model::tiny::MOE_CONFIG_JSON).unwrap();
+        let mut cfg = Qwen3Config::from_json(&json).unwrap();
+        cfg.head_dim = 128; // a shape the fused kernels take but for the MoE block
+        let why = fused_layer_covers(&cfg, DType::BF16).unwrap_err();
+        assert!(why.contains("no mixture-of-experts block"), "{why}");
+        cfg.moe = None;
+        assert!(fused_layer_covers(&cfg, DType::BF16).is_ok());
     }
 
     #[test]

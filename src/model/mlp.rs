@@ -1,4 +1,5 @@
-//! SwiGLU feed-forward block: down(silu(gate(x)) * up(x)), with gate and up as one product.
+//! SwiGLU feed-forward block: down(silu(gate(x)) * up(x)), with gate and up as one product: a
+//! dense layer's MLP, and each expert of a sparse MoE layer (`moe.rs`).
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -13,10 +14,16 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// A dense layer's MLP (`mlp.{gate,up,down}_proj`).
     pub fn load(w: &LayerWeights) -> Result<Self> {
+        Self::load_at(w, "mlp")
+    }
+
+    /// The MLP whose projections are below `key` in the layer, e.g. `mlp.experts.7`.
+    pub fn load_at(w: &LayerWeights, key: &str) -> Result<Self> {
         Ok(Self {
-            gate_up_proj: w.stacked_linear(&["mlp.gate_proj", "mlp.up_proj"])?,
-            down_proj: w.linear("mlp.down_proj")?,
+            gate_up_proj: w.stacked_linear(&[&format!("{key}.gate_proj"), &format!("{key}.up_proj")])?,
+            down_proj: w.linear(&format!("{key}.down_proj"))?,
         })
     }
 

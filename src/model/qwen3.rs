@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm};
 
 use super::config::Qwen3Config;
-use super::decoder_layer::DecoderLayer;
+use super::decoder_layer::Layer;
 use super::kv_cache::KvCache;
 use super::layer_plan::{self, LayerPlan};
 use super::layer_probe::LayerProbe;
@@ -24,7 +24,7 @@ pub struct Qwen3 {
     device: Device,
     embed_tokens: Option<Embedding>,
     /// Indexed by global layer; `None` for layers this process has not loaded.
-    layers: Vec<Option<DecoderLayer>>,
+    layers: Vec<Option<Layer>>,
     norm: Option<RmsNorm>,
     lm_head: Option<Linear>,
     rope: RotaryTable,
@@ -101,7 +101,7 @@ impl Qwen3 {
     pub fn load_layers(&mut self, source: &dyn WeightSource, layers: Range<usize>) -> Result<()> {
         for layer in layers {
             if self.layers[layer].is_none() {
-                let loaded = DecoderLayer::load(self.loader(source), &self.cfg, layer)?;
+                let loaded = Layer::load(self.loader(source), &self.cfg, layer)?;
                 self.layers[layer] = Some(loaded);
             }
         }
@@ -198,7 +198,7 @@ impl Qwen3 {
             .forward(hidden, start, &self.rope, kv, &self.plan, probe)
     }
 
-    fn decoder(&self, layer: usize) -> Result<&DecoderLayer> {
+    fn decoder(&self, layer: usize) -> Result<&Layer> {
         self.layers
             .get(layer)
             .and_then(Option::as_ref)
@@ -214,7 +214,13 @@ impl Qwen3 {
             return Ok(None);
         }
         let layers = (0..self.cfg.num_hidden_layers)
-            .map(|l| self.decoder(l))
+            .map(|l| {
+                self.decoder(l)?.dense().with_context(|| {
+                    format!(
+                        "decode step: layer {l} is a mixture-of-experts layer, which it has no kernels for"
+                    )
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let (Some(embed), Some(norm), Some(lm_head)) = (&self.embed_tokens, &self.norm, &self.lm_head) else {
             return Ok(None);

@@ -1,5 +1,5 @@
-//! `--model`: the built-in `tiny` model or a Hugging Face checkpoint directory, resolved into
-//! config, weights and tokenizer files.
+//! `--model`: the built-in `tiny` or `tiny-moe` model or a Hugging Face checkpoint directory,
+//! resolved into config, weights and tokenizer files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,25 +15,34 @@ use super::weights::{AfterMap, Checkpoint, SyntheticWeights, WeightSource};
 pub enum ModelSource {
     /// The built-in toy model (`--model tiny`).
     Tiny,
+    /// The built-in toy mixture-of-experts model (`--model tiny-moe`).
+    TinyMoe,
     /// A Hugging Face model directory.
     Dir(PathBuf),
 }
 
 impl ModelSource {
-    /// `tiny` means the built-in model (write `./tiny` for a directory of that name).
+    /// `tiny` and `tiny-moe` mean the built-in models (write `./tiny` for a directory of that
+    /// name).
     pub fn from_arg(arg: &str) -> Self {
-        if arg == "tiny" {
-            Self::Tiny
-        } else {
-            Self::Dir(PathBuf::from(arg))
+        match arg {
+            "tiny" => Self::Tiny,
+            "tiny-moe" => Self::TinyMoe,
+            _ => Self::Dir(PathBuf::from(arg)),
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Self::Tiny => "tiny (built-in)".into(),
+            Self::TinyMoe => "tiny-moe (built-in)".into(),
             Self::Dir(dir) => dir.display().to_string(),
         }
+    }
+
+    /// Whether this is a built-in model (random weights, no files).
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, Self::Tiny | Self::TinyMoe)
     }
 
     /// Everything but the weights, read and checked; weights open lazily.
@@ -44,17 +53,8 @@ impl ModelSource {
     /// As [`Self::open`], with `after_map` called after each checkpoint file is mapped.
     pub fn open_with(&self, after_map: Option<AfterMap>) -> Result<ModelFiles> {
         match self {
-            Self::Tiny => {
-                let config_json: Value =
-                    serde_json::from_str(tiny::CONFIG_JSON).context("built-in tiny config")?;
-                Ok(ModelFiles {
-                    config: Qwen3Config::from_json(&config_json).context("built-in tiny config")?,
-                    weights: Arc::new(SyntheticWeights { seed: tiny::SEED }),
-                    tokenizer_json: tiny::TOKENIZER_JSON.to_vec(),
-                    tokenizer_config: Some(serde_json::from_str(tiny::TOKENIZER_CONFIG_JSON)?),
-                    generation_eos: tiny::EOS_TOKEN_IDS.to_vec(),
-                })
-            }
+            Self::Tiny => builtin("tiny", tiny::CONFIG_JSON, tiny::SEED),
+            Self::TinyMoe => builtin("tiny-moe", tiny::MOE_CONFIG_JSON, tiny::MOE_SEED),
             Self::Dir(dir) => open_dir(dir, after_map),
         }
     }
@@ -82,6 +82,19 @@ impl ModelFiles {
         }
         ids
     }
+}
+
+/// A built-in model: its compiled-in config, synthetic weights from `seed`, the real tokenizer.
+fn builtin(name: &str, config: &str, seed: u64) -> Result<ModelFiles> {
+    let what = || format!("built-in {name} config");
+    let config_json: Value = serde_json::from_str(config).with_context(what)?;
+    Ok(ModelFiles {
+        config: Qwen3Config::from_json(&config_json).with_context(what)?,
+        weights: Arc::new(SyntheticWeights { seed }),
+        tokenizer_json: tiny::TOKENIZER_JSON.to_vec(),
+        tokenizer_config: Some(serde_json::from_str(tiny::TOKENIZER_CONFIG_JSON)?),
+        generation_eos: tiny::EOS_TOKEN_IDS.to_vec(),
+    })
 }
 
 fn open_dir(dir: &Path, after_map: Option<AfterMap>) -> Result<ModelFiles> {

@@ -1,6 +1,8 @@
 //! Which checkpoint tensors a stage needs, with their expected shapes.
 //!
-//! Names are the Hugging Face checkpoint keys of `Qwen3ForCausalLM`.
+//! Names are the Hugging Face checkpoint keys of `Qwen3ForCausalLM` and `Qwen3MoeForCausalLM`
+//! (one tensor per expert and projection, as published and as transformers 5.x's
+//! `save_pretrained` writes them).
 
 use std::ops::Range;
 
@@ -42,12 +44,13 @@ pub fn layer_prefix(layer: usize) -> String {
     format!("model.layers.{layer}")
 }
 
-/// The tensors of decoder layer `layer`.
+/// The tensors of decoder layer `layer`: attention, norms, and the dense MLP or the sparse MoE
+/// block (router and every expert).
 pub fn layer_specs(cfg: &Qwen3Config, layer: usize) -> Vec<TensorSpec> {
     let p = layer_prefix(layer);
     let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    vec![
+    let mut specs = vec![
         TensorSpec::new(format!("{p}.input_layernorm.weight"), &[h]),
         TensorSpec::new(format!("{p}.self_attn.q_proj.weight"), &[q_out, h]),
         TensorSpec::new(format!("{p}.self_attn.k_proj.weight"), &[kv_out, h]),
@@ -56,10 +59,36 @@ pub fn layer_specs(cfg: &Qwen3Config, layer: usize) -> Vec<TensorSpec> {
         TensorSpec::new(format!("{p}.self_attn.q_norm.weight"), &[d]),
         TensorSpec::new(format!("{p}.self_attn.k_norm.weight"), &[d]),
         TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), &[h]),
-        TensorSpec::new(format!("{p}.mlp.gate_proj.weight"), &[i, h]),
-        TensorSpec::new(format!("{p}.mlp.up_proj.weight"), &[i, h]),
-        TensorSpec::new(format!("{p}.mlp.down_proj.weight"), &[h, i]),
-    ]
+    ];
+    match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
+        Some(moe) => {
+            let mi = moe.moe_intermediate_size;
+            specs.push(TensorSpec::new(
+                format!("{p}.{ROUTER}.weight"),
+                &[moe.num_experts, h],
+            ));
+            for expert in 0..moe.num_experts {
+                let e = expert_key(expert);
+                specs.push(TensorSpec::new(format!("{p}.{e}.gate_proj.weight"), &[mi, h]));
+                specs.push(TensorSpec::new(format!("{p}.{e}.up_proj.weight"), &[mi, h]));
+                specs.push(TensorSpec::new(format!("{p}.{e}.down_proj.weight"), &[h, mi]));
+            }
+        }
+        None => {
+            specs.push(TensorSpec::new(format!("{p}.mlp.gate_proj.weight"), &[i, h]));
+            specs.push(TensorSpec::new(format!("{p}.mlp.up_proj.weight"), &[i, h]));
+            specs.push(TensorSpec::new(format!("{p}.mlp.down_proj.weight"), &[h, i]));
+        }
+    }
+    specs
+}
+
+/// The router of a sparse layer, below `model.layers.N` (its weight: (experts, hidden)).
+pub const ROUTER: &str = "mlp.gate";
+
+/// Expert `expert` of a sparse layer, below `model.layers.N`.
+pub fn expert_key(expert: usize) -> String {
+    format!("mlp.experts.{expert}")
 }
 
 pub fn embed_spec(cfg: &Qwen3Config) -> TensorSpec {
@@ -99,4 +128,79 @@ pub fn stage_specs(cfg: &Qwen3Config, layers: Range<usize>, parts: StageParts) -
         }
     }
     specs
+}
+
+/// Parameters of the whole model (every layer, every expert, the embedding and the head once
+/// each): what every rank holds to decode. Counted from the sizes, not from [`stage_specs`]
+/// (which would name every expert of every layer); the two agree (tested).
+pub fn parameter_count(cfg: &Qwen3Config) -> u64 {
+    let (h, d) = (cfg.hidden_size as u64, cfg.head_dim as u64);
+    let (q, kv) = (
+        cfg.num_attention_heads as u64 * d,
+        cfg.num_key_value_heads as u64 * d,
+    );
+    let attention = 2 * h * q + 2 * h * kv + 2 * d; // q, k, v, o projections; q and k norms
+    let norms = 2 * h;
+    let dense_mlp = 3 * h * cfg.intermediate_size as u64;
+    let sparse_mlp = cfg.moe.as_ref().map_or(0, |moe| {
+        let experts = moe.num_experts as u64;
+        experts * h + experts * 3 * h * moe.moe_intermediate_size as u64 // router, experts
+    });
+    let layers: u64 = (0..cfg.num_hidden_layers)
+        .map(|layer| {
+            let mlp = if cfg.is_sparse_layer(layer) {
+                sparse_mlp
+            } else {
+                dense_mlp
+            };
+            attention + norms + mlp
+        })
+        .sum();
+    let embeddings = cfg.vocab_size as u64 * h * if cfg.tie_word_embeddings { 1 } else { 2 };
+    layers + embeddings + h // + the final norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Qwen3Config {
+        Qwen3Config::from_json(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn parameter_count_is_the_sum_of_every_tensor_a_model_loads() {
+        let dense = config(crate::model::tiny::CONFIG_JSON);
+        let sparse = config(crate::model::tiny::MOE_CONFIG_JSON);
+        assert!(sparse.moe.is_some() && (0..sparse.num_hidden_layers).any(|l| !sparse.is_sparse_layer(l)));
+        for cfg in [dense, sparse] {
+            let specs = stage_specs(&cfg, 0..cfg.num_hidden_layers, StageParts::ALL);
+            let summed: u64 = specs
+                .iter()
+                .map(|s| s.shape.iter().product::<usize>() as u64)
+                .sum();
+            assert_eq!(parameter_count(&cfg), summed);
+        }
+    }
+
+    #[test]
+    fn a_sparse_layer_names_its_router_and_every_expert_as_published() {
+        let cfg = config(crate::model::tiny::MOE_CONFIG_JSON);
+        let moe = cfg.moe.as_ref().unwrap();
+        let layer = (0..cfg.num_hidden_layers)
+            .find(|&l| cfg.is_sparse_layer(l))
+            .unwrap();
+        let names: Vec<String> = layer_specs(&cfg, layer).into_iter().map(|s| s.name).collect();
+        let p = format!("model.layers.{layer}.mlp");
+        assert!(names.contains(&format!("{p}.gate.weight")));
+        let last = moe.num_experts - 1;
+        for proj in ["gate_proj", "up_proj", "down_proj"] {
+            assert!(
+                names.contains(&format!("{p}.experts.{last}.{proj}.weight")),
+                "{proj}"
+            );
+        }
+        assert!(!names.contains(&format!("{p}.gate_proj.weight")));
+        assert_eq!(names.len(), 8 + 1 + 3 * moe.num_experts);
+    }
 }

@@ -1,0 +1,248 @@
+//! The sparse mixture-of-experts block of Qwen3-MoE (transformers' `Qwen3MoeSparseMoeBlock`):
+//! router logits → softmax over experts in f32 → top k → (renormalised) weights → the chosen
+//! experts' SwiGLU outputs, weighted, summed.
+//!
+//! Rounding follows transformers 5.x's default experts path (`grouped_mm`): the logits and the
+//! experts' products in the model dtype, the probabilities and their renormalisation in f32,
+//! the weights cast to the model dtype and multiplied in it, each token's k weighted outputs
+//! summed in f32 and rounded once. A chunk's (token, expert) pairs are grouped by expert
+//! (`router.rs`), so each expert runs its rows as one matrix product, and an expert no token
+//! chose is not read at all: a decode step touches only its k experts. Plain tensor
+//! operations, so the same code runs on the CPU and a GPU.
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::Linear;
+
+use super::config::MoeConfig;
+use super::layer_weights::LayerWeights;
+use super::mlp::Mlp;
+use super::router::{route, Routing};
+use super::weight_names::{expert_key, ROUTER};
+
+pub struct SparseMoe {
+    /// The router: (experts, hidden)
+    gate: Linear,
+    /// Each expert a SwiGLU MLP of `moe_intermediate_size`.
+    experts: Vec<Mlp>,
+    top_k: usize,
+    norm_topk_prob: bool,
+}
+
+impl SparseMoe {
+    pub fn load(w: &LayerWeights, moe: &MoeConfig) -> Result<Self> {
+        Ok(Self {
+            gate: w.linear(ROUTER)?,
+            experts: (0..moe.num_experts)
+                .map(|e| Mlp::load_at(w, &expert_key(e)))
+                .collect::<Result<_>>()?,
+            top_k: moe.num_experts_per_tok,
+            norm_topk_prob: moe.norm_topk_prob,
+        })
+    }
+
+    /// Which experts each token of `x` (L, hidden) goes to, with what weight.
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let logits = self.gate.forward(x)?; // (L, E), model dtype
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?; // (L, E), f32
+        let experts = self.experts.len();
+        let probs = probs.flatten_all()?.to_vec1::<f32>()?; // to the host: L·E values
+        Ok(route(&probs, experts, self.top_k, self.norm_topk_prob))
+    }
+
+    /// x: (L, hidden) → (L, hidden)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (len, hidden) = x.dims2()?;
+        let (dtype, device) = (x.dtype(), x.device());
+
+        // 1. Router: each token's k experts and weights, the pairs grouped by expert
+        let routing = self.route(x)?;
+        let pairs = routing.rows.len(); // S = L·k
+
+        // 2. Each chosen expert's rows through it as one product
+        let rows = Tensor::from_slice(&routing.rows, pairs, device)?;
+        let gathered = x.index_select(&rows, 0)?; // (S, hidden)
+        let outputs = routing
+            .groups
+            .iter()
+            .map(|g| {
+                let expert = self
+                    .experts
+                    .get(g.expert)
+                    .context("internal: router chose no such expert")?;
+                expert.forward(&gathered.narrow(0, g.start, g.len)?) // (n_e, hidden)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = Tensor::cat(&outputs, 0)?; // (S, hidden), rows in routing order
+
+        // 3. Weighted in the model dtype; each token's k rows summed in f32, rounded once
+        let weights = Tensor::from_slice(&routing.weights, (pairs, 1), device)?.to_dtype(dtype)?; // (S, 1)
+        let weighted = outputs.broadcast_mul(&weights)?; // (S, hidden)
+        let token_rows = Tensor::from_slice(&routing.token_rows, pairs, device)?;
+        let per_token = weighted
+            .index_select(&token_rows, 0)? // (L·k, hidden), token-major
+            .reshape((len, self.top_k, hidden))?; // (L, k, hidden)
+        Ok(per_token.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?) // (L, hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layer_weights::WeightLoader;
+    use crate::model::weights::SyntheticWeights;
+    use crate::model::Qwen3Config;
+    use candle_core::{Device, IndexOp};
+
+    fn tiny_moe() -> Qwen3Config {
+        let json = serde_json::from_str(crate::model::tiny::MOE_CONFIG_JSON).unwrap();
+        Qwen3Config::from_json(&json).unwrap()
+    }
+
+    fn block(cfg: &Qwen3Config, layer: usize, dtype: DType) -> SparseMoe {
+        let source = SyntheticWeights { seed: 5 };
+        let loader = WeightLoader {
+            source: &source,
+            dtype,
+            device: &Device::Cpu,
+        };
+        SparseMoe::load(&LayerWeights::new(loader, cfg, layer), cfg.moe.as_ref().unwrap()).unwrap()
+    }
+
+    fn input(len: usize, hidden: usize) -> Tensor {
+        let values: Vec<f32> = (0..len * hidden)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.7)
+            .collect();
+        Tensor::from_vec(values, (len, hidden), &Device::Cpu).unwrap()
+    }
+
+    /// Token by token, expert by expert: the definition, without grouping.
+    fn per_token_reference(moe: &SparseMoe, x: &Tensor) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        for t in 0..x.dim(0).unwrap() {
+            let row = x.i(t..t + 1).unwrap(); // (1, hidden)
+            let routing = moe.route(&row).unwrap();
+            let mut sum = vec![0f32; x.dim(1).unwrap()];
+            for (g, &w) in routing.groups.iter().zip(&routing.weights) {
+                let y: Vec<f32> = moe.experts[g.expert]
+                    .forward(&row)
+                    .unwrap()
+                    .i(0)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                for (s, v) in sum.iter_mut().zip(y) {
+                    *s += v * w;
+                }
+            }
+            out.push(sum);
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_by_expert_equals_each_token_through_its_experts() {
+        let cfg = tiny_moe();
+        let layer = (0..cfg.num_hidden_layers)
+            .find(|&l| cfg.is_sparse_layer(l))
+            .unwrap();
+        let moe = block(&cfg, layer, DType::F32);
+        let x = input(13, cfg.hidden_size);
+        let grouped: Vec<Vec<f32>> = moe.forward(&x).unwrap().to_vec2().unwrap();
+        let reference = per_token_reference(&moe, &x);
+        let routing = moe.route(&x).unwrap();
+        assert!(
+            routing.groups.len() > cfg.moe.as_ref().unwrap().num_experts_per_tok,
+            "one group"
+        );
+        for (t, (a, b)) in grouped.iter().zip(&reference).enumerate() {
+            for (u, v) in a.iter().zip(b) {
+                assert!((u - v).abs() <= 1e-6 * (1.0 + v.abs()), "token {t}: {u} vs {v}");
+            }
+        }
+        // a chunk's rows do not depend on the other tokens in it
+        let alone: Vec<f32> = moe
+            .forward(&x.i(4..5).unwrap())
+            .unwrap()
+            .i(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (u, v) in alone.iter().zip(&grouped[4]) {
+            assert!((u - v).abs() <= 1e-6 * (1.0 + v.abs()));
+        }
+    }
+
+    #[test]
+    fn tied_router_probabilities_give_the_same_output_whichever_expert_comes_first() {
+        // experts 0 and 1 with identical router rows: swapping the two experts' weights must not
+        // change a token that chose both (a tie inside the top k), and a tie at the k-th place
+        // goes to expert 0
+        let cfg = tiny_moe();
+        let layer = (0..cfg.num_hidden_layers)
+            .find(|&l| cfg.is_sparse_layer(l))
+            .unwrap();
+        let mut moe = block(&cfg, layer, DType::F32);
+        let router = moe.gate.weight().clone();
+        let row0 = router.i(0..1).unwrap();
+        let tied = Tensor::cat(&[&row0, &row0, &router.i(2..).unwrap()], 0).unwrap(); // (E, hidden)
+        moe.gate = Linear::new(tied, None);
+        let x = input(64, cfg.hidden_size);
+        let routing = moe.route(&x).unwrap();
+        let k = moe.top_k;
+        let chosen = |t: usize, e: usize| {
+            routing.token_rows[t * k..(t + 1) * k].iter().any(|&row| {
+                routing
+                    .groups
+                    .iter()
+                    .any(|g| g.expert == e && (g.start..g.start + g.len).contains(&(row as usize)))
+            })
+        };
+        let a: Vec<Vec<f32>> = moe.forward(&x).unwrap().to_vec2().unwrap();
+        moe.experts.swap(0, 1);
+        let b: Vec<Vec<f32>> = moe.forward(&x).unwrap().to_vec2().unwrap();
+        let mut both = 0;
+        for t in 0..64 {
+            match (chosen(t, 0), chosen(t, 1)) {
+                (false, true) => panic!("token {t}: the tie at the k-th place went to expert 1"),
+                (true, false) => continue,
+                (true, true) => both += 1,
+                (false, false) => {}
+            }
+            for (u, v) in a[t].iter().zip(&b[t]) {
+                assert!((u - v).abs() <= 1e-6 * (1.0 + v.abs()), "token {t}: {u} vs {v}");
+            }
+        }
+        assert!(both > 0, "no token chose both tied experts");
+    }
+
+    #[test]
+    fn bf16_rounds_like_f32_within_bf16_precision() {
+        let cfg = tiny_moe();
+        let layer = (0..cfg.num_hidden_layers)
+            .find(|&l| cfg.is_sparse_layer(l))
+            .unwrap();
+        let x = input(5, cfg.hidden_size);
+        let f32_out: Vec<f32> = block(&cfg, layer, DType::F32)
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bf16 = block(&cfg, layer, DType::BF16);
+        let out = bf16.forward(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+        assert_eq!(out.dtype(), DType::BF16);
+        let bf16_out: Vec<f32> = out
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (u, v) in bf16_out.iter().zip(&f32_out) {
+            assert!((u - v).abs() <= 0.05 * scale, "{u} vs {v}");
+        }
+    }
+}
