@@ -216,7 +216,7 @@ fn post_staged_sends<'a, 's>(
     wait: bool,
 ) -> Result<()> {
     while let Some((_, _, _, staged)) = state.staged.front() {
-        if !staged.is_ready() {
+        if !staged.is_ready()? {
             if !wait {
                 return Ok(());
             }

@@ -88,13 +88,14 @@ impl<'a> StagedHidden<'a> {
         }
     }
 
-    /// Whether the bytes are in host memory (never blocks).
-    pub fn is_ready(&self) -> bool {
+    /// Whether the bytes are in host memory (never blocks); a CUDA error (of the copy or of
+    /// earlier work on the stream) is an error, not "not yet".
+    pub fn is_ready(&self) -> Result<bool> {
         #[cfg(feature = "cuda")]
         if let Some(event) = &self.copied {
-            return event.is_complete();
+            return Ok(event.try_is_complete()?);
         }
-        true
+        Ok(true)
     }
 
     /// Blocks until the bytes are in host memory.
