@@ -103,6 +103,74 @@ fn moe_prompt_ids_logits_and_greedy_continuation_match_transformers_chunked_or_n
     }
 }
 
+/// Last-position logits of a one-chunk prefill of `prompt_ids` on the checkpoint in `dir`.
+fn logits_of(dir: &Path, prompt_ids: &[u32]) -> Vec<f32> {
+    let files = ModelSource::Dir(dir.to_owned()).open().unwrap();
+    let cfg = &files.config;
+    let all = 0..cfg.num_hidden_layers;
+    let model = Qwen3::load(
+        cfg,
+        files.weights.as_ref(),
+        all,
+        StageParts::ALL,
+        64,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let kv = KvCache::new(cfg, 64, DType::F32, &Device::Cpu).unwrap();
+    let logits = prefill_local(&model, prompt_ids, prompt_ids.len(), &kv).unwrap();
+    logits.to_vec1().unwrap()
+}
+
+#[test]
+fn experts_saved_fused_by_transformers_5x_load_like_the_per_expert_tensors() {
+    // save_pretrained(save_original_format=False) writes mlp.experts.gate_up_proj
+    // (E, 2·I, hidden; each expert's gate rows, then its up rows) and mlp.experts.down_proj
+    // (E, hidden, I) instead of one tensor per expert
+    let name = "moe-norm-dense-4x";
+    let dir = materialize(name);
+    let prompt_ids = expected_ids(&expected(name), "prompt_ids");
+    let per_expert = logits_of(dir.path(), &prompt_ids);
+    let cfg = qwen3_mpi::model::Qwen3Config::from_file(&dir.path().join("config.json")).unwrap();
+    let experts = cfg.moe.as_ref().unwrap().num_experts;
+    let file = dir.path().join("model.safetensors");
+    let mut tensors = load_kv(&file);
+    let mut fused_layers = 0;
+    for layer in (0..cfg.num_hidden_layers).filter(|&l| cfg.is_sparse_layer(l)) {
+        let mut take = |e: usize, proj: &str| {
+            tensors
+                .remove(&format!("model.layers.{layer}.mlp.experts.{e}.{proj}.weight"))
+                .unwrap()
+        };
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        for e in 0..experts {
+            gate_up.push(Tensor::cat(&[take(e, "gate_proj"), take(e, "up_proj")], 0).unwrap()); // (2·I, hidden)
+            down.push(take(e, "down_proj")); // (hidden, I)
+        }
+        let p = format!("model.layers.{layer}.mlp.experts");
+        tensors.insert(format!("{p}.gate_up_proj"), Tensor::stack(&gate_up, 0).unwrap());
+        tensors.insert(format!("{p}.down_proj"), Tensor::stack(&down, 0).unwrap());
+        fused_layers += 1;
+    }
+    assert!(fused_layers > 0);
+    assert!(!tensors.keys().any(|k| k.contains("experts.0.")));
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let fused = logits_of(dir.path(), &prompt_ids);
+    assert!(
+        fused
+            .iter()
+            .zip(&per_expert)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "fused experts give other logits"
+    );
+    let err = relative_error(&fused, &expected_logits(name));
+    assert!(
+        err <= TOLERANCE,
+        "fused experts: relative error {err:e} vs transformers"
+    );
+}
+
 /// `mpirun -n ranks` on `model` with chunks of 7 tokens; the generated ids.
 fn job(model: &Path, ranks: usize, sync: &str, layers: Option<&str>, prompt: &str, dump: &Path) -> Vec<u32> {
     let (model, dump) = (model.display().to_string(), dump.display().to_string());

@@ -52,14 +52,11 @@ impl Layer {
     /// Loads layer `layer`: sparse where the config says so.
     pub fn load(loader: WeightLoader, cfg: &Qwen3Config, layer: usize) -> Result<Self> {
         let w = LayerWeights::new(loader, cfg, layer);
-        Ok(match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
-            Some(moe) => Self::Sparse(DecoderLayer::load_with(
-                &w,
-                cfg,
-                layer,
-                SparseMoe::load(&w, moe)?,
-            )?),
-            None => Self::Dense(DecoderLayer::load_with(&w, cfg, layer, Mlp::load(&w)?)?),
+        Ok(if cfg.is_sparse_layer(layer) {
+            let moe = SparseMoe::load(&w, cfg, layer)?;
+            Self::Sparse(DecoderLayer::load_with(&w, cfg, layer, moe)?)
+        } else {
+            Self::Dense(DecoderLayer::load_with(&w, cfg, layer, Mlp::load(&w)?)?)
         })
     }
 

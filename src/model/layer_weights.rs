@@ -51,6 +51,16 @@ impl<'a> LayerWeights<'a> {
         self.loader.tensor(spec)
     }
 
+    /// Whether the checkpoint has tensor `name` (a full checkpoint key).
+    pub fn contains(&self, name: &str) -> Result<bool> {
+        self.loader.source.contains(name)
+    }
+
+    /// A tensor outside the layer's usual names (another spelling of some of them).
+    pub fn tensor(&self, spec: &TensorSpec) -> Result<Tensor> {
+        self.loader.tensor(spec)
+    }
+
     /// A bias-free linear layer (Qwen3 has no projection biases).
     pub fn linear(&self, key: &str) -> Result<Linear> {
         Ok(Linear::new(self.weight(key)?, None))

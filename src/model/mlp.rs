@@ -19,6 +19,14 @@ impl Mlp {
         Self::load_at(w, "mlp")
     }
 
+    /// From its weights: gate and up stacked (2·I, hidden), gate rows first; down (hidden, I).
+    pub fn new(gate_up: Tensor, down: Tensor) -> Self {
+        Self {
+            gate_up_proj: Linear::new(gate_up, None),
+            down_proj: Linear::new(down, None),
+        }
+    }
+
     /// The MLP whose projections are below `key` in the layer, e.g. `mlp.experts.7`.
     pub fn load_at(w: &LayerWeights, key: &str) -> Result<Self> {
         Ok(Self {

@@ -14,11 +14,11 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
 
-use super::config::MoeConfig;
+use super::config::Qwen3Config;
 use super::layer_weights::LayerWeights;
 use super::mlp::Mlp;
 use super::router::{route, Routing};
-use super::weight_names::{expert_key, ROUTER};
+use super::weight_names::{expert_key, fused_expert_specs, layer_prefix, ROUTER};
 
 pub struct SparseMoe {
     /// The router: (experts, hidden)
@@ -30,12 +30,29 @@ pub struct SparseMoe {
 }
 
 impl SparseMoe {
-    pub fn load(w: &LayerWeights, moe: &MoeConfig) -> Result<Self> {
-        Ok(Self {
-            gate: w.linear(ROUTER)?,
-            experts: (0..moe.num_experts)
+    /// Layer `layer`'s router and experts, one tensor per expert and projection as published,
+    /// or fused as transformers 5.x can also save them.
+    pub fn load(w: &LayerWeights, cfg: &Qwen3Config, layer: usize) -> Result<Self> {
+        let moe = cfg
+            .moe
+            .as_ref()
+            .context("internal: a sparse layer in a dense model")?;
+        let per_expert = format!("{}.{}.gate_proj.weight", layer_prefix(layer), expert_key(0));
+        let experts = match fused_expert_specs(cfg, layer) {
+            Some([gate_up, down]) if !w.contains(&per_expert)? && w.contains(&gate_up.name)? => {
+                let gate_up = w.tensor(&gate_up)?; // (E, 2·I, hidden), gate rows first
+                let down = w.tensor(&down)?; // (E, hidden, I)
+                (0..moe.num_experts)
+                    .map(|e| Ok(Mlp::new(gate_up.get(e)?, down.get(e)?)))
+                    .collect::<Result<_>>()?
+            }
+            _ => (0..moe.num_experts)
                 .map(|e| Mlp::load_at(w, &expert_key(e)))
                 .collect::<Result<_>>()?,
+        };
+        Ok(Self {
+            gate: w.linear(ROUTER)?,
+            experts,
             top_k: moe.num_experts_per_tok,
             norm_topk_prob: moe.norm_topk_prob,
         })
@@ -91,7 +108,6 @@ mod tests {
     use super::*;
     use crate::model::layer_weights::WeightLoader;
     use crate::model::weights::SyntheticWeights;
-    use crate::model::Qwen3Config;
     use candle_core::{Device, IndexOp};
 
     fn tiny_moe() -> Qwen3Config {
@@ -106,7 +122,7 @@ mod tests {
             dtype,
             device: &Device::Cpu,
         };
-        SparseMoe::load(&LayerWeights::new(loader, cfg, layer), cfg.moe.as_ref().unwrap()).unwrap()
+        SparseMoe::load(&LayerWeights::new(loader, cfg, layer), cfg, layer).unwrap()
     }
 
     fn input(len: usize, hidden: usize) -> Tensor {

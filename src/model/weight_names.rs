@@ -86,6 +86,24 @@ pub fn layer_specs(cfg: &Qwen3Config, layer: usize) -> Vec<TensorSpec> {
 /// The router of a sparse layer, below `model.layers.N` (its weight: (experts, hidden)).
 pub const ROUTER: &str = "mlp.gate";
 
+/// A sparse layer's experts as transformers 5.x holds them, fused, when a checkpoint was saved in
+/// that layout (`save_pretrained(save_original_format=False)`): `mlp.experts.gate_up_proj`
+/// (experts, 2·I, hidden), each expert's gate rows then its up rows, and `mlp.experts.down_proj`
+/// (experts, hidden, I). `None` for a dense layer.
+pub fn fused_expert_specs(cfg: &Qwen3Config, layer: usize) -> Option<[TensorSpec; 2]> {
+    let moe = cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer))?;
+    let (p, h, e, mi) = (
+        layer_prefix(layer),
+        cfg.hidden_size,
+        moe.num_experts,
+        moe.moe_intermediate_size,
+    );
+    Some([
+        TensorSpec::new(format!("{p}.mlp.experts.gate_up_proj"), &[e, 2 * mi, h]),
+        TensorSpec::new(format!("{p}.mlp.experts.down_proj"), &[e, h, mi]),
+    ])
+}
+
 /// Expert `expert` of a sparse layer, below `model.layers.N`.
 pub fn expert_key(expert: usize) -> String {
     format!("mlp.experts.{expert}")

@@ -17,6 +17,10 @@ use super::weight_names::TensorSpec;
 pub trait WeightSource: Send + Sync {
     /// Loads one tensor, converted to `dtype`, on `device`.
     fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor>;
+
+    /// Whether the source has a tensor named `name` (where a checkpoint may spell a part two
+    /// ways, e.g. MoE experts one tensor each or fused).
+    fn contains(&self, name: &str) -> Result<bool>;
 }
 
 /// Weights generated in memory from a seed (the built-in `tiny` model, test checkpoints).
@@ -28,6 +32,11 @@ impl WeightSource for SyntheticWeights {
     fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
         let values = synthetic::tensor_values(self.seed, &spec.name, &spec.shape);
         Ok(Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?)
+    }
+
+    /// Any name can be generated: the synthetic checkpoint is in the first spelling asked for.
+    fn contains(&self, _name: &str) -> Result<bool> {
+        Ok(true)
     }
 }
 
@@ -139,6 +148,13 @@ impl WeightSource for Checkpoint {
             .load(device)
             .with_context(|| format!("{}: cannot load tensor {}", path.display(), spec.name))?;
         Ok(tensor.to_dtype(dtype)?)
+    }
+
+    fn contains(&self, name: &str) -> Result<bool> {
+        match &self.weight_map {
+            Some(map) => Ok(map.contains_key(name)),
+            None => Ok(self.mapped(SINGLE_FILE)?.view(name).is_some()),
+        }
     }
 }
 
