@@ -215,11 +215,14 @@ fn post_staged_sends<'a, 's>(
     state: &mut LoopState<'a, 's>,
     wait: bool,
 ) -> Result<()> {
-    while let Some((_, _, _, staged)) = state.staged.front() {
+    while let Some((chunk, _, _, staged)) = state.staged.front() {
         if !staged.is_ready()? {
             if !wait {
                 return Ok(());
             }
+            let _wait = ctx.watchdog.waiting_for(format!(
+                "the copy of chunk {chunk}'s hidden state to host memory (the GPU)"
+            ));
             staged.wait()?;
         }
         let Some((chunk, to, step, staged)) = state.staged.pop_front() else {
