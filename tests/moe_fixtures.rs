@@ -171,6 +171,45 @@ fn experts_saved_fused_by_transformers_5x_load_like_the_per_expert_tensors() {
     );
 }
 
+#[test]
+fn a_stage_maps_only_the_shards_of_its_layers_experts() {
+    // 3 shards of 26 tensors: [embedding, layer 0 (dense), 14 of layer 1's], [13 of layer 1's,
+    // layer 2 (dense), 2 of layer 3's], [25 of layer 3's, the final norm]
+    let name = "moe-unnorm-sharded-5x";
+    let dir = materialize(name);
+    let cfg = qwen3_mpi::model::Qwen3Config::from_file(&dir.path().join("config.json")).unwrap();
+    let none = StageParts {
+        embed: false,
+        head: false,
+    };
+    for (layers, parts, want) in [
+        (
+            0..1,
+            StageParts {
+                embed: true,
+                head: false,
+            },
+            1,
+        ),
+        (2..3, none, 1),
+        (1..2, none, 2),
+        (0..4, StageParts::ALL, 3),
+    ] {
+        let mapped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = mapped.clone();
+        let after_map: qwen3_mpi::model::weights::AfterMap = std::sync::Arc::new(move |path, _| {
+            seen.lock()
+                .unwrap()
+                .push(path.file_name().unwrap().to_string_lossy().into_owned());
+            Ok(())
+        });
+        let source = qwen3_mpi::model::weights::Checkpoint::open_with(dir.path(), Some(after_map)).unwrap();
+        Qwen3::load(&cfg, &source, layers.clone(), parts, 64, DType::F32, &Device::Cpu).unwrap();
+        let files = mapped.lock().unwrap().clone();
+        assert_eq!(files.len(), want, "layers {layers:?} mapped {files:?}");
+    }
+}
+
 /// `mpirun -n ranks` on `model` with chunks of 7 tokens; the generated ids.
 fn job(model: &Path, ranks: usize, sync: &str, layers: Option<&str>, prompt: &str, dump: &Path) -> Vec<u32> {
     let (model, dump) = (model.display().to_string(), dump.display().to_string());
