@@ -310,3 +310,60 @@ fn tiny_moe_runs_built_in_on_three_ranks_like_one() {
     assert_eq!(one.len(), 6);
     assert_eq!(run(3), one, "3 ranks against 1");
 }
+
+#[test]
+fn op_spans_time_each_sparse_layers_moe_block_inside_its_layer() {
+    use qwen3_mpi::trace::spans::{Span, SpanKind, SpanRow};
+    let name = "moe-unnorm-sharded-5x"; // layers 1 and 3 sparse
+    let model = materialize(name);
+    let m = model.path().display().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("moe.h5");
+    let p = path.display().to_string();
+    let prompt = expected(name)["prompt"].as_str().unwrap().to_owned(); // 38 tokens: 6 chunks of 7
+    let args = [
+        "--model",
+        &m,
+        "--prompt",
+        &prompt,
+        "--max-new-tokens",
+        "2",
+        "--chunk-size",
+        "7",
+    ];
+    let args = [&args[..], &["--trace", &p, "--op-spans"]].concat();
+    let (code, _, stderr, _) = run_mpi(2, &args, &[], 120);
+    assert_eq!(code, 0, "{stderr}");
+    let file = hdf5::File::open(&path).unwrap();
+    let mut moe = Vec::new();
+    for rank in 0..2 {
+        let rows: Vec<SpanRow> = file
+            .dataset(&format!("ranks/{rank}/events"))
+            .unwrap()
+            .read_raw()
+            .unwrap();
+        let spans: Vec<Span> = rows.iter().map(SpanRow::span).collect();
+        for s in spans.iter().filter(|s| s.kind == SpanKind::Moe) {
+            let layer = spans
+                .iter()
+                .find(|l| l.kind == SpanKind::LayerCompute && (l.layer, l.chunk) == (s.layer, s.chunk))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "rank {rank}: MoE span of layer {} chunk {} outside a layer",
+                        s.layer, s.chunk
+                    )
+                });
+            assert!(
+                layer.t_start_ns <= s.t_start_ns && s.t_end_ns <= layer.t_end_ns && s.t_end_ns > s.t_start_ns,
+                "rank {rank}: {s:?} not inside {layer:?}"
+            );
+            moe.push((s.layer, s.chunk));
+        }
+    }
+    moe.sort();
+    let want: Vec<(i32, i32)> = [1, 3].iter().flat_map(|&l| (0..6).map(move |c| (l, c))).collect();
+    assert_eq!(
+        moe, want,
+        "one MoE span per sparse layer and chunk, none for the dense layers"
+    );
+}

@@ -35,6 +35,7 @@ impl LayerProbe for LayerPartSpans<'_> {
                 LayerPart::Gemm => SpanKind::Gemm,
                 LayerPart::Attention => SpanKind::Attention,
                 LayerPart::Elementwise => SpanKind::Elementwise,
+                LayerPart::Moe => SpanKind::Moe,
             };
             self.spans.end(mark, kind, self.at, self.log)?;
         }

@@ -23,7 +23,7 @@ use crate::transport::progress::{poll_interval, MpiProgress};
 use crate::transport::{MpiEnv, SharedComm};
 
 /// Spans of one prefill run (dropped from the trace when another run follows).
-pub const PREFILL_SPANS: [SpanKind; 10] = [
+pub const PREFILL_SPANS: [SpanKind; 11] = [
     SpanKind::Embed,
     SpanKind::LayerCompute,
     SpanKind::KvSync,
@@ -34,6 +34,7 @@ pub const PREFILL_SPANS: [SpanKind; 10] = [
     SpanKind::Gemm,
     SpanKind::Attention,
     SpanKind::Elementwise,
+    SpanKind::Moe,
 ];
 
 /// What one prefill run leaves: the first token (and the sampler that drew it), the logits

@@ -10,7 +10,7 @@ use super::attention::Attention;
 use super::config::Qwen3Config;
 use super::kv_cache::KvCache;
 use super::layer_plan::LayerPlan;
-use super::layer_probe::LayerProbe;
+use super::layer_probe::{LayerPart, LayerProbe};
 use super::layer_weights::{LayerWeights, WeightLoader};
 use super::mlp::Mlp;
 use super::moe::SparseMoe;
@@ -18,16 +18,20 @@ use super::rope::RotaryTable;
 
 /// The feed-forward half of a layer: x (L, hidden) → (L, hidden).
 pub trait FeedForward {
+    /// The part of the layer it is in a trace's `--op-spans` (none: not timed on its own).
+    const PART: Option<LayerPart>;
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 impl FeedForward for Mlp {
+    const PART: Option<LayerPart> = None;
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Mlp::forward(self, x)
     }
 }
 
 impl FeedForward for SparseMoe {
+    const PART: Option<LayerPart> = Some(LayerPart::Moe);
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         SparseMoe::forward(self, x)
     }
@@ -69,8 +73,8 @@ impl Layer {
     }
 
     /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden). Writes the chunk's K/V
-    /// into `kv`. On the fused layer, `probe` (if any) sees where each part of its work
-    /// begins.
+    /// into `kv`. `probe` (if any) sees where each part of the fused layer's work begins, and
+    /// a sparse layer's MoE block.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -83,7 +87,7 @@ impl Layer {
         match self {
             Self::Dense(layer) => layer.forward(x, start, rope, kv, plan, probe),
             // the fused kernels have no MoE block (the plan declines MoE models)
-            Self::Sparse(layer) => layer.forward_unfused(x, start, rope, kv),
+            Self::Sparse(layer) => layer.forward_unfused(x, start, rope, kv, probe),
         }
     }
 }
@@ -98,19 +102,25 @@ impl<F: FeedForward> DecoderLayer<F> {
         })
     }
 
-    /// The unfused reference in plain tensor operations. x: (L, hidden) → (L, hidden)
+    /// The unfused reference in plain tensor operations; `probe` sees the feed-forward block
+    /// where it is a part of its own ([`FeedForward::PART`]). x: (L, hidden) → (L, hidden)
     pub fn forward_unfused(
         &self,
         x: &Tensor,
         start: usize,
         rope: &RotaryTable,
         kv: &KvCache,
+        probe: Option<&dyn LayerProbe>,
     ) -> Result<Tensor> {
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, start, rope, kv)?;
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let normed = self.post_attention_layernorm.forward(&x)?;
+        let probe = probe.filter(|_| F::PART.is_some());
+        probe.map_or(Ok(()), |p| p.enter(F::PART))?;
+        let mlp = self.mlp.forward(&normed)?;
+        probe.map_or(Ok(()), |p| p.enter(None))?;
         Ok((x + mlp)?)
     }
 }
@@ -130,7 +140,7 @@ impl DecoderLayer {
         if plan.fused {
             return super::fused_layer::forward(self, x, start, rope, kv, &plan.prefill, probe);
         }
-        let _ = (plan, probe); // the unfused reference is not split into parts
-        self.forward_unfused(x, start, rope, kv)
+        let _ = plan;
+        self.forward_unfused(x, start, rope, kv, probe) // the dense MLP is not a part of its own
     }
 }

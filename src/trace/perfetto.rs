@@ -21,6 +21,7 @@ fn kind_name(kind: SpanKind) -> &'static str {
         SpanKind::Gemm => "gemm",
         SpanKind::Attention => "attention",
         SpanKind::Elementwise => "elementwise",
+        SpanKind::Moe => "moe",
     }
 }
 

@@ -23,12 +23,14 @@ pub enum SpanKind {
     Attention = 10,
     /// Inside a layer (`--op-spans`, GPU track): norms, RoPE, cache write, SwiGLU, residual adds.
     Elementwise = 11,
+    /// Inside a layer (`--op-spans`, any device): a Qwen3-MoE layer's sparse block.
+    Moe = 12,
 }
 
 impl SpanKind {
     /// Whether the span is a part of a layer's span (so its time is already in the layer's).
     pub fn is_layer_part(self) -> bool {
-        matches!(self, Self::Gemm | Self::Attention | Self::Elementwise)
+        matches!(self, Self::Gemm | Self::Attention | Self::Elementwise | Self::Moe)
     }
 }
 
@@ -237,6 +239,7 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
         Gemm,
         Attention,
         Elementwise,
+        Moe,
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;
