@@ -1,10 +1,14 @@
-//! The KV cache: one preallocated tensor for every layer and the whole context.
+//! The KV cache: one preallocated tensor for a range of layers (every layer, or with
+//! `--decode pipeline` a rank's own) and the whole context. Layers are addressed by their
+//! global index.
 //!
 //! Layout `(layers, capacity, 2, n_kv_heads, head_dim)`: per layer and position, K then V. So
 //! the K/V of positions `[start, end)` of one layer — one chunk's KV block — is one contiguous
 //! range of memory, at a known offset in one allocation. A chunk is written in place, read back
 //! as a prefix `[0, end)`, and the KV sync can send a block from, and receive it into, the cache
 //! itself (on the GPU, MPI works on these device addresses directly).
+
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -52,7 +56,8 @@ fn allocate(shape: &[usize], dtype: DType, device: &Device, ipc_capable: bool) -
 pub struct KvCache {
     /// (layers, capacity, 2, n_kv_heads, head_dim)
     data: Tensor,
-    layers: usize,
+    /// The global indices of the layers held.
+    layers: Range<usize>,
     capacity: usize,
 }
 
@@ -71,13 +76,48 @@ impl KvCache {
         device: &Device,
         ipc_capable: bool,
     ) -> Result<Self> {
-        let layers = cfg.num_hidden_layers;
-        let shape = [layers, capacity, 2, cfg.num_key_value_heads, cfg.head_dim];
+        Self::for_layers(
+            cfg,
+            0..cfg.num_hidden_layers,
+            capacity,
+            dtype,
+            device,
+            ipc_capable,
+        )
+    }
+
+    /// K/V of `layers` only (a pipeline stage's own, `--decode pipeline`); any other layer is
+    /// refused.
+    pub fn for_layers(
+        cfg: &Qwen3Config,
+        layers: Range<usize>,
+        capacity: usize,
+        dtype: DType,
+        device: &Device,
+        ipc_capable: bool,
+    ) -> Result<Self> {
+        if layers.start > layers.end || layers.end > cfg.num_hidden_layers {
+            bail!(
+                "KV cache for layers {layers:?}, outside 0..{}",
+                cfg.num_hidden_layers
+            );
+        }
+        let shape = [layers.len(), capacity, 2, cfg.num_key_value_heads, cfg.head_dim];
         Ok(Self {
             data: allocate(&shape, dtype, device, ipc_capable)?,
             layers,
             capacity,
         })
+    }
+
+    /// The global indices of the layers this cache holds.
+    pub fn layers(&self) -> Range<usize> {
+        self.layers.clone()
+    }
+
+    /// Bytes of the cache's memory.
+    pub fn bytes(&self) -> u64 {
+        (self.data.elem_count() * self.data.dtype().size_in_bytes()) as u64
     }
 
     pub fn capacity(&self) -> usize {
@@ -100,17 +140,22 @@ impl KvCache {
         2 * dims[3] * dims[4] * self.data.dtype().size_in_bytes()
     }
 
-    /// Index of (layer, position) in units of positions from the start of the cache.
+    /// Index of (layer, position) in units of positions from the start of the cache; `layer`
+    /// is one the cache holds (the KV transports run on whole caches only).
     pub fn position_index(&self, layer: usize, position: usize) -> usize {
-        layer * self.capacity + position
+        (layer - self.layers.start) * self.capacity + position
     }
 
     /// One layer: (capacity, 2, n_kv_heads, head_dim), a contiguous view.
     pub fn layer(&self, layer: usize) -> Result<Tensor> {
-        if layer >= self.layers {
-            bail!("layer {layer} is outside the KV cache ({} layers)", self.layers);
+        if !self.layers.contains(&layer) {
+            bail!(
+                "layer {layer} is outside this KV cache (layers {}..{})",
+                self.layers.start,
+                self.layers.end
+            );
         }
-        Ok(self.data.get(layer)?)
+        Ok(self.data.get(layer - self.layers.start)?)
     }
 
     fn check_range(&self, start: usize, len: usize) -> Result<()> {
@@ -155,16 +200,60 @@ impl KvCache {
         ))
     }
 
-    /// Saves K and V of positions `[0, end)` of every layer as safetensors
-    /// (`layers.<l>.k`, `layers.<l>.v`), for comparing caches across runs.
+    /// Saves K and V of positions `[0, end)` of every layer held as safetensors
+    /// (`layers.<l>.k`, `layers.<l>.v`, global indices), for comparing caches across runs.
     pub fn save_prefix(&self, path: &std::path::Path, end: usize) -> Result<()> {
         let mut tensors = std::collections::HashMap::new();
-        for layer in 0..self.layers {
+        for layer in self.layers() {
             let (k, v) = self.prefix(layer, end)?;
             tensors.insert(format!("layers.{layer}.k"), k.contiguous()?);
             tensors.insert(format!("layers.{layer}.v"), v.contiguous()?);
         }
         candle_core::safetensors::save(&tensors, path)
             .map_err(|e| anyhow::anyhow!("--dump {}: cannot write ({e})", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_for_a_layer_range_holds_those_layers_by_global_index_and_refuses_others() {
+        let json = serde_json::from_str(crate::model::tiny::CONFIG_JSON).unwrap();
+        let cfg = Qwen3Config::from_json(&json).unwrap();
+        let whole = KvCache::new(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
+        let part = KvCache::for_layers(&cfg, 3..5, 8, DType::F32, &Device::Cpu, false).unwrap();
+        assert_eq!(part.layers(), 3..5);
+        assert_eq!(part.bytes() * cfg.num_hidden_layers as u64, whole.bytes() * 2);
+        let block = Tensor::ones(
+            (2, 2, cfg.num_key_value_heads, cfg.head_dim),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        part.write_block(4, 6, &block).unwrap();
+        let back = part
+            .block(4, 6, 2)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(back as usize, block.elem_count());
+        assert_eq!(part.position_index(4, 6), 8 + 6);
+        for outside in [2, 5] {
+            let error = part.layer(outside).unwrap_err().to_string();
+            assert!(error.contains("outside this KV cache (layers 3..5)"), "{error}");
+        }
+        assert!(KvCache::for_layers(
+            &cfg,
+            0..cfg.num_hidden_layers + 1,
+            8,
+            DType::F32,
+            &Device::Cpu,
+            false
+        )
+        .is_err());
     }
 }

@@ -16,7 +16,7 @@ use super::layer_probe::LayerProbe;
 use super::layer_weights::WeightLoader;
 use super::rope::RotaryTable;
 use super::weight_names::{embed_spec, final_norm_spec, lm_head_spec, StageParts};
-use super::weights::WeightSource;
+use super::weights::{CountingSource, WeightSource};
 
 pub struct Qwen3 {
     cfg: Qwen3Config,
@@ -29,6 +29,16 @@ pub struct Qwen3 {
     lm_head: Option<Linear>,
     rope: RotaryTable,
     plan: LayerPlan,
+    /// Bytes of the tensors loaded, as they loaded: per global layer (0 where not loaded),
+    /// the embedding, and the final norm with lm_head.
+    bytes: LoadedBytes,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LoadedBytes {
+    layers: Vec<u64>,
+    embed: u64,
+    head: u64,
 }
 
 impl Qwen3 {
@@ -56,6 +66,10 @@ impl Qwen3 {
             lm_head: None,
             rope: RotaryTable::new(cfg, positions, dtype, device)?,
             plan: layer_plan::choose(cfg, dtype, device)?,
+            bytes: LoadedBytes {
+                layers: vec![0; cfg.num_hidden_layers],
+                ..LoadedBytes::default()
+            },
         };
         model.load_parts(source, parts)?;
         model.load_layers(source, layers)?;
@@ -70,29 +84,26 @@ impl Qwen3 {
         }
     }
 
-    /// Loads the embedding and/or head if not loaded yet.
+    /// Loads the embedding and/or head if not loaded yet. With tied embeddings, lm_head is
+    /// the embedding's own table where this model holds it (not a second copy).
     pub fn load_parts(&mut self, source: &dyn WeightSource, parts: StageParts) -> Result<()> {
-        let loader = self.loader(source);
-        let embed = match (parts.embed, &self.embed_tokens) {
-            (true, None) => Some(Embedding::new(
-                loader.tensor(&embed_spec(&self.cfg))?,
-                self.cfg.hidden_size,
-            )),
-            _ => None,
-        };
-        let head = match (parts.head, &self.lm_head) {
-            (true, None) => Some((
-                RmsNorm::new(loader.tensor(&final_norm_spec(&self.cfg))?, self.cfg.rms_norm_eps),
-                Linear::new(loader.tensor(&lm_head_spec(&self.cfg))?, None),
-            )),
-            _ => None,
-        };
-        if embed.is_some() {
-            self.embed_tokens = embed;
+        if parts.embed && self.embed_tokens.is_none() {
+            let counted = CountingSource::new(source);
+            let table = self.loader(&counted).tensor(&embed_spec(&self.cfg))?;
+            self.embed_tokens = Some(Embedding::new(table, self.cfg.hidden_size));
+            self.bytes.embed = counted.bytes();
         }
-        if let Some((norm, lm_head)) = head {
+        if parts.head && self.lm_head.is_none() {
+            let counted = CountingSource::new(source);
+            let loader = self.loader(&counted);
+            let norm = RmsNorm::new(loader.tensor(&final_norm_spec(&self.cfg))?, self.cfg.rms_norm_eps);
+            let weight = match (&self.embed_tokens, self.cfg.tie_word_embeddings) {
+                (Some(embed), true) => embed.embeddings().clone(),
+                _ => loader.tensor(&lm_head_spec(&self.cfg))?,
+            };
             self.norm = Some(norm);
-            self.lm_head = Some(lm_head);
+            self.lm_head = Some(Linear::new(weight, None));
+            self.bytes.head = counted.bytes();
         }
         Ok(())
     }
@@ -101,26 +112,59 @@ impl Qwen3 {
     pub fn load_layers(&mut self, source: &dyn WeightSource, layers: Range<usize>) -> Result<()> {
         for layer in layers {
             if self.layers[layer].is_none() {
-                let loaded = Layer::load(self.loader(source), &self.cfg, layer)?;
+                let counted = CountingSource::new(source);
+                let loaded = Layer::load(self.loader(&counted), &self.cfg, layer)?;
                 self.layers[layer] = Some(loaded);
+                self.bytes.layers[layer] = counted.bytes();
             }
         }
         Ok(())
     }
 
-    /// Takes over the layers and parts of `other` that this model lacks.
-    pub fn absorb(&mut self, other: Qwen3) {
-        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+    /// Takes over the layers and parts of `other` that this model lacks. With tied
+    /// embeddings, an embedding taken over brings the head that shares its table.
+    pub fn absorb(&mut self, mut other: Qwen3) {
+        let theirs = other.layers.into_iter().zip(other.bytes.layers);
+        for ((mine, bytes), (layer, their_bytes)) in
+            self.layers.iter_mut().zip(&mut self.bytes.layers).zip(theirs)
+        {
             if mine.is_none() {
-                *mine = theirs;
+                *mine = layer;
+                *bytes = their_bytes;
             }
         }
-        if self.embed_tokens.is_none() {
-            self.embed_tokens = other.embed_tokens;
+        if self.embed_tokens.is_none() && other.embed_tokens.is_some() {
+            self.embed_tokens = other.embed_tokens.take();
+            self.bytes.embed = other.bytes.embed;
+            if self.cfg.tie_word_embeddings && other.lm_head.is_some() {
+                self.lm_head = None; // a copy of the table just taken over
+            }
         }
-        if self.lm_head.is_none() {
-            self.norm = other.norm;
-            self.lm_head = other.lm_head;
+        if self.lm_head.is_none() && other.lm_head.is_some() {
+            self.norm = other.norm.take();
+            self.lm_head = other.lm_head.take();
+            self.bytes.head = other.bytes.head;
+        }
+    }
+
+    /// Bytes of the weights this model holds, summed over the tensors as they were loaded.
+    pub fn resident_weight_bytes(&self) -> u64 {
+        self.bytes.layers.iter().sum::<u64>() + self.bytes.embed + self.bytes.head
+    }
+
+    /// The decoder layers this model holds (global indices).
+    pub fn resident_layers(&self) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&l| self.layers[l].is_some())
+            .collect()
+    }
+
+    /// Decodes through each layer's forward, not the fused decode step (which needs every
+    /// layer): `why` is added to the plan's reason.
+    pub fn decode_by_layers(&mut self, why: &str) {
+        if self.plan.decode != layer_plan::DecodePath::Layers {
+            self.plan.decode = layer_plan::DecodePath::Layers;
+            self.plan.reason = format!("{}; decode by layers: {why}", self.plan.reason);
         }
     }
 

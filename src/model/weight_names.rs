@@ -149,9 +149,15 @@ pub fn stage_specs(cfg: &Qwen3Config, layers: Range<usize>, parts: StageParts) -
 }
 
 /// Parameters of the whole model (every layer, every expert, the embedding and the head once
-/// each): what every rank holds to decode. Counted from the sizes, not from [`stage_specs`]
-/// (which would name every expert of every layer); the two agree (tested).
+/// each): what every rank holds to decode redundantly. Counted from the sizes, not from
+/// [`stage_specs`] (which would name every expert of every layer); the two agree (tested).
 pub fn parameter_count(cfg: &Qwen3Config) -> u64 {
+    stage_parameter_count(cfg, 0..cfg.num_hidden_layers, StageParts::ALL)
+}
+
+/// Parameters of a stage with `layers` and `parts` (each tensor of [`stage_specs`] once: with
+/// tied embeddings, a stage holding both the embedding and the head holds the table once).
+pub fn stage_parameter_count(cfg: &Qwen3Config, layers: Range<usize>, parts: StageParts) -> u64 {
     let (h, d) = (cfg.hidden_size as u64, cfg.head_dim as u64);
     let (q, kv) = (
         cfg.num_attention_heads as u64 * d,
@@ -164,7 +170,7 @@ pub fn parameter_count(cfg: &Qwen3Config) -> u64 {
         let experts = moe.num_experts as u64;
         experts * h + experts * 3 * h * moe.moe_intermediate_size as u64 // router, experts
     });
-    let layers: u64 = (0..cfg.num_hidden_layers)
+    let decoder: u64 = layers
         .map(|layer| {
             let mlp = if cfg.is_sparse_layer(layer) {
                 sparse_mlp
@@ -174,8 +180,15 @@ pub fn parameter_count(cfg: &Qwen3Config) -> u64 {
             attention + norms + mlp
         })
         .sum();
-    let embeddings = cfg.vocab_size as u64 * h * if cfg.tie_word_embeddings { 1 } else { 2 };
-    layers + embeddings + h // + the final norm
+    let table = cfg.vocab_size as u64 * h;
+    let embed = if parts.embed { table } else { 0 };
+    let shares_table = cfg.tie_word_embeddings && parts.embed;
+    let head = match (parts.head, shares_table) {
+        (false, _) => 0,
+        (true, true) => h,          // the final norm; lm_head is the embedding table
+        (true, false) => h + table, // the final norm and lm_head
+    };
+    decoder + embed + head
 }
 
 #[cfg(test)]
@@ -198,6 +211,33 @@ mod tests {
                 .map(|s| s.shape.iter().product::<usize>() as u64)
                 .sum();
             assert_eq!(parameter_count(&cfg), summed);
+        }
+    }
+
+    #[test]
+    fn a_stage_counts_the_parameters_of_the_tensors_it_loads() {
+        let dense = config(crate::model::tiny::CONFIG_JSON);
+        let mut tied = config(crate::model::tiny::MOE_CONFIG_JSON);
+        tied.tie_word_embeddings = true;
+        for cfg in [dense, tied] {
+            let n = cfg.num_hidden_layers;
+            for (layers, embed, head) in [
+                (0..2, true, false),
+                (2..n - 1, false, false),
+                (n - 1..n, false, true),
+                (0..n, true, true),
+            ] {
+                let parts = StageParts { embed, head };
+                let summed: u64 = stage_specs(&cfg, layers.clone(), parts)
+                    .iter()
+                    .map(|s| s.shape.iter().product::<usize>() as u64)
+                    .sum();
+                assert_eq!(
+                    stage_parameter_count(&cfg, layers.clone(), parts),
+                    summed,
+                    "{layers:?} {parts:?}"
+                );
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,40 @@ pub trait WeightSource: Send + Sync {
     /// Whether the source has a tensor named `name` (where a checkpoint may spell a part two
     /// ways, e.g. MoE experts one tensor each or fused).
     fn contains(&self, name: &str) -> Result<bool>;
+}
+
+/// A source that adds up the bytes of every tensor loaded through it: how a model measures the
+/// weights it holds, tensor by tensor as they load.
+pub struct CountingSource<'a> {
+    inner: &'a dyn WeightSource,
+    bytes: AtomicU64,
+}
+
+impl<'a> CountingSource<'a> {
+    pub fn new(inner: &'a dyn WeightSource) -> Self {
+        Self {
+            inner,
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of the tensors loaded so far (in the dtype they were loaded as).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl WeightSource for CountingSource<'_> {
+    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
+        let tensor = self.inner.load(spec, dtype, device)?;
+        let bytes = tensor.elem_count() * tensor.dtype().size_in_bytes();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(tensor)
+    }
+
+    fn contains(&self, name: &str) -> Result<bool> {
+        self.inner.contains(name)
+    }
 }
 
 /// Weights generated in memory from a seed (the built-in `tiny` model, test checkpoints).
