@@ -1,9 +1,13 @@
 //! The prefill schedule over many shapes, without MPI: every (layer, chunk) computed once in
-//! causal order, every KV block synced once, and every rank issuing the same sync calls.
+//! causal order, every KV block synced once, and every rank issuing the same sync calls; the
+//! pipelined decode step: every layer once in order, every send met by its receive, every rank
+//! issuing the same collectives.
 
 use std::collections::{HashMap, HashSet};
 
-use qwen3_mpi::schedule::{ring_steps, split_prompt, LayerSplit, Schedule, StageOp};
+use qwen3_mpi::schedule::{
+    decode_step_program, ring_steps, split_prompt, DecodeMode, DecodeOp, LayerSplit, Schedule, StageOp,
+};
 
 /// Even splits and a few uneven ones for every (ranks, layers) up to 8 ranks and 12 layers.
 fn splits() -> Vec<LayerSplit> {
@@ -222,5 +226,74 @@ fn ring_steps_pair_up_and_deliver_every_block() {
             }
         }
         assert!(received.iter().all(|r| r.len() == ranks));
+    }
+}
+
+#[test]
+fn without_kv_sync_every_rank_runs_the_same_program_minus_its_sync_ops() {
+    for_each_schedule(|s| {
+        let bare = s.clone().without_kv_sync();
+        assert!(bare.kv_sync_calls().is_empty());
+        for rank in 0..s.ranks() {
+            let synced: Vec<_> = s
+                .rank_program(rank)
+                .into_iter()
+                .filter(|(_, op)| !matches!(op, StageOp::KvSync { .. }))
+                .collect();
+            assert_eq!(bare.rank_program(rank), synced, "rank {rank}");
+        }
+    });
+}
+
+#[test]
+fn a_pipelined_decode_step_runs_every_layer_once_in_order_and_every_rank_issues_the_same_collectives() {
+    for split in splits() {
+        let ranks = split.ranks();
+        let last = ranks - 1;
+        let programs: Vec<Vec<DecodeOp>> = (0..ranks)
+            .map(|r| decode_step_program(&split, r, DecodeMode::Pipeline))
+            .collect();
+        // the layers, rank after rank, cover the model once in order
+        let layers: Vec<usize> = programs
+            .iter()
+            .flat_map(|ops| {
+                ops.iter().flat_map(|op| match op {
+                    DecodeOp::ComputeLayers { layers } => layers.clone().collect(),
+                    _ => Vec::new(),
+                })
+            })
+            .collect();
+        assert_eq!(layers, (0..split.num_layers()).collect::<Vec<_>>(), "{split:?}");
+        for (rank, ops) in programs.iter().enumerate() {
+            // its input first: the embedding on rank 0, else the previous rank's hidden state
+            match rank {
+                0 => assert_eq!(ops[0], DecodeOp::Embed),
+                r => assert_eq!(ops[0], DecodeOp::RecvHidden { from: r - 1 }),
+            }
+            // one collective, the same on every rank, last
+            let collectives: Vec<&DecodeOp> = ops
+                .iter()
+                .filter(|op| matches!(op, DecodeOp::ShareToken { .. }))
+                .collect();
+            assert_eq!(collectives, [&DecodeOp::ShareToken { root: last }], "rank {rank}");
+            assert_eq!(ops.last(), Some(&DecodeOp::ShareToken { root: last }));
+            // only the last rank samples; every other rank sends to the next, which receives
+            let samples = ops.iter().filter(|op| **op == DecodeOp::Sample).count();
+            assert_eq!(samples, usize::from(rank == last), "rank {rank}");
+            for op in ops {
+                if let DecodeOp::SendHidden { to } = op {
+                    assert_eq!(*to, rank + 1);
+                    assert!(programs[*to].contains(&DecodeOp::RecvHidden { from: rank }));
+                }
+                if let DecodeOp::RecvHidden { from } = op {
+                    assert!(programs[*from].contains(&DecodeOp::SendHidden { to: rank }));
+                }
+            }
+        }
+        // redundant decode: every rank alone over every layer, no communication
+        for rank in 0..ranks {
+            let ops = decode_step_program(&split, rank, DecodeMode::Redundant);
+            assert!(ops.iter().all(DecodeOp::is_compute), "{ops:?}");
+        }
     }
 }

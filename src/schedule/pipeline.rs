@@ -91,6 +91,13 @@ impl Schedule {
         schedule
     }
 
+    /// The same prefill with no KV sync (`--decode pipeline`: each rank keeps only its own
+    /// layers' K/V): no calls, so no rank's program holds a `KvSync` op.
+    pub fn without_kv_sync(mut self) -> Self {
+        self.calls.clear();
+        self
+    }
+
     pub fn split(&self) -> &LayerSplit {
         &self.split
     }
