@@ -7,7 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::bench::attention::AttentionBenchArgs;
 use crate::bench::comm::CommBenchArgs;
 use crate::device::{DTypeArg, DeviceArg};
-use crate::schedule::Chunking;
+use crate::schedule::{Chunking, DecodeArg};
 use crate::sync::SyncStrategy;
 use crate::transport::TransportArg;
 
@@ -15,7 +15,7 @@ use crate::transport::TransportArg;
 #[command(
     name = "qwen3-mpi",
     version,
-    about = "Qwen3 inference as an MPI job: pipelined chunked prefill with per-layer KV sync, redundant decode",
+    about = "Qwen3 inference as an MPI job: pipelined chunked prefill with per-layer KV sync, redundant or pipelined decode",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -179,10 +179,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: f64,
 
-    /// Memory a rank may use, e.g. `70GiB` (default: what its device has free). The whole model
-    /// and the KV cache must fit, or the job stops before loading, with the numbers.
+    /// Memory a rank may use, e.g. `70GiB` (default: what its device has free). What the decode
+    /// mode holds (`--decode`) must fit, or the job stops before loading, with the numbers.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_memory: Option<u64>,
+
+    /// How the tokens after the first are made: `redundant` (every rank holds the whole model
+    /// and KV cache and decodes alone), `pipeline` (each rank holds only its own layers and
+    /// their K/V, no KV sync; each token's hidden state passes rank to rank), `auto`: redundant
+    /// where the whole model and KV cache fit every rank, else pipeline (rank 0 says why).
+    #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
+    pub decode: DecodeArg,
 
     /// Precision of weights, activations and the KV cache (default: f32 on CPU, bf16 on GPU).
     #[arg(long, value_enum)]

@@ -4,6 +4,8 @@
 use anyhow::Result;
 use mpi::traits::*;
 
+use super::decode_mode::DecodePlan;
+use super::decode_pipeline::DecodeTimes;
 use super::gather;
 use super::plan::JobPlan;
 use super::prefill_runs::PrefillRuns;
@@ -12,7 +14,7 @@ use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
 use crate::device::{device_hardware, device_name};
 use crate::generate::DecodeOutcome;
-use crate::model::Qwen3;
+use crate::model::{KvCache, Qwen3};
 use crate::trace::spans::SpanLog;
 use crate::transport::placement::gather_strings;
 use crate::transport::MpiEnv;
@@ -23,9 +25,12 @@ pub struct JobResults<'a> {
     pub env: &'a MpiEnv,
     pub plan: &'a JobPlan,
     pub model: &'a Qwen3,
+    pub kv: &'a KvCache,
     pub device: &'a candle_core::Device,
+    pub decode: DecodePlan,
     pub prefill: PrefillRuns,
     pub decoded: DecodeOutcome,
+    pub decode_times: DecodeTimes,
 }
 
 impl JobResults<'_> {
@@ -36,9 +41,12 @@ impl JobResults<'_> {
             env,
             plan,
             model,
+            kv,
             device,
+            decode,
             prefill,
             decoded,
+            decode_times,
         } = self;
         let ranks = env.size;
         let last = &prefill.last;
@@ -49,6 +57,9 @@ impl JobResults<'_> {
             exposed_sync_s: last.exposed_sync_s,
             sync: last.sync_stats,
             stage: last.stage_times,
+            weight_bytes: model.resident_weight_bytes(),
+            kv_cache_bytes: kv.bytes(),
+            decode: decode_times,
         };
         let mut rows = vec![0f64; RankFigures::FIELDS * ranks];
         env.world.all_gather_into(&mine.to_row()[..], &mut rows[..]);
@@ -79,8 +90,13 @@ impl JobResults<'_> {
             dtype: format!("{:?}", model.dtype()).to_lowercase(),
             ranks,
             layer_split: plan.schedule.split().counts(),
-            sync: args.sync.name().into(),
-            transport: prefill.transport.name().into(),
+            decode_mode: decode.mode,
+            decode_mode_reason: decode.reason,
+            sync: match prefill.transport {
+                Some(_) => args.sync.name().into(),
+                None => "none".into(),
+            },
+            transport: prefill.transport.map_or("none", |t| t.name()).into(),
             chunk_size: plan.chunk_size,
             chunks: plan.schedule.chunks().len(),
             chunking: args.chunking,

@@ -1,26 +1,38 @@
-//! Setup, second half: this rank's device, the job's transport plan, the memory check, its
-//! layers and KV cache, agreed on by every rank.
+//! Setup, second half: this rank's device, the job's transport plan, the decode mode (from
+//! what each mode needs on every rank), its layers and KV cache, agreed on by every rank.
 
 use std::time::Instant;
 
 use anyhow::Result;
 
+use super::decode_mode::{self, DecodePlan};
 use super::failure::{agree, JobError};
 use super::memory_plan;
 use super::plan::JobPlan;
 use crate::cli::RunArgs;
 use crate::device::{device_name, select_device, select_dtype};
-use crate::model::{KvCache, Qwen3, StageParts};
+use crate::model::{KvCache, Qwen3};
+use crate::schedule::DecodeMode;
 use crate::sync::SyncStrategy;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::{plan_transport, MpiEnv, Site, TransportPlan};
 
-/// This rank's model (its layer range), KV cache, device, and how its KV blocks move.
+/// This rank's model (its layer range), KV cache, device, how its KV blocks move, and how the
+/// job decodes.
 pub struct LoadedStage {
     pub model: Qwen3,
     pub kv: KvCache,
     pub device: candle_core::Device,
     pub transport: TransportPlan,
+    pub decode: DecodePlan,
+}
+
+/// What setup knows before the decode mode is chosen.
+struct Placed {
+    device: candle_core::Device,
+    transport: TransportPlan,
+    dtype: candle_core::DType,
+    budget: Option<(u64, &'static str)>,
 }
 
 /// Loads this rank's stage; every rank agrees that it worked (an error names the lowest
@@ -38,22 +50,44 @@ pub fn load_stage(
         env.local_size,
         MpiEnv::hostname()
     );
-    let loaded = (|| -> Result<LoadedStage> {
+    // 1. The device, the transport plan and what this rank may use.
+    let placed = (|| -> Result<Placed> {
         let device = select_device(args.device, env.local_rank, env.local_size)?;
         let settings = &plan.environment.transport;
         let site = Site::detect(device.is_cuda(), env, settings);
         let (strategy, transport_arg) = args.sync.with_transport(args.transport);
         let transport = plan_transport(transport_arg, strategy == SyncStrategy::Ring, &site, settings)?;
         let dtype = select_dtype(args.dtype, &device);
-        let cfg = &plan.files.config;
-        let owned = plan.schedule.split().range(rank);
-        let parts = StageParts {
-            embed: rank == 0,
-            head: rank == env.size - 1,
-        };
-        let need = memory_plan::MemoryNeed::of(cfg, plan.capacity, dtype);
         let budget = memory_plan::memory_budget(args.max_memory, &device)?;
-        memory_plan::check_fits(need, budget, cfg, plan.capacity)?;
+        Ok(Placed {
+            device,
+            transport,
+            dtype,
+            budget,
+        })
+    })();
+    let Placed {
+        device,
+        transport,
+        dtype,
+        budget,
+    } = agree(&env.world, placed)?;
+
+    // 2. The decode mode: every rank's budget to every rank, the same choice on each.
+    let cfg = &plan.files.config;
+    let split = plan.schedule.split();
+    let budgets = decode_mode::gather_budgets(&env.world, budget.map(|(bytes, _)| bytes));
+    let source = budget.map_or("free on the device", |(_, source)| source);
+    let ranks = decode_mode::rank_memory(cfg, plan.capacity, dtype, split, &budgets);
+    let decode = agree(
+        &env.world,
+        decode_mode::choose(args.decode, &ranks, source, split, plan.capacity),
+    )?;
+
+    // 3. This rank's layers and KV cache: its own layers' only, when decode is pipelined.
+    let loaded = (|| -> Result<LoadedStage> {
+        let owned = split.range(rank);
+        let parts = decode_mode::stage_parts(rank, env.size - 1);
         let started = Instant::now();
         let mut model = Qwen3::load(
             cfg,
@@ -65,6 +99,10 @@ pub fn load_stage(
             &device,
         )?;
         spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
+        let pipelined = decode.mode == DecodeMode::Pipeline;
+        if pipelined {
+            model.decode_by_layers("--decode pipeline: the fused decode step needs every layer");
+        }
         let chunks: Vec<_> = plan
             .schedule
             .chunks()
@@ -84,15 +122,26 @@ pub fn load_stage(
             transport.transport.name(),
             transport.reason
         );
-        let kv = KvCache::with_memory(cfg, plan.capacity, dtype, &device, transport.ipc_capable_cache)?;
+        let kv = match pipelined {
+            true => KvCache::for_layers(cfg, owned, plan.capacity, dtype, &device, false)?,
+            false => KvCache::with_memory(cfg, plan.capacity, dtype, &device, transport.ipc_capable_cache)?,
+        };
         Ok(LoadedStage {
             model,
             kv,
             device,
             transport,
+            decode,
         })
     })();
     let stage = agree(&env.world, loaded)?;
+    if rank == 0 {
+        crate::eprint_line!(
+            "qwen3-mpi: decode mode {} ({})",
+            stage.decode.mode.name(),
+            stage.decode.reason
+        );
+    }
     if rank == 0 && stage.device.is_cuda() {
         crate::eprint_line!(
             "qwen3-mpi: transport {} ({})",

@@ -1,14 +1,17 @@
-//! Whether the whole model and the KV cache fit on this rank's device, checked before anything
-//! is loaded. Every rank ends up holding every layer (decode is redundant), so each needs the
-//! full model, not only its stage.
+//! What each decode mode needs on a rank, and what the rank may use, known before anything is
+//! loaded. Redundant decode holds every layer and the whole KV cache on every rank; pipelined
+//! decode only the rank's stage (its layers, with the embedding on rank 0 and the head on the
+//! last rank) and its layers' KV cache. `decode_mode` compares them.
 
-use anyhow::{bail, Result};
+use std::ops::Range;
+
+use anyhow::Result;
 use candle_core::{DType, Device};
 
-use crate::model::weight_names::parameter_count;
-use crate::model::Qwen3Config;
+use crate::model::weight_names::{parameter_count, stage_parameter_count};
+use crate::model::{Qwen3Config, StageParts};
 
-/// Bytes this rank will hold.
+/// Bytes a rank will hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryNeed {
     pub weights: u64,
@@ -16,13 +19,28 @@ pub struct MemoryNeed {
 }
 
 impl MemoryNeed {
-    pub fn of(cfg: &Qwen3Config, capacity: usize, dtype: DType) -> Self {
-        let kv = cfg.num_key_value_heads * cfg.head_dim;
+    /// Redundant decode: every layer (with mixture-of-experts every expert of it), the
+    /// embedding and the head, and every layer's K/V.
+    pub fn redundant(cfg: &Qwen3Config, capacity: usize, dtype: DType) -> Self {
         let size = dtype.size_in_bytes() as u64;
         Self {
-            // every layer, and with mixture-of-experts every expert of it
             weights: parameter_count(cfg) * size,
-            kv_cache: (cfg.num_hidden_layers * capacity * 2 * kv) as u64 * size,
+            kv_cache: kv_cache_bytes(cfg, cfg.num_hidden_layers, capacity, dtype),
+        }
+    }
+
+    /// Pipelined decode: the stage of `layers` and `parts`, and those layers' K/V.
+    pub fn pipeline(
+        cfg: &Qwen3Config,
+        capacity: usize,
+        dtype: DType,
+        layers: Range<usize>,
+        parts: StageParts,
+    ) -> Self {
+        let size = dtype.size_in_bytes() as u64;
+        Self {
+            kv_cache: kv_cache_bytes(cfg, layers.len(), capacity, dtype),
+            weights: stage_parameter_count(cfg, layers, parts) * size,
         }
     }
 
@@ -67,31 +85,14 @@ fn free_memory(device: &Device) -> Result<Option<u64>> {
     }
 }
 
-/// An error with the numbers when `need` exceeds `budget`.
-pub fn check_fits(
-    need: MemoryNeed,
-    budget: Option<(u64, &str)>,
-    cfg: &Qwen3Config,
-    capacity: usize,
-) -> Result<()> {
-    let Some((available, source)) = budget else {
-        return Ok(());
-    };
-    if need.total() > available {
-        bail!(
-            "the model does not fit: it needs {} (weights {} for all {} layers, which every rank holds \
-             to decode, + KV cache {} for {capacity} positions), but {} is {source}",
-            gib(need.total()),
-            gib(need.weights),
-            cfg.num_hidden_layers,
-            gib(need.kv_cache),
-            gib(available)
-        );
-    }
-    Ok(())
+/// Bytes of the K/V of `layers` layers over `capacity` positions.
+fn kv_cache_bytes(cfg: &Qwen3Config, layers: usize, capacity: usize, dtype: DType) -> u64 {
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    (layers * capacity * 2 * kv) as u64 * dtype.size_in_bytes() as u64
 }
 
-fn gib(bytes: u64) -> String {
+/// Bytes in GiB, as the memory messages give them.
+pub fn gib(bytes: u64) -> String {
     format!("{:.3} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
@@ -117,14 +118,28 @@ mod tests {
             eos_token_ids: vec![],
             moe: None,
         };
-        let need = MemoryNeed::of(&cfg, 16384, DType::BF16);
+        let need = MemoryNeed::redundant(&cfg, 16384, DType::BF16);
         // Qwen3-8B has 8,190,735,360 parameters (its model card: 8.2B)
         assert_eq!(need.weights, 8_190_735_360 * 2);
+        assert_eq!(gib(need.weights), "15.256 GiB");
         // 36 layers x 16384 positions x (K + V) x 8 heads x 128 x 2 bytes = 2.25 GiB
         assert_eq!(need.kv_cache, 36 * 16384 * 2 * 8 * 128 * 2);
-        let err = check_fits(need, Some((16 << 30, "--max-memory")), &cfg, 16384).unwrap_err();
-        assert!(err.to_string().contains("15.256 GiB for all 36 layers"), "{err}");
-        assert!(check_fits(need, Some((20 << 30, "--max-memory")), &cfg, 16384).is_ok());
+        // on 4 ranks of 9 layers, each stage holds a quarter of the cache and its own layers
+        let split = crate::schedule::LayerSplit::even(36, 4).unwrap();
+        let stages: Vec<MemoryNeed> = (0..4)
+            .map(|rank| {
+                let parts = StageParts {
+                    embed: rank == 0,
+                    head: rank == 3,
+                };
+                MemoryNeed::pipeline(&cfg, 16384, DType::BF16, split.range(rank), parts)
+            })
+            .collect();
+        assert!(stages.iter().all(|s| s.kv_cache == need.kv_cache / 4));
+        assert_eq!(stages.iter().map(|s| s.weights).sum::<u64>(), need.weights);
+        // the middle stages: 9 layers of 4096 x (2 x 4096 + 2 x 1024 + 3 x 12288) + norms
+        let layer = 4096 * (2 * 4096 + 2 * 1024 + 3 * 12288) + 2 * 128 + 2 * 4096;
+        assert_eq!(stages[1].weights, 9 * layer * 2);
     }
 
     #[test]
@@ -153,6 +168,9 @@ mod tests {
             }),
         };
         // Qwen3-30B-A3B has 30,532,122,624 parameters (its model card: 30.5B), 3.3B active
-        assert_eq!(MemoryNeed::of(&cfg, 1, DType::BF16).weights, 30_532_122_624 * 2);
+        assert_eq!(
+            MemoryNeed::redundant(&cfg, 1, DType::BF16).weights,
+            30_532_122_624 * 2
+        );
     }
 }

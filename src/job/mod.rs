@@ -1,8 +1,11 @@
-//! One MPI job: setup agreed by every rank, pipelined prefill with per-layer KV sync, first
-//! token, redundant decode, consistency check, report.
+//! One MPI job: setup agreed by every rank (the decode mode among it), pipelined prefill with
+//! per-layer KV sync (none when decode is pipelined), first token, redundant or pipelined
+//! decode, consistency check, report.
 
 pub mod background_load;
 pub mod consistency;
+pub mod decode_mode;
+pub mod decode_pipeline;
 pub mod decode_stream;
 pub mod failure;
 pub mod fault;
@@ -32,6 +35,7 @@ use crate::abort::watchdog::Watchdog;
 use crate::abort::JobAbort;
 use crate::cli::RunArgs;
 use crate::model::KvCache;
+use crate::schedule::DecodeMode;
 use crate::trace::spans::SpanLog;
 use crate::transport::MpiEnv;
 use background_load::BackgroundLoad;
@@ -65,6 +69,7 @@ pub fn run_job(args: &RunArgs, env: &MpiEnv) -> Result<JobReport, JobError> {
     let trace = plan.trace.clone();
     let _failures = failure::FailureChannel::open(&env.world, rank, &trace).map_err(JobError::Fatal)?;
     let stage = load_stage(args, env, &plan, &spans).inspect_err(|e| trace.fail(&e.to_string()))?;
+    let plan = plan.for_decode(stage.decode.mode);
 
     // 2-6. From here on an error on one rank ends the job at once.
     let outcome =
@@ -104,22 +109,27 @@ fn run_loaded(
         kv,
         device,
         transport,
+        decode,
     } = stage;
     let kv = Arc::new(kv);
     let progress = Progress::for_rank(env.rank, args.progress_every);
     let owned = plan.schedule.split().range(env.rank);
-    let mut rest = Some(
-        BackgroundLoad::start(
-            plan.files.config.clone(),
-            plan.files.weights.clone(),
-            owned,
-            plan.capacity,
-            model.dtype(),
-            device.clone(),
-            spans.clone(),
-        )
-        .map_err(fail)?,
-    );
+    // redundant decode needs every layer: the others load while this rank runs its prefill
+    let mut rest = match decode.mode {
+        DecodeMode::Redundant => Some(
+            BackgroundLoad::start(
+                plan.files.config.clone(),
+                plan.files.weights.clone(),
+                owned,
+                plan.capacity,
+                model.dtype(),
+                device.clone(),
+                spans.clone(),
+            )
+            .map_err(fail)?,
+        ),
+        DecodeMode::Pipeline => None,
+    };
 
     // 2-4. Prefill through the pipeline, first token, KV sync drained (`--prefill-runs` times).
     let mut prefill = PrefillSetup {
@@ -129,6 +139,7 @@ fn run_loaded(
         device: &device,
         kv: &kv,
         transport: &transport,
+        decode: decode.mode,
         watchdog,
         spans,
         progress: &progress,
@@ -148,12 +159,17 @@ fn run_loaded(
         rest.complete_into(&mut model).map_err(fail)?;
     }
 
-    // 5. Decode on every rank, no communication; rank 0 streams the text; the ranks agree.
-    let decoded = decode_stream::DecodeStream {
+    // 5. Decode, on every rank alone or through the pipeline; rank 0 streams the text; the
+    //    ranks agree.
+    let decode_comm = env.duplicate();
+    let (decoded, decode_times) = decode_stream::DecodeStream {
         plan,
         rank: env.rank,
         model: &model,
         kv: &kv,
+        mode: decode.mode,
+        comm: &decode_comm.0,
+        watchdog,
         spans,
         progress: &progress,
     }
@@ -171,9 +187,12 @@ fn run_loaded(
         env,
         plan,
         model: &model,
+        kv: &kv,
         device: &device,
+        decode,
         prefill,
         decoded,
+        decode_times,
     }
     .gather(watchdog, spans)
     .map_err(fail)

@@ -195,6 +195,18 @@ pub fn prepare(
     })
 }
 
+impl JobPlan {
+    /// The plan for decode mode `mode`: pipelined decode keeps each rank's K/V to itself, so
+    /// its prefill runs without the KV sync (the same schedule, no sync calls).
+    pub fn for_decode(mut self, mode: crate::schedule::DecodeMode) -> Self {
+        if mode == crate::schedule::DecodeMode::Pipeline {
+            let schedule = Arc::unwrap_or_clone(self.schedule);
+            self.schedule = Arc::new(schedule.without_kv_sync());
+        }
+        self
+    }
+}
+
 /// Weights of one decoder layer's matrix products (attention projections and MLP).
 fn layer_params(cfg: &Qwen3Config) -> usize {
     let (hidden, q_width) = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim);

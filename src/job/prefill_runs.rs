@@ -1,7 +1,8 @@
 //! Prefill, as many times as `--prefill-runs` asks: the KV transport is opened once (its
 //! first-use costs paid before the clock starts), each run recomputes the same cache (warm
 //! timings), the trace keeps the last run's spans, and the transport is closed at the end
-//! (decode needs no KV sync).
+//! (decode needs no KV sync). With pipelined decode there is no KV sync at all: no transport
+//! is opened.
 
 use std::sync::Arc;
 
@@ -17,15 +18,18 @@ use super::stage_loop::HiddenBuffers;
 use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
 use crate::model::{KvCache, Qwen3};
-use crate::sync::{open_transport, warm_up};
+use crate::schedule::DecodeMode;
+use crate::sync::skipped::SkippedSync;
+use crate::sync::{open_transport, warm_up, KvTransport};
 use crate::trace::spans::SpanLog;
 use crate::transport::{MpiEnv, Transport, TransportPlan};
 
-/// What the prefill runs leave: the last run, every run's TTFT, and the transport that ran.
+/// What the prefill runs leave: the last run, every run's TTFT, and the KV transport that ran
+/// (none with pipelined decode).
 pub struct PrefillRuns {
     pub last: Prefill,
     pub ttft_runs_s: Vec<f64>,
-    pub transport: Transport,
+    pub transport: Option<Transport>,
 }
 
 /// Everything the runs share.
@@ -36,6 +40,8 @@ pub struct PrefillSetup<'a> {
     pub device: &'a candle_core::Device,
     pub kv: &'a Arc<KvCache>,
     pub transport: &'a TransportPlan,
+    /// Pipelined decode: the prefill runs without KV sync.
+    pub decode: DecodeMode,
     pub watchdog: &'a Watchdog,
     pub spans: &'a SpanLog,
     pub progress: &'a Progress,
@@ -55,9 +61,15 @@ impl PrefillSetup<'_> {
             HiddenBuffers::new(rank, ranks, &plan.schedule, row_bytes, self.device).map_err(fail)?;
         let (strategy, _) = self.args.sync.with_transport(self.args.transport);
         let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
-        let (mut kv_transport, transport) =
-            open_transport(env, strategy, self.transport, kv.clone(), longest).map_err(fail)?;
-        warm_up(kv_transport.as_mut(), ranks, longest.min(plan.capacity / ranks)).map_err(fail)?;
+        let (mut kv_transport, transport): (Box<dyn KvTransport>, _) = match self.decode {
+            DecodeMode::Redundant => {
+                let (mut opened, transport) =
+                    open_transport(env, strategy, self.transport, kv.clone(), longest).map_err(fail)?;
+                warm_up(opened.as_mut(), ranks, longest.min(plan.capacity / ranks)).map_err(fail)?;
+                (opened, Some(transport))
+            }
+            DecodeMode::Pipeline => (Box::new(SkippedSync), None),
+        };
         let runs = self.args.prefill_runs.max(1) as usize;
         let mut ttft_runs_s = Vec::with_capacity(runs);
         let mut last = None;

@@ -1,9 +1,10 @@
 //! What a job reports: the figures rank 0 prints (`summary.rs`) and puts in `--json` and the
 //! trace.
 
-use crate::schedule::Chunking;
+use crate::schedule::{Chunking, DecodeMode};
 use crate::sync::SyncStats;
 
+use super::decode_pipeline::DecodeTimes;
 use super::stage_loop::StageTimes;
 
 /// One rank's figures, gathered to rank 0.
@@ -16,10 +17,16 @@ pub struct RankFigures {
     pub exposed_sync_s: f64,
     pub sync: SyncStats,
     pub stage: StageTimes,
+    /// Bytes of the weights this rank held at the end, summed over the tensors it loaded.
+    pub weight_bytes: u64,
+    /// Bytes of this rank's KV cache (every layer's, or with pipelined decode its own).
+    pub kv_cache_bytes: u64,
+    /// Where this rank's decode time went.
+    pub decode: DecodeTimes,
 }
 
 impl RankFigures {
-    pub const FIELDS: usize = 9;
+    pub const FIELDS: usize = 15;
 
     pub fn to_row(&self) -> [f64; Self::FIELDS] {
         [
@@ -32,6 +39,12 @@ impl RankFigures {
             self.stage.compute_s,
             self.stage.recv_wait_s,
             self.stage.send_wait_s,
+            self.weight_bytes as f64,
+            self.kv_cache_bytes as f64,
+            self.decode.compute_s,
+            self.decode.send_s,
+            self.decode.recv_s,
+            self.decode.wait_s,
         ]
     }
 
@@ -52,6 +65,14 @@ impl RankFigures {
                 recv_wait_s: row[7],
                 send_wait_s: row[8],
             },
+            weight_bytes: row[9] as u64,
+            kv_cache_bytes: row[10] as u64,
+            decode: DecodeTimes {
+                compute_s: row[11],
+                send_s: row[12],
+                recv_s: row[13],
+                wait_s: row[14],
+            },
         }
     }
 }
@@ -65,6 +86,10 @@ pub struct JobReport {
     pub dtype: String,
     pub ranks: usize,
     pub layer_split: Vec<usize>,
+    /// `redundant` or `pipeline` (what `--decode` resolved to), and why.
+    pub decode_mode: DecodeMode,
+    pub decode_mode_reason: String,
+    /// The KV sync strategy and transport; `none` with pipelined decode (no KV sync).
     pub sync: String,
     pub transport: String,
     /// `--chunk-size`, or the default; with balanced chunking, the average chunk length.

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::report::JobReport;
-use crate::schedule::Chunking;
+use crate::schedule::{Chunking, DecodeMode};
 
 impl JobReport {
     /// The human-readable summary (after the generated text).
@@ -15,13 +15,15 @@ impl JobReport {
             true => format!("{} with random weights", self.model),
             false => self.model.clone(),
         };
+        let sync = match self.decode_mode {
+            DecodeMode::Redundant => format!("sync {} over {}", self.sync, self.transport),
+            DecodeMode::Pipeline => "no KV sync".to_string(),
+        };
         let _ = writeln!(
             out,
-            "--- {} (layers {}), sync {} over {}, {} of {} tokens, {} {}, model {model}",
+            "--- {} (layers {}), {sync}, {} of {} tokens, {} {}, model {model}",
             count(self.ranks, "rank"),
             split.join(","),
-            self.sync,
-            self.transport,
             count(self.chunks, "chunk"),
             self.chunk_length_range(),
             self.device,
@@ -38,6 +40,7 @@ impl JobReport {
             ms(self.decode_ms_per_token_median / 1e3),
         );
         let _ = writeln!(out, "{}", self.pipeline_line());
+        let _ = writeln!(out, "{}", self.decode_line());
         if self.ttft_runs_s.len() > 1 {
             let runs: Vec<String> = self.ttft_runs_s.iter().map(|&s| ms(s)).collect();
             let _ = writeln!(
@@ -58,8 +61,35 @@ impl JobReport {
                 bytes(r.kv_bytes_sent),
                 bytes(r.kv_bytes_received),
             );
+            let d = &r.decode;
+            let _ = writeln!(
+                out,
+                "rank {} decode: compute {}, received {}, sent {}, waited for the token {} | holds weights {}, KV cache {}",
+                r.rank,
+                ms(d.compute_s),
+                ms(d.recv_s),
+                ms(d.send_s),
+                ms(d.wait_s),
+                bytes(r.weight_bytes),
+                bytes(r.kv_cache_bytes),
+            );
         }
         out
+    }
+
+    /// How the tokens after the first were made.
+    fn decode_line(&self) -> String {
+        match self.decode_mode {
+            DecodeMode::Redundant => format!(
+                "decode redundant: every rank ran every layer for each token, with no communication ({})",
+                self.decode_mode_reason
+            ),
+            DecodeMode::Pipeline => format!(
+                "decode pipeline: each token's hidden state went rank to rank through each rank's own layers, the \
+                 last rank's token broadcast; KV sync skipped, each rank keeps only its own layers' cache ({})",
+                self.decode_mode_reason
+            ),
+        }
     }
 
     /// The pipeline's overlap against its ideal, R·C/(C+R−1).

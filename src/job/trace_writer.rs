@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::report::JobReport;
+use super::report::{JobReport, RankFigures};
 use crate::cli::RunArgs;
 use crate::model::Qwen3Config;
 use crate::trace::spans::SpanRow;
@@ -23,6 +23,8 @@ pub fn write_job_trace(
     trace.attr_str("dtype", &report.dtype)?;
     trace.attr_u64("world_size", report.ranks as u64)?;
     trace.attr_u64_array("layer_split", &as_u64(&report.layer_split))?;
+    trace.attr_str("decode_mode", report.decode_mode.name())?;
+    trace.attr_str("decode_mode_reason", &report.decode_mode_reason)?;
     trace.attr_str("sync_strategy", &report.sync)?;
     trace.attr_str("transport", &report.transport)?;
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
@@ -93,6 +95,26 @@ fn write_summary(trace: &TraceFile, report: &JobReport) -> Result<()> {
         "summary/sync_busy_s",
         &per_rank.iter().map(|r| r.sync.busy_s).collect::<Vec<_>>(),
     )?;
+    for (name, value) in [
+        (
+            "summary/weight_bytes",
+            (|r| r.weight_bytes) as fn(&RankFigures) -> u64,
+        ),
+        ("summary/kv_cache_bytes", |r| r.kv_cache_bytes),
+    ] {
+        trace.dataset(name, &per_rank.iter().map(value).collect::<Vec<_>>())?;
+    }
+    for (name, value) in [
+        (
+            "summary/decode_compute_s",
+            (|r| r.decode.compute_s) as fn(&RankFigures) -> f64,
+        ),
+        ("summary/decode_send_s", |r| r.decode.send_s),
+        ("summary/decode_recv_s", |r| r.decode.recv_s),
+        ("summary/decode_wait_s", |r| r.decode.wait_s),
+    ] {
+        trace.dataset(name, &per_rank.iter().map(value).collect::<Vec<_>>())?;
+    }
     Ok(())
 }
 

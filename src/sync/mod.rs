@@ -15,6 +15,7 @@ pub mod pieces;
 pub mod ready;
 pub mod ring;
 pub mod shared_window;
+pub mod skipped;
 #[cfg(feature = "cuda")]
 pub mod staged;
 pub mod worker;

@@ -22,6 +22,9 @@ fn kind_name(kind: SpanKind) -> &'static str {
         SpanKind::Attention => "attention",
         SpanKind::Elementwise => "elementwise",
         SpanKind::Moe => "moe",
+        SpanKind::DecodeSend => "decode-send",
+        SpanKind::DecodeRecv => "decode-recv",
+        SpanKind::DecodeWait => "decode-wait",
     }
 }
 
@@ -94,6 +97,9 @@ fn span_name(s: &Span) -> String {
         SpanKind::Wait if s.peer >= 0 => format!("wait for the first token from rank {}", s.peer),
         SpanKind::Wait => "wait for the KV sync to finish".into(),
         SpanKind::LayerCompute => of("layer").replacen("layer layer", "layer", 1),
+        SpanKind::DecodeSend => format!("send decode step {} to rank {}", s.step, s.peer),
+        SpanKind::DecodeRecv => format!("recv decode step {} from rank {}", s.step, s.peer),
+        SpanKind::DecodeWait => format!("wait for decode step {}'s token from rank {}", s.step, s.peer),
         kind => of(kind_name(kind)),
     }
 }
@@ -127,6 +133,10 @@ mod tests {
             "kv-sync layer 4 chunk 2"
         );
         assert_eq!(span_name(&span(SpanKind::KvSync, -1, -1, -1)), "kv-sync step 3");
+        assert_eq!(
+            span_name(&span(SpanKind::DecodeRecv, -1, -1, 1)),
+            "recv decode step 3 from rank 1"
+        );
         assert_eq!(
             span_name(&span(SpanKind::Send, -1, 2, 1)),
             "send chunk 2 to rank 1"

@@ -15,6 +15,8 @@ pub enum SpanKind {
     Recv = 4,
     Wait = 5,
     LmHead = 6,
+    /// This rank's compute of one decode step: every layer (redundant decode), or its own
+    /// layers with the embedding or the head and sampler (pipelined decode).
     DecodeStep = 7,
     WeightLoad = 8,
     /// Inside a layer (`--op-spans`, GPU track): matrix products.
@@ -25,6 +27,12 @@ pub enum SpanKind {
     Elementwise = 11,
     /// Inside a layer (`--op-spans`, any device): a Qwen3-MoE layer's sparse block.
     Moe = 12,
+    /// Pipelined decode: this rank's hidden state of one step to the next rank.
+    DecodeSend = 13,
+    /// Pipelined decode: waiting for one step's hidden state from the previous rank.
+    DecodeRecv = 14,
+    /// Pipelined decode: waiting for one step's token from the last rank (its broadcast).
+    DecodeWait = 15,
 }
 
 impl SpanKind {
@@ -240,6 +248,9 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
         Attention,
         Elementwise,
         Moe,
+        DecodeSend,
+        DecodeRecv,
+        DecodeWait,
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;
