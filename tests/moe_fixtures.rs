@@ -233,24 +233,6 @@ fn job(model: &Path, ranks: usize, sync: &str, layers: Option<&str>, prompt: &st
     expected_ids(&json_report(&stdout), "generated_ids")
 }
 
-fn load_kv(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn assert_same_cache(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: different tensor count");
-    for (name, ta) in a {
-        let (va, vb): (Vec<f32>, Vec<f32>) = (
-            ta.flatten_all().unwrap().to_vec1().unwrap(),
-            b[name].flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert!(
-            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{what}: {name} differs from the one-process cache"
-        );
-    }
-}
-
 #[test]
 fn moe_under_mpirun_every_rank_count_and_sync_gives_transformers_tokens_and_the_one_process_cache() {
     // (fixture, ranks, sync, --layers): 1 to 4 ranks, both syncs, uneven splits that put dense

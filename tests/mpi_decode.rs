@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::*;
 use qwen3_mpi::model::weight_names::stage_parameter_count;
 use qwen3_mpi::model::{Qwen3Config, StageParts};
@@ -38,10 +38,6 @@ fn job(model: &Path, ranks: usize, mode: &str, layers: Option<&str>, prompt: &st
     let (code, stdout, stderr, _) = run_mpi(ranks, &args, &[], 120);
     assert_eq!(code, 0, "{ranks} ranks, {mode}, layers {layers:?}: {stderr}");
     json_report(&stdout)
-}
-
-fn load_kv(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::*;
 
 /// A fixture with 5 layers (max 64 positions; the prompt has 38 tokens).
@@ -72,24 +72,6 @@ fn job_with_env(
         );
     }
     (expected_ids(&report, "generated_ids"), stderr)
-}
-
-fn load_kv(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn assert_same_cache(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: different layer count");
-    for (name, ta) in a {
-        let (va, vb): (Vec<f32>, Vec<f32>) = (
-            ta.flatten_all().unwrap().to_vec1().unwrap(),
-            b[name].flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert!(
-            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{what}: {name} differs from the one-process cache"
-        );
-    }
 }
 
 #[test]

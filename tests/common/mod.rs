@@ -197,3 +197,24 @@ pub fn partial_files(dir: &Path) -> Vec<String> {
         .filter(|name| name.ends_with(".partial"))
         .collect()
 }
+
+/// A `--dump` file of KV cache tensors, read on the CPU.
+pub fn load_kv(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+/// Both dumps hold the same tensors, bit for bit (`what` names the comparison).
+pub fn assert_same_cache(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: different tensor count");
+    for (name, ta) in a {
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            ta.flatten_all().unwrap().to_vec1().unwrap(),
+            b[name].flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: {name} differs from the one-process cache"
+        );
+    }
+}
+
