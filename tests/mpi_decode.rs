@@ -282,6 +282,9 @@ fn a_model_too_large_for_redundant_decode_runs_pipelined_and_auto_picks_it_with_
     let line = "qwen3-mpi: decode mode pipeline (auto: the whole model and KV cache do not fit rank 0, each rank's own layers do;";
     assert_eq!(stderr.matches(line).count(), 1, "{stderr}");
     assert!(stdout.contains("KV sync skipped"), "{stdout}");
+    // the per-rank prefill lines report no KV sync that did not run
+    assert!(!stdout.contains("exposed KV sync"), "{stdout}");
+    assert_eq!(stdout.matches("| no KV sync").count(), 3, "{stdout}");
     let file = hdf5::File::open(&path).unwrap();
     let attr = |name: &str| {
         let value = file

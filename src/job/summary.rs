@@ -51,16 +51,26 @@ impl JobReport {
             );
         }
         for r in &self.per_rank {
-            let _ = writeln!(
-                out,
-                "rank {}: compute {}, waited for input {}, exposed KV sync {} | KV sent {}, received {}",
-                r.rank,
-                ms(r.stage.compute_s),
-                ms(r.stage.recv_wait_s),
-                ms(r.exposed_sync_s),
-                bytes(r.kv_bytes_sent),
-                bytes(r.kv_bytes_received),
-            );
+            let _ = match self.decode_mode {
+                DecodeMode::Redundant => writeln!(
+                    out,
+                    "rank {}: compute {}, waited for input {}, exposed KV sync {} | KV sent {}, received {}",
+                    r.rank,
+                    ms(r.stage.compute_s),
+                    ms(r.stage.recv_wait_s),
+                    ms(r.exposed_sync_s),
+                    bytes(r.kv_bytes_sent),
+                    bytes(r.kv_bytes_received),
+                ),
+                // no KV sync ran: each rank keeps only its own layers' cache
+                DecodeMode::Pipeline => writeln!(
+                    out,
+                    "rank {}: compute {}, waited for input {} | no KV sync",
+                    r.rank,
+                    ms(r.stage.compute_s),
+                    ms(r.stage.recv_wait_s),
+                ),
+            };
             let d = &r.decode;
             let _ = writeln!(
                 out,
