@@ -271,15 +271,15 @@ fn trace_tools_summarise_and_export_for_perfetto() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "file,status,model,ranks,prompt_tokens,chunk_size,chunks,sync,transport,ttft_s,\
-         prefill_tokens_per_s,decode_tokens_per_s,max_exposed_sync_ms"
+        "file,status,model,ranks,prompt_tokens,chunk_size,chunks,sync,transport,decode_mode,\
+         ttft_s,prefill_tokens_per_s,decode_tokens_per_s,max_exposed_sync_ms"
     );
     // this file, and a copy in the layout of schema 1 (read the same)
     for (line, name) in lines[1..].iter().zip(["tools.h5", "tools-schema-1.h5"]) {
         let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields.len(), 13, "{line}");
+        assert_eq!(fields.len(), 14, "{line}");
         assert_eq!(
-            &fields[..9],
+            &fields[..10],
             &[
                 name,
                 "ok",
@@ -289,11 +289,12 @@ fn trace_tools_summarise_and_export_for_perfetto() {
                 "6",
                 "5",
                 "allgather",
-                "host"
+                "host",
+                "redundant"
             ],
             "{line}"
         );
-        assert!(fields[9].parse::<f64>().unwrap() > 0.0, "{line}");
+        assert!(fields[10].parse::<f64>().unwrap() > 0.0, "{line}");
     }
 
     let json_path = out.path().join("tools.json");

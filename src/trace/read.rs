@@ -21,6 +21,8 @@ pub struct TraceView {
     pub chunks: Option<u64>,
     pub sync: Option<String>,
     pub transport: Option<String>,
+    /// `redundant` or `pipeline` (traces before issue 18 have none).
+    pub decode_mode: Option<String>,
     pub ttft_s: Option<f64>,
     pub prefill_tokens_per_s: Option<f64>,
     pub decode_tokens_per_s: Option<f64>,
@@ -91,6 +93,7 @@ impl TraceView {
             chunks,
             sync: text("sync_strategy"),
             transport: text("transport"),
+            decode_mode: text("decode_mode"),
             ttft_s: figure("ttft_s"),
             prefill_tokens_per_s: figure("prefill_tokens_per_s"),
             decode_tokens_per_s: figure("decode_tokens_per_s"),

@@ -9,7 +9,7 @@ use super::read::TraceView;
 type Cell = fn(&TraceView) -> String;
 
 /// The columns, in order: header and cell.
-const COLUMNS: [(&str, Cell); 13] = [
+const COLUMNS: [(&str, Cell); 14] = [
     ("file", file_name),
     ("status", |t| {
         if t.status == "ok" {
@@ -25,6 +25,7 @@ const COLUMNS: [(&str, Cell); 13] = [
     ("chunks", |t| or_empty(t.chunks)),
     ("sync", |t| t.sync.clone().unwrap_or_default()),
     ("transport", |t| t.transport.clone().unwrap_or_default()),
+    ("decode_mode", |t| t.decode_mode.clone().unwrap_or_default()),
     ("ttft_s", |t| or_empty(t.ttft_s.map(|v| format!("{v:.4}")))),
     ("prefill_tokens_per_s", |t| {
         or_empty(t.prefill_tokens_per_s.map(|v| format!("{v:.1}")))
