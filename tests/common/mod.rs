@@ -217,4 +217,3 @@ pub fn assert_same_cache(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor
         );
     }
 }
-
