@@ -17,6 +17,40 @@ pub struct DecodeOutcome {
     pub step_seconds: Vec<f64>,
 }
 
+/// The token loop every decode mode shares: from `first`, each token is recorded and shown to
+/// `on_token`; the loop ends at an EOS id or `max_new_tokens` tokens (so every rank, holding the
+/// same tokens, stops at the same step), else `step(token, position, step)` gives the next token,
+/// `position` being where `token` goes in the cache and `step` counting from 1. Each step's wall
+/// time is recorded.
+pub fn token_loop(
+    first: u32,
+    prompt_len: usize,
+    max_new_tokens: usize,
+    eos_token_ids: &[u32],
+    mut on_token: impl FnMut(u32) -> Result<()>,
+    mut step: impl FnMut(u32, usize, usize) -> Result<u32>,
+) -> Result<DecodeOutcome> {
+    let mut outcome = DecodeOutcome {
+        generated: Vec::new(),
+        step_seconds: Vec::new(),
+    };
+    if max_new_tokens == 0 {
+        return Ok(outcome);
+    }
+    let mut token = first;
+    loop {
+        outcome.generated.push(token);
+        on_token(token)?;
+        if eos_token_ids.contains(&token) || outcome.generated.len() >= max_new_tokens {
+            return Ok(outcome);
+        }
+        let started = Instant::now();
+        let index = outcome.generated.len();
+        token = step(token, prompt_len + index - 1, index)?;
+        outcome.step_seconds.push(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Generates after a prefill of `prompt_len` positions whose logits gave `first_token`, until an
 /// EOS id or `max_new_tokens` tokens. `on_token` sees each token as it is chosen.
 #[allow(clippy::too_many_arguments)]
@@ -28,37 +62,34 @@ pub fn decode(
     max_new_tokens: usize,
     sampler: &mut Sampler,
     eos_token_ids: &[u32],
-    mut on_token: impl FnMut(u32) -> Result<()>,
+    on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<DecodeOutcome> {
-    let mut outcome = DecodeOutcome {
-        generated: Vec::new(),
-        step_seconds: Vec::new(),
-    };
     if max_new_tokens == 0 {
-        return Ok(outcome);
+        return Ok(DecodeOutcome {
+            generated: Vec::new(),
+            step_seconds: Vec::new(),
+        });
     }
     let all_layers = 0..model.config().num_hidden_layers;
     #[cfg(feature = "cuda")]
     let mut fused_step = model.fused_decode_step(kv)?;
-    let mut token = first_token;
-    loop {
-        outcome.generated.push(token);
-        on_token(token)?;
-        if eos_token_ids.contains(&token) || outcome.generated.len() >= max_new_tokens {
-            return Ok(outcome);
-        }
-        let step_start = Instant::now();
-        let position = prompt_len + outcome.generated.len() - 1;
-        #[cfg(feature = "cuda")]
-        let logits = match &mut fused_step {
-            Some(step) => step.logits(token, position)?, // (vocab)
-            None => layers_step(model, kv, token, position, all_layers.clone())?,
-        };
-        #[cfg(not(feature = "cuda"))]
-        let logits = layers_step(model, kv, token, position, all_layers.clone())?;
-        token = sampler.next_token(&logits)?;
-        outcome.step_seconds.push(step_start.elapsed().as_secs_f64());
-    }
+    token_loop(
+        first_token,
+        prompt_len,
+        max_new_tokens,
+        eos_token_ids,
+        on_token,
+        |token, position, _| {
+            #[cfg(feature = "cuda")]
+            let logits = match &mut fused_step {
+                Some(step) => step.logits(token, position)?, // (vocab)
+                None => layers_step(model, kv, token, position, all_layers.clone())?,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let logits = layers_step(model, kv, token, position, all_layers.clone())?;
+            sampler.next_token(&logits)
+        },
+    )
 }
 
 /// One decode step through each layer's forward. → logits (vocab), f32

@@ -12,7 +12,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use crate::abort::watchdog::Watchdog;
-use crate::generate::decode::DecodeOutcome;
+use crate::generate::decode::{token_loop, DecodeOutcome};
 use crate::generate::Sampler;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{decode_step_program, DecodeMode, DecodeOp, LayerSplit};
@@ -63,33 +63,20 @@ impl PipelinedDecode<'_> {
         max_new_tokens: usize,
         sampler: &mut Sampler,
         eos_token_ids: &[u32],
-        mut on_token: impl FnMut(u32) -> Result<()>,
+        on_token: impl FnMut(u32) -> Result<()>,
         times: &mut DecodeTimes,
     ) -> Result<DecodeOutcome> {
-        let mut outcome = DecodeOutcome {
-            generated: Vec::new(),
-            step_seconds: Vec::new(),
-        };
-        if max_new_tokens == 0 {
-            return Ok(outcome);
-        }
         let program = decode_step_program(self.split, self.rank, DecodeMode::Pipeline);
         let row_bytes = self.model.config().hidden_size * self.model.dtype().size_in_bytes();
         let mut incoming = vec![0u8; row_bytes];
-        let mut token = first;
-        loop {
-            outcome.generated.push(token);
-            on_token(token)?;
-            // every rank holds the same tokens, so every rank stops at the same step
-            if eos_token_ids.contains(&token) || outcome.generated.len() >= max_new_tokens {
-                return Ok(outcome);
-            }
-            let started = Instant::now();
-            let step = outcome.generated.len();
-            let position = prompt_len + step - 1;
-            token = self.step(&program, token, position, step, sampler, &mut incoming, times)?;
-            outcome.step_seconds.push(started.elapsed().as_secs_f64());
-        }
+        token_loop(
+            first,
+            prompt_len,
+            max_new_tokens,
+            eos_token_ids,
+            on_token,
+            |token, position, step| self.step(&program, token, position, step, sampler, &mut incoming, times),
+        )
     }
 
     /// One decode step: this rank's program for token `token` at `position`. → the next token.
