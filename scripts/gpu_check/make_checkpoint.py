@@ -24,6 +24,23 @@ PROMPTS = [
 ]
 
 
+def randomize(model):
+    """Uniform like src/model/synthetic.rs: norms near 1, small embeddings, the rest 1/sqrt(fan_in).
+    Also used by scripts/moe/make_moe_checkpoint.py."""
+    gen = torch.Generator(device="cuda").manual_seed(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            u = torch.rand(p.shape, generator=gen, device="cuda", dtype=torch.float32) * 2 - 1
+            if name.endswith("norm.weight"):
+                v = 1 + u / 4
+            elif name.endswith("embed_tokens.weight"):
+                v = u * 0.05
+            else:
+                v = u / (p.shape[-1] ** 0.5)
+            p.copy_(v)
+            del u, v  # one parameter's f32 draw at a time (a 30B model's would not fit)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -40,17 +57,7 @@ def main():
     torch.manual_seed(1234)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(cfg)
-    gen = torch.Generator(device="cuda").manual_seed(1234)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            u = torch.rand(p.shape, generator=gen, device="cuda", dtype=torch.float32) * 2 - 1
-            if name.endswith("norm.weight"):
-                v = 1 + u / 4
-            elif name.endswith("embed_tokens.weight"):
-                v = u * 0.05
-            else:
-                v = u / (p.shape[-1] ** 0.5)
-            p.copy_(v)
+    randomize(model)
     model = model.to(torch.bfloat16).eval()
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)

@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "bench"))
 sys.path.insert(0, os.path.join(HERE, "..", "gpu_check"))
 from hf_reference import card_limits, synthetic_prompt, timed  # noqa: E402
-from make_checkpoint import PROMPTS  # noqa: E402  (the dense GPU check's prompts)
+from make_checkpoint import PROMPTS, randomize  # noqa: E402  (the dense GPU check's prompts and weights)
 
 
 def config(layers):
@@ -39,22 +39,6 @@ def config(layers):
                           num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
                           vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6,
                           tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645, dtype="bfloat16")
-
-
-def randomize(model):
-    """Uniform like src/model/synthetic.rs: norms near 1, small embeddings, the rest 1/sqrt(fan_in)."""
-    gen = torch.Generator(device="cuda").manual_seed(1234)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            u = torch.rand(p.shape, generator=gen, device="cuda", dtype=torch.float32) * 2 - 1
-            if name.endswith("norm.weight"):
-                v = 1 + u / 4
-            elif name.endswith("embed_tokens.weight"):
-                v = u * 0.05
-            else:
-                v = u / (p.shape[-1] ** 0.5)
-            p.copy_(v)
-            del u, v
 
 
 def active_params(cfg):
