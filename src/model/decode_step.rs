@@ -90,17 +90,6 @@ const PROFILE_ENV: &str = "QWEN3_MPI_DECODE_PROFILE";
 /// Whether the step's kernels overlap their neighbours (`QWEN3_MPI_DECODE_OVERLAP`, default on).
 const OVERLAP_ENV: &str = "QWEN3_MPI_DECODE_OVERLAP";
 
-/// Queues one kernel of the step: overlapped with the one before it, unless turned off.
-macro_rules! queue_step_kernel {
-    ($step:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {
-        if $step.overlap {
-            launch_kernel!(overlapped: $step.device, $func, $config, $($arg),*)
-        } else {
-            launch_kernel!($step.device, $func, $config, $($arg),*)
-        }
-    };
-}
-
 /// A scratch vector of the step and its address.
 struct Buffer {
     _slice: CudaStorageSlice,
@@ -390,8 +379,8 @@ impl DecodeStep {
         let (token_at, position_at) = (self.token_at, self.position_at);
         // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `logits`) into x (hidden).
         unsafe {
-            queue_step_kernel!(
-                self,
+            launch_kernel!(
+                overlapped if self.overlap; self.device,
                 &self.embed_fn,
                 grid(self.hidden.div_ceil(256) as u32, 256, 0),
                 self.embed,
@@ -462,8 +451,8 @@ impl DecodeStep {
         // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the partials
         // of at most `splits` ranges (the buffers' size), the KVH counters and attn (H, D).
         unsafe {
-            queue_step_kernel!(
-                self,
+            launch_kernel!(
+                overlapped if self.overlap; self.device,
                 &self.attention_fn,
                 attention_config,
                 self.q.at,
@@ -510,8 +499,8 @@ impl DecodeStep {
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
         // the grid walks row groups of W only.
         unsafe {
-            queue_step_kernel!(
-                self,
+            launch_kernel!(
+                overlapped if self.overlap; self.device,
                 &g.func,
                 config,
                 weight,

@@ -159,8 +159,16 @@ pub unsafe fn launch_overlapped(
 /// address the kernel touches under `config` must lie inside live allocations of the right size.
 ///
 /// `launch_kernel!(overlapped: device, func, config, args...)` queues it with
-/// [`launch_overlapped`] instead (the kernel must follow `kernels/overlap.cuh`).
+/// [`launch_overlapped`] instead (the kernel must follow `kernels/overlap.cuh`), and
+/// `launch_kernel!(overlapped if FLAG: device, func, config, args...)` one way or the other.
 macro_rules! launch_kernel {
+    (overlapped if $overlap:expr; $device:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {
+        if $overlap {
+            launch_kernel!(overlapped: $device, $func, $config, $($arg),*)
+        } else {
+            launch_kernel!($device, $func, $config, $($arg),*)
+        }
+    };
     (overlapped: $device:expr, $func:expr, $config:expr, $($arg:expr),* $(,)?) => {{
         let mut params: Vec<*mut std::ffi::c_void> = Vec::new();
         // each argument in a binding of its own, alive (though shadowed) until the launch

@@ -200,29 +200,8 @@ impl QkNormRope {
         );
         // SAFETY: the caller's contract.
         unsafe {
-            if overlapped {
-                launch_kernel!(overlapped: device, func, config, self.qkv, self.q_w, self.k_w, self.cos, self.sin,
-                    self.q_out, self.kv, args.0, args.1, args.2, args.3, self.start_at, self.eps)
-            } else {
-                launch_kernel!(
-                    device,
-                    func,
-                    config,
-                    self.qkv,
-                    self.q_w,
-                    self.k_w,
-                    self.cos,
-                    self.sin,
-                    self.q_out,
-                    self.kv,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    self.start_at,
-                    self.eps
-                )
-            }
+            launch_kernel!(overlapped if overlapped; device, func, config, self.qkv, self.q_w, self.k_w, self.cos,
+                self.sin, self.q_out, self.kv, args.0, args.1, args.2, args.3, self.start_at, self.eps)
         }
     }
 }
