@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 
 use crate::model::weights::WeightSource;
 use crate::model::{Qwen3, Qwen3Config, StageParts};
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 
 pub struct BackgroundLoad {
@@ -31,6 +32,7 @@ impl BackgroundLoad {
             .name("weight-load".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
+                let load_range = SpanRange::open(SpanKind::WeightLoad, SpanAt::NONE);
                 let source = source.as_ref();
                 let empty = owned.start..owned.start;
                 let mut rest = Qwen3::load(&cfg, source, empty, StageParts::ALL, positions, dtype, &device)?;
@@ -42,6 +44,7 @@ impl BackgroundLoad {
                     SpanAt::NONE,
                     started,
                 );
+                drop(load_range);
                 Ok(rest)
             })
             .context("cannot start the weight-loading thread")?;

@@ -16,6 +16,7 @@ use crate::generate::decode::{token_loop, DecodeOutcome};
 use crate::generate::Sampler;
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::{decode_step_program, DecodeMode, DecodeOp, LayerSplit};
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::host_bytes::{tensor_from_bytes, tensor_to_bytes};
 
@@ -48,7 +49,8 @@ pub struct PipelinedDecode<'a> {
 struct StepState {
     hidden: Option<Tensor>,
     token: Option<u32>,
-    compute_started: Option<Instant>,
+    /// When this step's current run of compute ops began, and its NVTX range.
+    compute_started: Option<(Instant, SpanRange)>,
 }
 
 impl PipelinedDecode<'_> {
@@ -105,7 +107,12 @@ impl PipelinedDecode<'_> {
         };
         for op in program {
             if op.is_compute() {
-                state.compute_started.get_or_insert_with(Instant::now);
+                state.compute_started.get_or_insert_with(|| {
+                    (
+                        Instant::now(),
+                        SpanRange::open(SpanKind::DecodeStep, at(step, -1, 0)),
+                    )
+                });
             } else {
                 self.end_compute(&mut state, step, times)?;
             }
@@ -140,7 +147,7 @@ impl PipelinedDecode<'_> {
     /// Ends a run of compute ops: waits for the device (so the span is the work, not its
     /// queueing), records it.
     fn end_compute(&self, state: &mut StepState, step: usize, times: &mut DecodeTimes) -> Result<()> {
-        if let Some(started) = state.compute_started.take() {
+        if let Some((started, _range)) = state.compute_started.take() {
             self.model.device().synchronize()?;
             times.compute_s += started.elapsed().as_secs_f64();
             self.spans.record(
@@ -161,6 +168,7 @@ impl PipelinedDecode<'_> {
         times: &mut DecodeTimes,
     ) -> Result<Tensor> {
         let started = Instant::now();
+        let _range = SpanRange::open(SpanKind::DecodeRecv, at(step, from as i32, buffer.len() as u64));
         {
             let _wait = self
                 .watchdog
@@ -182,6 +190,7 @@ impl PipelinedDecode<'_> {
 
     fn send(&self, hidden: &Tensor, to: usize, step: usize, times: &mut DecodeTimes) -> Result<()> {
         let started = Instant::now();
+        let _range = SpanRange::open(SpanKind::DecodeSend, at(step, to as i32, 0));
         let bytes = tensor_to_bytes(hidden)?;
         {
             let _wait = self
@@ -212,6 +221,7 @@ impl PipelinedDecode<'_> {
             ));
         }
         let started = Instant::now();
+        let _range = SpanRange::open(SpanKind::DecodeWait, at(step, root as i32, 4));
         let mut token = mine.unwrap_or(0);
         {
             let _wait = self

@@ -14,6 +14,7 @@ use crate::device::{device_name, select_device, select_dtype};
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::DecodeMode;
 use crate::sync::SyncStrategy;
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::{plan_transport, MpiEnv, Site, TransportPlan};
 
@@ -89,6 +90,7 @@ pub fn load_stage(
         let owned = split.range(rank);
         let parts = decode_mode::stage_parts(rank, env.size - 1);
         let started = Instant::now();
+        let load_range = SpanRange::open(SpanKind::WeightLoad, SpanAt::NONE);
         let mut model = Qwen3::load(
             cfg,
             plan.files.weights.as_ref(),
@@ -99,6 +101,7 @@ pub fn load_stage(
             &device,
         )?;
         spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
+        drop(load_range);
         let pipelined = decode.mode == DecodeMode::Pipeline;
         if pipelined {
             model.decode_by_layers("--decode pipeline: the fused decode step needs every layer");

@@ -18,6 +18,7 @@ use crate::generate::Sampler;
 use crate::model::{KvCache, Qwen3};
 use crate::sync::{KvSyncWorker, KvTransport, SyncStats};
 use crate::trace::device_spans::DeviceSpans;
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::progress::{poll_interval, MpiProgress};
 use crate::transport::{MpiEnv, SharedComm};
@@ -112,7 +113,12 @@ impl PrefillPass<'_> {
 
         // The first token from the last rank's logits.
         let mut sampler = Sampler::new(plan.sampling);
+        let last_rank = SpanAt {
+            peer: ranks as i32 - 1,
+            ..SpanAt::NONE
+        };
         let waited = Instant::now();
+        let first_token_range = SpanRange::open(SpanKind::Wait, last_rank);
         let vocab = plan.files.config.vocab_size;
         let stages = first_token::StageHealth {
             outputs_finite,
@@ -123,20 +129,19 @@ impl PrefillPass<'_> {
         let shared =
             first_token::share_first_token(&env.world, logits, vocab, &mut sampler, watchdog, &stages);
         let ttft_s = t0.elapsed().as_secs_f64();
-        let last_rank = SpanAt {
-            peer: ranks as i32 - 1,
-            ..SpanAt::NONE
-        };
         spans.record(SpanKind::Wait, SpanThread::Compute, last_rank, waited);
+        drop(first_token_range);
 
         // Every rank needs the whole cache before decoding.
         let drain = Instant::now();
+        let drain_range = SpanRange::open(SpanKind::Wait, SpanAt::NONE);
         let (sync_stats, transport) = {
             let _wait = watchdog.waiting_for("the KV sync to finish");
             sync.finish()?
         };
         let exposed_sync_s = drain.elapsed().as_secs_f64();
         spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        drop(drain_range);
         let (first, prefill_logits) = shared?;
         let prefill = Prefill {
             sampler,

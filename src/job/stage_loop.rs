@@ -22,6 +22,7 @@ use crate::schedule::{Schedule, StageOp};
 use crate::sync::ready::BlockReady;
 use crate::sync::KvSyncWorker;
 use crate::trace::device_spans::DeviceSpans;
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 use crate::transport::hidden_out::{HostBuffer, StagedHidden};
 use crate::transport::host_bytes::tensor_from_bytes;
@@ -231,10 +232,6 @@ fn post_staged_sends<'a, 's>(
         let started = Instant::now();
         let buffer: &'a HostBuffer = staged.buffer;
         let bytes = buffer.as_slice();
-        let next = ctx.pipe.process_at_rank(to as i32);
-        state
-            .sends
-            .push((chunk, next.immediate_send_with_tag(scope, bytes, chunk as i32)));
         let at = SpanAt {
             chunk: chunk as i32,
             step: step as i32,
@@ -242,6 +239,11 @@ fn post_staged_sends<'a, 's>(
             bytes: bytes.len() as u64,
             ..SpanAt::NONE
         };
+        let _range = SpanRange::open(SpanKind::Send, at);
+        let next = ctx.pipe.process_at_rank(to as i32);
+        state
+            .sends
+            .push((chunk, next.immediate_send_with_tag(scope, bytes, chunk as i32)));
         ctx.spans.record(SpanKind::Send, SpanThread::Compute, at, started);
     }
     Ok(())
@@ -272,12 +274,21 @@ fn run_op<'a, 's>(
     };
     match op {
         StageOp::Embed { chunk } => {
+            let _range = SpanRange::open(SpanKind::Embed, at(chunk.index));
             let mark = ctx.device_spans.begin()?;
             state.hidden = Some(model.embed(&ctx.prompt_ids[chunk.positions()])?); // (L, hidden)
             state.times.compute_s += started.elapsed().as_secs_f64();
             record_compute(mark, SpanKind::Embed, at(chunk.index))?;
         }
         StageOp::RecvHidden { chunk, from } => {
+            let peer = from as i32;
+            let _range = SpanRange::open(
+                SpanKind::Recv,
+                SpanAt {
+                    peer,
+                    ..at(chunk.index)
+                },
+            );
             let request = recvs[chunk.index]
                 .take()
                 .ok_or_else(|| anyhow::anyhow!("chunk {} received twice", chunk.index))?;
@@ -318,9 +329,10 @@ fn run_op<'a, 's>(
             state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
         }
         StageOp::ComputeLayer { layer, chunk } => {
+            let at = SpanAt::layer_chunk(layer, chunk.index, step);
+            let _range = SpanRange::open(SpanKind::LayerCompute, at);
             let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, &format!("layer {layer}"))?;
-            let at = SpanAt::layer_chunk(layer, chunk.index, step);
             let parts = LayerPartSpans::new(ctx.device_spans, ctx.spans, at);
             let probe = ctx.op_spans.then_some(&parts as &dyn LayerProbe);
             state.hidden = Some(model.forward_layer_probed(layer, &hidden, chunk.start, ctx.kv, probe)?);
@@ -342,6 +354,7 @@ fn run_op<'a, 's>(
             state.staged.push_back((chunk.index, to, step, staged));
         }
         StageOp::Logits { chunk } => {
+            let _range = SpanRange::open(SpanKind::LmHead, at(chunk.index));
             let mark = ctx.device_spans.begin()?;
             let hidden = take_hidden(state, "the lm_head")?;
             state.add_to_health(&hidden)?;

@@ -13,6 +13,7 @@ use super::KvTransport;
 use crate::abort::watchdog::Watchdog;
 use crate::abort::JobAbort;
 use crate::schedule::Schedule;
+use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
 
 /// What the sync moved and how long it spent in MPI.
@@ -72,6 +73,14 @@ impl KvSyncWorker {
                         call.step,
                         call.local_layer
                     ));
+                    let mine = call.blocks[rank];
+                    let mut at = SpanAt {
+                        layer: mine.map_or(-1, |b| b.layer as i32),
+                        chunk: mine.map_or(-1, |b| b.chunk.index as i32),
+                        step: call.step as i32,
+                        ..SpanAt::NONE
+                    };
+                    let _range = SpanRange::open(SpanKind::KvSync, at);
                     let started = Instant::now();
                     let moved_before = stats.bytes_sent + stats.bytes_received;
                     if let Err(error) = transport.run_call(call, &mut stats) {
@@ -79,14 +88,7 @@ impl KvSyncWorker {
                         JobAbort { rank }.fail(&error.context(format!("KV sync of step {}", call.step)));
                     }
                     stats.busy_s += started.elapsed().as_secs_f64();
-                    let mine = call.blocks[rank];
-                    let at = SpanAt {
-                        layer: mine.map_or(-1, |b| b.layer as i32),
-                        chunk: mine.map_or(-1, |b| b.chunk.index as i32),
-                        step: call.step as i32,
-                        peer: -1,
-                        bytes: stats.bytes_sent + stats.bytes_received - moved_before,
-                    };
+                    at.bytes = stats.bytes_sent + stats.bytes_received - moved_before;
                     spans.record(SpanKind::KvSync, SpanThread::KvSync, at, started);
                     stats.calls += 1;
                 }

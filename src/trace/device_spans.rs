@@ -105,6 +105,7 @@ mod imp {
 
     impl Timer {
         pub fn start(stream: Arc<CudaStream>, log: &SpanLog) -> Result<Self> {
+            crate::trace::nvtx::name_compute_stream(&stream);
             stream.synchronize()?;
             let zero = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             zero.synchronize()?;

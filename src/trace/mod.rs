@@ -2,8 +2,10 @@
 
 pub mod device_spans;
 pub mod file;
+pub mod nvtx;
 pub mod perfetto;
 pub mod read;
+pub mod span_names;
 pub mod spans;
 pub mod summary_table;
 

@@ -5,28 +5,8 @@
 use serde_json::{json, Value};
 
 use super::read::TraceView;
-use super::spans::{Span, SpanKind, SpanThread};
-
-fn kind_name(kind: SpanKind) -> &'static str {
-    match kind {
-        SpanKind::Embed => "embed",
-        SpanKind::LayerCompute => "layer",
-        SpanKind::KvSync => "kv-sync",
-        SpanKind::Send => "send",
-        SpanKind::Recv => "recv",
-        SpanKind::Wait => "wait",
-        SpanKind::LmHead => "lm-head",
-        SpanKind::DecodeStep => "decode",
-        SpanKind::WeightLoad => "weight-load",
-        SpanKind::Gemm => "gemm",
-        SpanKind::Attention => "attention",
-        SpanKind::Elementwise => "elementwise",
-        SpanKind::Moe => "moe",
-        SpanKind::DecodeSend => "decode-send",
-        SpanKind::DecodeRecv => "decode-recv",
-        SpanKind::DecodeWait => "decode-wait",
-    }
-}
+use super::span_names::{kind_name, span_name};
+use super::spans::{SpanKind, SpanThread};
 
 fn thread_name(thread: SpanThread) -> &'static str {
     match thread {
@@ -55,7 +35,7 @@ pub fn perfetto_json(trace: &TraceView) -> Value {
                 (s.t_end_ns - s.t_start_ns) as f64 / 1e3,
             );
             events.push(json!({
-                "ph": "X", "name": span_name(s), "cat": kind_name(s.kind), "pid": rank, "tid": s.thread as u8,
+                "ph": "X", "name": span_name(s.kind, &s.at()), "cat": kind_name(s.kind), "pid": rank, "tid": s.thread as u8,
                 "ts": ts, "dur": dur,
                 "args": {"layer": s.layer, "chunk": s.chunk, "step": s.step, "peer": s.peer, "bytes": s.bytes},
             }));
@@ -83,72 +63,12 @@ fn hidden_state_flow(from: usize, chunk: i32) -> u64 {
     ((from as u64) << 32) | u64::from(chunk.max(0) as u32)
 }
 
-/// What the span did, with its layer, chunk and peer where they apply.
-fn span_name(s: &Span) -> String {
-    let of = |what: &str| match (s.layer, s.chunk) {
-        (l, c) if l >= 0 && c >= 0 => format!("{what} layer {l} chunk {c}"),
-        (_, c) if c >= 0 => format!("{what} chunk {c}"),
-        _ if s.step >= 0 => format!("{what} step {}", s.step),
-        _ => what.to_owned(),
-    };
-    match s.kind {
-        SpanKind::Send => format!("send chunk {} to rank {}", s.chunk, s.peer),
-        SpanKind::Recv => format!("recv chunk {} from rank {}", s.chunk, s.peer),
-        SpanKind::Wait if s.peer >= 0 => format!("wait for the first token from rank {}", s.peer),
-        SpanKind::Wait => "wait for the KV sync to finish".into(),
-        SpanKind::LayerCompute => of("layer").replacen("layer layer", "layer", 1),
-        SpanKind::DecodeSend => format!("send decode step {} to rank {}", s.step, s.peer),
-        SpanKind::DecodeRecv => format!("recv decode step {} from rank {}", s.step, s.peer),
-        SpanKind::DecodeWait => format!("wait for decode step {}'s token from rank {}", s.step, s.peer),
-        kind => of(kind_name(kind)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn span(kind: SpanKind, layer: i32, chunk: i32, peer: i32) -> Span {
-        Span {
-            kind,
-            thread: SpanThread::Compute,
-            layer,
-            chunk,
-            step: 3,
-            peer,
-            bytes: 0,
-            t_start_ns: 0,
-            t_end_ns: 1,
-        }
-    }
-
     #[test]
-    fn span_names_carry_layer_chunk_and_peer() {
-        assert_eq!(
-            span_name(&span(SpanKind::LayerCompute, 4, 2, -1)),
-            "layer 4 chunk 2"
-        );
-        assert_eq!(
-            span_name(&span(SpanKind::KvSync, 4, 2, -1)),
-            "kv-sync layer 4 chunk 2"
-        );
-        assert_eq!(span_name(&span(SpanKind::KvSync, -1, -1, -1)), "kv-sync step 3");
-        assert_eq!(
-            span_name(&span(SpanKind::DecodeRecv, -1, -1, 1)),
-            "recv decode step 3 from rank 1"
-        );
-        assert_eq!(
-            span_name(&span(SpanKind::Send, -1, 2, 1)),
-            "send chunk 2 to rank 1"
-        );
-        assert_eq!(
-            span_name(&span(SpanKind::Recv, -1, 2, 0)),
-            "recv chunk 2 from rank 0"
-        );
-        assert_eq!(
-            span_name(&span(SpanKind::Wait, -1, -1, 2)),
-            "wait for the first token from rank 2"
-        );
+    fn hidden_state_flows_name_the_sender_and_the_chunk() {
         assert_eq!(hidden_state_flow(1, 5), (1 << 32) | 5);
     }
 }

@@ -73,6 +73,19 @@ pub struct Span {
     pub t_end_ns: i64,
 }
 
+impl Span {
+    /// Its layer, chunk, step, peer and bytes.
+    pub fn at(&self) -> SpanAt {
+        SpanAt {
+            layer: self.layer,
+            chunk: self.chunk,
+            step: self.step,
+            peer: self.peer,
+            bytes: self.bytes,
+        }
+    }
+}
+
 /// One span as the trace file stores it (`/ranks/<r>/events`): the rank that recorded it, then
 /// the span's fields (schema 2; schema 1 files have no `rank` column).
 #[derive(Debug, Clone, Copy, PartialEq, hdf5::H5Type)]
