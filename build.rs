@@ -103,6 +103,7 @@ fn build_kernels() {
             "src/model/kernels/decode_attention.cu",
             "src/model/kernels/layer_ops.cu",
             "src/model/kernels/decode_ops.cu",
+            "src/model/kernels/moe_ops.cu",
         ])
         .watch([
             "src/model/kernels/elementwise.cuh",

@@ -1,6 +1,7 @@
 //! One Qwen3 decoder layer: pre-norm attention and a pre-norm feed-forward block, both
 //! residual. The block is the dense SwiGLU MLP, or in a Qwen3-MoE sparse layer the MoE block;
-//! only the dense layer has the fused GPU path.
+//! both run on the fused GPU layer (`fused_layer.rs`: the same attention half, the block's own
+//! feed-forward half) where the plan says so.
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -21,6 +22,11 @@ pub trait FeedForward {
     /// The part of the layer it is in a trace's `--op-spans` (none: not timed on its own).
     const PART: Option<LayerPart>;
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The fused GPU layer's feed-forward half: x += block(normed), in place (`x` is a tensor
+    /// nothing else reads); `probe` sees its parts. x, normed: (L, hidden)
+    #[cfg(feature = "cuda")]
+    fn add_fused(&self, x: &Tensor, normed: Tensor, probe: Option<&dyn LayerProbe>) -> Result<()>;
 }
 
 impl FeedForward for Mlp {
@@ -28,12 +34,23 @@ impl FeedForward for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Mlp::forward(self, x)
     }
+
+    #[cfg(feature = "cuda")]
+    fn add_fused(&self, x: &Tensor, normed: Tensor, probe: Option<&dyn LayerProbe>) -> Result<()> {
+        super::fused_layer::dense_mlp_into(self, x, normed, probe)
+    }
 }
 
 impl FeedForward for SparseMoe {
     const PART: Option<LayerPart> = Some(LayerPart::Moe);
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         SparseMoe::forward(self, x)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn add_fused(&self, x: &Tensor, normed: Tensor, probe: Option<&dyn LayerProbe>) -> Result<()> {
+        probe.map_or(Ok(()), |p| p.enter(Some(LayerPart::Moe)))?;
+        SparseMoe::add_fused(self, x, &normed)
     }
 }
 
@@ -72,6 +89,14 @@ impl Layer {
         }
     }
 
+    /// The layer's norms and attention: (input norm, attention, post-attention norm).
+    pub fn attention(&self) -> (&RmsNorm, &Attention, &RmsNorm) {
+        match self {
+            Self::Dense(l) => (&l.input_layernorm, &l.self_attn, &l.post_attention_layernorm),
+            Self::Sparse(l) => (&l.input_layernorm, &l.self_attn, &l.post_attention_layernorm),
+        }
+    }
+
     /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden). Writes the chunk's K/V
     /// into `kv`. `probe` (if any) sees where each part of the fused layer's work begins, and
     /// a sparse layer's MoE block.
@@ -86,8 +111,7 @@ impl Layer {
     ) -> Result<Tensor> {
         match self {
             Self::Dense(layer) => layer.forward(x, start, rope, kv, plan, probe),
-            // the fused kernels have no MoE block (the plan declines MoE models)
-            Self::Sparse(layer) => layer.forward_unfused(x, start, rope, kv, probe),
+            Self::Sparse(layer) => layer.forward(x, start, rope, kv, plan, probe),
         }
     }
 }
@@ -123,9 +147,7 @@ impl<F: FeedForward> DecoderLayer<F> {
         probe.map_or(Ok(()), |p| p.enter(None))?;
         Ok((x + mlp)?)
     }
-}
 
-impl DecoderLayer {
     /// As [`Layer::forward`], on the fused GPU layer where the plan says so.
     pub fn forward(
         &self,
@@ -141,6 +163,6 @@ impl DecoderLayer {
             return super::fused_layer::forward(self, x, start, rope, kv, &plan.prefill, probe);
         }
         let _ = plan;
-        self.forward_unfused(x, start, rope, kv, probe) // the dense MLP is not a part of its own
+        self.forward_unfused(x, start, rope, kv, probe)
     }
 }

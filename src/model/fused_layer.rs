@@ -2,21 +2,26 @@
 //! products (cuBLAS; q/k/v as one, gate/up as one), one attention kernel over the cache, and our
 //! elementwise kernels between them (`layer_ops.rs`). Computes what the unfused reference in
 //! `decoder_layer.rs` computes, rounding where transformers rounds, but for the last residual
-//! add, which the down product folds in (one rounding of the sum, not two).
+//! add, which the down product folds in (one rounding of the sum, not two). The attention half
+//! is the same for every layer; the feed-forward half is the block's own
+//! ([`FeedForward::add_fused`]): the dense MLP below ([`dense_mlp_into`]), or a Qwen3-MoE sparse
+//! layer's grouped expert products (`moe.rs`, `moe_ops.rs`), whose residual add rounds as the
+//! reference's does.
 
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::decoder_layer::DecoderLayer;
+use super::decoder_layer::{DecoderLayer, FeedForward};
 use super::kv_cache::KvCache;
 use super::layer_ops::{add_matmul, qk_norm_rope_cache, residual_rms_norm, swiglu};
 use super::layer_plan::PrefillAttention;
 use super::layer_probe::{LayerPart, LayerProbe};
+use super::mlp::Mlp;
 use super::rope::RotaryTable;
 
 /// x: (L, hidden) at positions `[start, start + L)` → (L, hidden); the chunk's K/V go into `kv`.
-pub fn forward(
-    layer: &DecoderLayer,
+pub fn forward<F: FeedForward>(
+    layer: &DecoderLayer<F>,
     x: &Tensor,
     start: usize,
     rope: &RotaryTable,
@@ -63,17 +68,25 @@ pub fn forward(
     let (x, normed) = residual_rms_norm(x, Some(&o), post.weight(), post.eps())?; // (L, hidden) each
     drop(o);
 
-    // 5. SwiGLU MLP: gate and up in one product; the down product adds into the residual
+    // 5. The feed-forward block, added into the residual
+    layer.mlp.add_fused(&x, normed, probe)?;
+    probe.map_or(Ok(()), |p| p.enter(None))?;
+    Ok(x)
+}
+
+/// The dense SwiGLU MLP of the fused layer: gate and up in one product; the down product adds
+/// into the residual x (in place: nothing else may read it). x, normed: (L, hidden)
+pub fn dense_mlp_into(mlp: &Mlp, x: &Tensor, normed: Tensor, probe: Option<&dyn LayerProbe>) -> Result<()> {
+    let enter = |part| probe.map_or(Ok(()), |p| p.enter(Some(part)));
     enter(LayerPart::Gemm)?;
-    let gate_up = layer.mlp.gate_up(&normed)?; // (L, 2·I)
+    let gate_up = mlp.gate_up(&normed)?; // (L, 2·I)
     drop(normed);
     enter(LayerPart::Elementwise)?;
     let act = swiglu(&gate_up)?; // (L, I)
     drop(gate_up);
     enter(LayerPart::Gemm)?;
-    add_matmul(&x, &act, layer.mlp.down_weight())?; // x += act · W_downᵀ: (L, hidden)
-    probe.map_or(Ok(()), |p| p.enter(None))?;
-    Ok(x)
+    add_matmul(x, &act, mlp.down_weight())?; // x += act · W_downᵀ: (L, hidden)
+    Ok(())
 }
 
 /// q (L, H, D) at positions `[start, start + L)` over cache positions `[0, start + L)` →

@@ -36,6 +36,7 @@ pub fn address(t: &Tensor) -> Result<u64> {
         CudaStorageSlice::F32(s) => (s.device_ptr(&stream).0, 4),
         CudaStorageSlice::U32(s) => (s.device_ptr(&stream).0, 4),
         CudaStorageSlice::I32(s) => (s.device_ptr(&stream).0, 4),
+        CudaStorageSlice::I64(s) => (s.device_ptr(&stream).0, 8),
         CudaStorageSlice::U8(s) => (s.device_ptr(&stream).0, 1),
         _ => bail!(
             "a kernel input has dtype {:?}, not one our kernels take",
@@ -54,12 +55,14 @@ pub fn alloc(device: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaStora
         DType::BF16 => CudaStorageSlice::BF16(unsafe { device.alloc::<half::bf16>(len)? }),
         DType::F16 => CudaStorageSlice::F16(unsafe { device.alloc::<half::f16>(len)? }),
         DType::F32 => CudaStorageSlice::F32(unsafe { device.alloc::<f32>(len)? }),
+        DType::U32 => CudaStorageSlice::U32(unsafe { device.alloc::<u32>(len)? }),
         other => bail!("no kernel output of dtype {other:?}"),
     };
     let addr = match &slice {
         CudaStorageSlice::BF16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::F16(s) => s.device_ptr(&stream).0,
         CudaStorageSlice::F32(s) => s.device_ptr(&stream).0,
+        CudaStorageSlice::U32(s) => s.device_ptr(&stream).0,
         _ => unreachable!("allocated above"),
     };
     Ok((slice, addr))

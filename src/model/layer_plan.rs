@@ -187,13 +187,6 @@ pub fn choose(cfg: &Qwen3Config, dtype: DType, device: &Device) -> Result<LayerP
 
 /// Whether the fused layer's kernels take this model and dtype, or why not.
 fn fused_layer_covers(cfg: &Qwen3Config, dtype: DType) -> std::result::Result<(), String> {
-    if let Some(moe) = &cfg.moe {
-        return Err(format!(
-            "the fused kernels have no mixture-of-experts block (qwen3_moe, {} experts, {} per token: \
-             the MoE block runs in plain tensor operations)",
-            moe.num_experts, moe.num_experts_per_tok
-        ));
-    }
     if !matches!(dtype, DType::BF16 | DType::F16) {
         return Err(format!("the fused kernels take bf16 or f16, not {dtype:?}"));
     }
@@ -208,15 +201,32 @@ fn fused_layer_covers(cfg: &Qwen3Config, dtype: DType) -> std::result::Result<()
             cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
         ));
     }
+    if let Some(moe) = &cfg.moe {
+        let (max_experts, max_top_k) = (super::moe::GPU_MAX_EXPERTS, super::moe::GPU_MAX_TOP_K);
+        if moe.num_experts > max_experts
+            || moe.num_experts_per_tok > max_top_k
+            || !moe.moe_intermediate_size.is_multiple_of(8)
+        {
+            return Err(format!(
+                "the fused MoE block takes at most {max_experts} experts, {max_top_k} per token, and an expert \
+                 intermediate size multiple of 8 (this model: {} experts, {} per token, intermediate {}: the MoE \
+                 block runs in plain tensor operations)",
+                moe.num_experts, moe.num_experts_per_tok, moe.moe_intermediate_size
+            ));
+        }
+    }
     Ok(())
 }
 
 /// Whether the fused decode step takes this model (its attention kernels exist for 1 to 8 query
-/// heads per KV head).
+/// heads per KV head; no MoE kernels in it yet).
 fn decode_step_covers(cfg: &Qwen3Config) -> bool {
     let heads = cfg.num_attention_heads;
     let kv_heads = cfg.num_key_value_heads;
-    kv_heads > 0 && heads.is_multiple_of(kv_heads) && (1..=8).contains(&(heads / kv_heads))
+    cfg.moe.is_none()
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && (1..=8).contains(&(heads / kv_heads))
 }
 
 /// cuDNN, loaded once per process (a job's model is built by more than one loader).
@@ -266,14 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn mixture_of_experts_models_decline_the_fused_layer_with_the_reason() {
+    fn mixture_of_experts_models_take_the_fused_layer_where_its_moe_kernels_fit() {
         let json = serde_json::from_str(crate::model::tiny::MOE_CONFIG_JSON).unwrap();
         let mut cfg = Qwen3Config::from_json(&json).unwrap();
-        cfg.head_dim = 128; // a shape the fused kernels take but for the MoE block
-        let why = fused_layer_covers(&cfg, DType::BF16).unwrap_err();
-        assert!(why.contains("no mixture-of-experts block"), "{why}");
-        cfg.moe = None;
+        cfg.head_dim = 128; // a shape the fused attention takes
         assert!(fused_layer_covers(&cfg, DType::BF16).is_ok());
+        cfg.moe.as_mut().unwrap().moe_intermediate_size = 30;
+        let why = fused_layer_covers(&cfg, DType::BF16).unwrap_err();
+        assert!(why.contains("MoE block runs in plain tensor operations"), "{why}");
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl<'a> LayerWeights<'a> {
         self.loader.tensor(spec)
     }
 
+    /// The dtype and device every tensor is loaded into.
+    pub fn dtype_device(&self) -> (DType, &'a Device) {
+        (self.loader.dtype, self.loader.device)
+    }
+
     /// Whether the checkpoint has tensor `name` (a full checkpoint key).
     pub fn contains(&self, name: &str) -> Result<bool> {
         self.loader.source.contains(name)

@@ -34,6 +34,8 @@ pub mod layer_weights;
 pub mod mlp;
 pub mod moe;
 pub mod moe_config;
+#[cfg(feature = "cuda")]
+mod moe_ops;
 pub mod qwen3;
 pub mod rope;
 pub mod router;

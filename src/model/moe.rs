@@ -7,26 +7,39 @@
 //! the weights cast to the model dtype and multiplied in it, each token's k weighted outputs
 //! summed in f32 and rounded once. A chunk's (token, expert) pairs are grouped by expert
 //! (`router.rs`), so each expert runs its rows as one matrix product, and an expert no token
-//! chose is not read at all: a decode step touches only its k experts. Plain tensor
-//! operations, so the same code runs on the CPU and a GPU.
+//! chose is not read at all: a decode step touches only its k experts. [`SparseMoe::forward`]
+//! is plain tensor operations (the CPU, and the reference on a GPU); the fused GPU layer runs
+//! [`SparseMoe::add_fused`] instead: the routing on the device, every expert's product of a
+//! projection as one grouped cuBLAS call (`moe_ops.rs`). The experts are held stacked, one
+//! (E, 2·I, hidden) gate/up tensor and one (E, hidden, I) down tensor, each expert's [`Mlp`] a
+//! view of its slice.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
 
-use super::config::Qwen3Config;
+use super::config::{MoeConfig, Qwen3Config};
 use super::layer_weights::LayerWeights;
 use super::mlp::Mlp;
 use super::router::{route, Routing};
 use super::weight_names::{expert_key, fused_expert_specs, layer_prefix, ROUTER};
 
+/// The most experts, and experts per token, the GPU kernels take (`kernels/moe_ops.cu`).
+pub const GPU_MAX_EXPERTS: usize = 256;
+pub const GPU_MAX_TOP_K: usize = 8;
+
 pub struct SparseMoe {
     /// The router: (experts, hidden)
     gate: Linear,
-    /// Each expert a SwiGLU MLP of `moe_intermediate_size`.
+    /// Every expert's gate and up projections: (E, 2·I, hidden), each expert's gate rows first
+    gate_up: Tensor,
+    /// Every expert's down projection: (E, hidden, I)
+    down: Tensor,
+    /// Each expert a SwiGLU MLP of `moe_intermediate_size`, over its slices of the two above.
     experts: Vec<Mlp>,
     top_k: usize,
     norm_topk_prob: bool,
+    layer: usize,
 }
 
 impl SparseMoe {
@@ -38,24 +51,41 @@ impl SparseMoe {
             .as_ref()
             .context("internal: a sparse layer in a dense model")?;
         let per_expert = format!("{}.{}.gate_proj.weight", layer_prefix(layer), expert_key(0));
-        let experts = match fused_expert_specs(cfg, layer) {
+        let (gate_up, down) = match fused_expert_specs(cfg, layer) {
             Some([gate_up, down]) if !w.contains(&per_expert)? && w.contains(&gate_up.name)? => {
-                let gate_up = w.tensor(&gate_up)?; // (E, 2·I, hidden), gate rows first
-                let down = w.tensor(&down)?; // (E, hidden, I)
-                (0..moe.num_experts)
-                    .map(|e| Ok(Mlp::new(gate_up.get(e)?, down.get(e)?)))
-                    .collect::<Result<_>>()?
+                (w.tensor(&gate_up)?, w.tensor(&down)?) // (E, 2·I, hidden), (E, hidden, I)
             }
-            _ => (0..moe.num_experts)
-                .map(|e| Mlp::load_at(w, &expert_key(e)))
-                .collect::<Result<_>>()?,
+            _ => stack_experts(w, moe, cfg.hidden_size)
+                .with_context(|| format!("layer {layer}: stacking the experts' weights"))?,
         };
+        let experts = (0..moe.num_experts)
+            .map(|e| Ok(Mlp::new(gate_up.get(e)?, down.get(e)?)))
+            .collect::<Result<_>>()?;
         Ok(Self {
             gate: w.linear(ROUTER)?,
+            gate_up,
+            down,
             experts,
             top_k: moe.num_experts_per_tok,
             norm_topk_prob: moe.norm_topk_prob,
+            layer,
         })
+    }
+
+    /// The router's weight: (E, hidden)
+    pub fn router_weight(&self) -> &Tensor {
+        self.gate.weight()
+    }
+
+    /// Every expert's gate/up weight (E, 2·I, hidden), gate rows first, and down weight
+    /// (E, hidden, I).
+    pub fn expert_weights(&self) -> (&Tensor, &Tensor) {
+        (&self.gate_up, &self.down)
+    }
+
+    /// Experts per token, and whether their weights are renormalised.
+    pub fn top_k(&self) -> (usize, bool) {
+        (self.top_k, self.norm_topk_prob)
     }
 
     /// Which experts each token of `x` (L, hidden) goes to, with what weight.
@@ -83,10 +113,9 @@ impl SparseMoe {
             .groups
             .iter()
             .map(|g| {
-                let expert = self
-                    .experts
-                    .get(g.expert)
-                    .context("internal: router chose no such expert")?;
+                let expert = self.experts.get(g.expert).with_context(|| {
+                    format!("internal: layer {}: router chose no such expert", self.layer)
+                })?;
                 expert.forward(&gathered.narrow(0, g.start, g.len)?) // (n_e, hidden)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -101,6 +130,58 @@ impl SparseMoe {
             .reshape((len, self.top_k, hidden))?; // (L, k, hidden)
         Ok(per_token.to_dtype(DType::F32)?.sum(1)?.to_dtype(dtype)?) // (L, hidden)
     }
+
+    /// The fused GPU layer's MoE block: x += MoE(normed), in place (`x` must be a tensor
+    /// nothing else reads, as [`super::layer_ops::add_matmul`]'s). One small copy to the host:
+    /// each expert's row count, the grouped products' sizes. x, normed: (L, hidden)
+    #[cfg(feature = "cuda")]
+    pub fn add_fused(&self, x: &Tensor, normed: &Tensor) -> Result<()> {
+        use super::moe_ops::{combine_into, expert_products, gather, ExpertGemm, ExpertLayout};
+        let in_layer = || format!("layer {}: MoE block", self.layer);
+        // 1. Router logits in the model dtype; each token's experts and weights on the device
+        let logits = self.gate.forward(normed)?; // (L, E)
+        let routing =
+            super::moe_ops::route(&logits, self.top_k, self.norm_topk_prob).with_context(in_layer)?;
+        drop(logits);
+        let layout = ExpertLayout::new(&routing.counts, ExpertGemm::chosen()?, normed.device())
+            .with_context(in_layer)?;
+
+        // 2. Each expert's rows side by side, through its gate/up, SwiGLU and down products
+        let gathered = gather(normed, &routing, &layout).with_context(in_layer)?; // (rows, hidden)
+        let gate_up = expert_products(&gathered, &self.gate_up, &layout).with_context(in_layer)?; // (rows, 2·I)
+        drop(gathered);
+        let act = super::layer_ops::swiglu(&gate_up)?; // (rows, I)
+        drop(gate_up);
+        let out = expert_products(&act, &self.down, &layout).with_context(in_layer)?; // (rows, hidden)
+        drop(act);
+
+        // 3. x += each token's k outputs weighted in the model dtype, summed in f32, rounded once
+        combine_into(x, &out, &routing, &layout).with_context(in_layer)?;
+        Ok(())
+    }
+}
+
+/// Every expert's published tensors copied into the two stacked ones, one expert at a time
+/// (so that loading holds one expert's tensors beside them, not a second copy of all).
+/// → gate/up (E, 2·I, hidden), gate rows first; down (E, hidden, I)
+fn stack_experts(w: &LayerWeights, moe: &MoeConfig, hidden: usize) -> Result<(Tensor, Tensor)> {
+    let (experts, inter) = (moe.num_experts, moe.moe_intermediate_size);
+    let (dtype, device) = w.dtype_device();
+    let gate_up = Tensor::zeros((experts * 2 * inter, hidden), dtype, device)?; // (E·2·I, hidden)
+    let down = Tensor::zeros((experts * hidden, inter), dtype, device)?; // (E·hidden, I)
+    for e in 0..experts {
+        let key = expert_key(e);
+        let gate = w.linear(&format!("{key}.gate_proj"))?; // (I, hidden)
+        gate_up.slice_set(gate.weight(), 0, e * 2 * inter)?;
+        let up = w.linear(&format!("{key}.up_proj"))?; // (I, hidden)
+        gate_up.slice_set(up.weight(), 0, e * 2 * inter + inter)?;
+        let expert_down = w.linear(&format!("{key}.down_proj"))?; // (hidden, I)
+        down.slice_set(expert_down.weight(), 0, e * hidden)?;
+    }
+    Ok((
+        gate_up.reshape((experts, 2 * inter, hidden))?,
+        down.reshape((experts, hidden, inter))?,
+    ))
 }
 
 #[cfg(test)]
