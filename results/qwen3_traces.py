@@ -7,7 +7,8 @@
 t.events holds every rank's spans in one table: a `rank` column, `kind` and `thread` as names,
 `label` (the kind, with each Wait named by what it waits for), times in seconds (`start_s`,
 `duration_s`). qt.kv_sync_spans(t) splits each KV-sync span into waiting for the peers and
-moving bytes; qt.describe(t) is a one-line title of the run.
+moving bytes; qt.decode_steps(t) says where each decode step's time went on each rank
+(compute, send, receive, waiting); qt.describe(t) is a one-line title of the run.
 """
 import glob
 import json
@@ -106,6 +107,11 @@ def load_folder(folder):
             "prefill_tokens_per_s": t.summary.get("prefill_tokens_per_s", np.nan),
             "decode_tokens_per_s": t.summary.get("decode_tokens_per_s", np.nan),
             "max_exposed_sync_s": t.per_rank["exposed_sync_s"].max() if len(t.per_rank) else np.nan,
+            # traces from before `--decode` (issue 18) decoded redundantly and have no attribute
+            "decode_mode": t.meta.get("decode_mode", "redundant"),
+            "device": (t.meta.get("device_names") or [t.meta.get("device")])[0],
+            "new_tokens": int(t.meta.get("new_tokens", 0)),
+            "decode_ms_per_token_median": t.summary.get("decode_ms_per_token_median", np.nan),
         })
     return pd.DataFrame(rows)
 
@@ -130,3 +136,32 @@ def kv_sync_spans(trace):
     kv["move_s"] = (kv["t_end_ns"] - moving_from).clip(lower=0) / 1e9
     kv["gb_per_s"] = kv["bytes"] / kv["move_s"].clip(lower=1e-9) / 1e9
     return kv
+
+
+# The spans of one decode step on a rank (docs/trace-schema.md), by the column they fill.
+DECODE_PARTS = {"DecodeStep": "compute_s", "DecodeSend": "send_s", "DecodeRecv": "recv_s", "DecodeWait": "wait_s"}
+
+
+def decode_steps(trace):
+    """One row per (rank, decode step): where that step's time went on that rank, in seconds.
+
+    `compute_s` is the rank's `DecodeStep` span (redundant decode: the whole step, every layer,
+    the head and the sampler; pipelined decode: its own layers, with the embedding on rank 0 and
+    the head and sampler on the last rank); `send_s` (`DecodeSend`: the hidden state to the next
+    rank), `recv_s` (`DecodeRecv`: waiting for it from the previous one) and `wait_s`
+    (`DecodeWait`: the broadcast of the step's token from the last rank) are 0 in redundant
+    decode. The spans of a step on a rank do not overlap, so `step_s`, their sum, is the step's
+    wall time on that rank. Step s makes token s (the first token, 0, comes from prefill), so a
+    run of N new tokens has steps 1..N-1. Empty (with these columns) without decode spans."""
+    cols = ["rank", "step", *DECODE_PARTS.values(), "step_s"]
+    ev = trace.events
+    if not len(ev):
+        return pd.DataFrame(columns=cols)
+    spans = ev[ev["kind"].isin(list(DECODE_PARTS))]
+    steps = (spans.pivot_table(index=["rank", "step"], columns="kind", values="duration_s",
+                               aggfunc="sum", fill_value=0.0)
+             .rename(columns=DECODE_PARTS)
+             .reindex(columns=list(DECODE_PARTS.values()), fill_value=0.0))
+    steps["step_s"] = steps.sum(axis=1)
+    steps.columns.name = None
+    return steps.reset_index()[cols]

@@ -9,7 +9,7 @@ import sys
 import nbformat
 from nbclient import NotebookClient
 
-NOTEBOOKS = ["timeline.ipynb", "kv_sync.ipynb", "scaling.ipynb"]
+NOTEBOOKS = ["timeline.ipynb", "kv_sync.ipynb", "scaling.ipynb", "decode_modes.ipynb"]
 
 
 def main():
