@@ -20,6 +20,9 @@
 //!             x    = x + W_down · SwiGLU(gu)            gemv_swiglu_residual
 //! logits = float(W_lm · RMSNorm(x))                     gemv_rmsnorm_f32
 //! ```
+//!
+//! A Qwen3-MoE sparse layer runs three kernels of `moe_decode.rs` in place of the last two (the
+//! router, then only the k chosen experts' gate/up and down rows, routed on the device).
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -31,11 +34,12 @@ use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
 use super::decode_split::{gemv_grid, key_splits, max_splits};
-use super::decoder_layer::DecoderLayer;
+use super::decoder_layer::Layer;
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
 use super::kernels_ptx::{DECODE_OPS, LAYER_OPS};
 use super::kv_cache::KvCache;
 use super::layer_ops::QkNormRope;
+use super::moe_decode::{MoeLayer, MoeStep};
 use super::rope::RotaryTable;
 
 const DECODE_MODULE: &str = "qwen3_mpi_decode_ops";
@@ -50,7 +54,7 @@ const ATTN_SHARED_BYTES: u32 = 4 * 2 * 32 * HEAD_DIM as u32 * 2;
 /// What the step reads of a model that holds every layer and the head.
 pub struct ModelParts<'a> {
     pub cfg: &'a Qwen3Config,
-    pub layers: Vec<&'a DecoderLayer>,
+    pub layers: Vec<&'a Layer>,
     /// (vocab, hidden)
     pub embed: &'a Tensor,
     pub final_norm: &'a RmsNorm,
@@ -63,14 +67,19 @@ pub struct ModelParts<'a> {
 struct LayerAddresses {
     qkv: u64,
     o: u64,
-    gate_up: u64,
-    down: u64,
+    mlp: MlpAddresses,
     input_norm: u64,
     post_norm: u64,
     q_norm: u64,
     k_norm: u64,
     /// (capacity, 2, KVH, D)
     kv: u64,
+}
+
+/// A layer's feed-forward weights: the dense MLP's, or a sparse layer's router and experts.
+enum MlpAddresses {
+    Dense { gate_up: u64, down: u64 },
+    Sparse(MoeLayer),
 }
 
 /// One matrix-vector product of the step: its kernel, shape and grid.
@@ -119,6 +128,8 @@ pub struct DecodeStep {
     o: Gemv,
     gate_up: Gemv,
     down: Gemv,
+    /// The sparse layers' kernels (a Qwen3-MoE model).
+    moe: Option<MoeStep>,
     lm: Gemv,
     /// Key ranges of the attention: fixed by the capacity, so that a graph replays any step.
     split_keys: usize,
@@ -178,15 +189,13 @@ impl DecodeStep {
         ];
         let mut layers = Vec::with_capacity(parts.layers.len());
         for (index, layer) in parts.layers.iter().enumerate() {
-            let attn = &layer.self_attn;
+            let (input_norm, attn, post_norm) = layer.attention();
             let (q_norm, k_norm, _) = attn.qk_norms();
             let tensors = [
                 attn.qkv_weight(),
                 attn.o_weight(),
-                layer.mlp.gate_up_weight(),
-                layer.mlp.down_weight(),
-                layer.input_layernorm.weight(),
-                layer.post_attention_layernorm.weight(),
+                input_norm.weight(),
+                post_norm.weight(),
                 q_norm,
                 k_norm,
             ];
@@ -194,16 +203,26 @@ impl DecodeStep {
                 .iter()
                 .map(|t| address(t))
                 .collect::<candle_core::Result<Vec<_>>>()?;
+            let mlp = match layer {
+                Layer::Dense(dense) => {
+                    let (gate_up, down) = (dense.mlp.gate_up_weight(), dense.mlp.down_weight());
+                    held.extend([gate_up.clone(), down.clone()]);
+                    MlpAddresses::Dense {
+                        gate_up: address(gate_up)?,
+                        down: address(down)?,
+                    }
+                }
+                Layer::Sparse(sparse) => MlpAddresses::Sparse(MoeLayer::new(&sparse.mlp, &mut held)?),
+            };
             let layer_kv = kv.layer(index)?;
             layers.push(LayerAddresses {
                 qkv: a[0],
                 o: a[1],
-                gate_up: a[2],
-                down: a[3],
-                input_norm: a[4],
-                post_norm: a[5],
-                q_norm: a[6],
-                k_norm: a[7],
+                mlp,
+                input_norm: a[2],
+                post_norm: a[3],
+                q_norm: a[4],
+                k_norm: a[5],
                 kv: address(&layer_kv)?,
             });
             held.extend(tensors.iter().map(|&t| t.clone()));
@@ -279,6 +298,10 @@ impl DecodeStep {
             o: gemv("copy_residual", hidden, heads * HEAD_DIM)?,
             gate_up: gemv("rmsnorm_store", 2 * inter, hidden)?,
             down: gemv("swiglu_residual", hidden, inter)?,
+            moe: match cfg.moe {
+                Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms)?),
+                None => None,
+            },
             lm: gemv("rmsnorm_f32", vocab, hidden)?,
             split_keys,
             splits,
@@ -472,23 +495,36 @@ impl DecodeStep {
         // 4. x = x + W_o · attn; 5. gu = W_gu · RMSNorm(x); 6. x = x + W_down · SwiGLU(gu)
         self.gemv(&self.o, layer.o, self.attn.at, 0, self.x.at, self.x.at)?;
         mark("gemv o")?;
+        let (gate_up, down) = match (&layer.mlp, &self.moe) {
+            (MlpAddresses::Dense { gate_up, down }, _) => (*gate_up, *down),
+            (MlpAddresses::Sparse(experts), Some(moe)) => {
+                // 5.-6. for a sparse layer: router, the chosen experts' gate/up, their down
+                // SAFETY: x and the norm hold `hidden` elements; the layer's weights are held.
+                return unsafe {
+                    moe.queue(
+                        &self.device,
+                        experts,
+                        self.x.at,
+                        layer.post_norm,
+                        self.overlap,
+                        mark,
+                    )
+                };
+            }
+            (MlpAddresses::Sparse(_), None) => {
+                bail!("internal: decode step: a sparse layer in a dense model")
+            }
+        };
         self.gemv(
             &self.gate_up,
-            layer.gate_up,
+            gate_up,
             self.x.at,
             layer.post_norm,
             0,
             self.gate_up_out.at,
         )?;
         mark("gemv gate_up")?;
-        self.gemv(
-            &self.down,
-            layer.down,
-            self.gate_up_out.at,
-            0,
-            self.x.at,
-            self.x.at,
-        )?;
+        self.gemv(&self.down, down, self.gate_up_out.at, 0, self.x.at, self.x.at)?;
         mark("gemv down")
     }
 
@@ -540,7 +576,7 @@ impl DecodeStep {
                 "gemv gate_up" => bytes(&self.gate_up),
                 "gemv down" => bytes(&self.down),
                 "gemv lm_head" => bytes(&self.lm),
-                _ => 0.0,
+                moe => self.moe.as_ref().map_or(0.0, |m| m.weight_bytes(moe) as f64),
             };
             match rows.iter_mut().find(|r| r.0 == *name) {
                 Some(row) => {

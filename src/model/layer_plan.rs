@@ -219,14 +219,12 @@ fn fused_layer_covers(cfg: &Qwen3Config, dtype: DType) -> std::result::Result<()
 }
 
 /// Whether the fused decode step takes this model (its attention kernels exist for 1 to 8 query
-/// heads per KV head; no MoE kernels in it yet).
+/// heads per KV head; a MoE model's sparse layers take the MoE kernels that the fused layer's
+/// check admitted, `moe_decode.rs`).
 fn decode_step_covers(cfg: &Qwen3Config) -> bool {
     let heads = cfg.num_attention_heads;
     let kv_heads = cfg.num_key_value_heads;
-    cfg.moe.is_none()
-        && kv_heads > 0
-        && heads.is_multiple_of(kv_heads)
-        && (1..=8).contains(&(heads / kv_heads))
+    kv_heads > 0 && heads.is_multiple_of(kv_heads) && (1..=8).contains(&(heads / kv_heads))
 }
 
 /// cuDNN, loaded once per process (a job's model is built by more than one loader).

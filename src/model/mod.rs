@@ -35,6 +35,8 @@ pub mod mlp;
 pub mod moe;
 pub mod moe_config;
 #[cfg(feature = "cuda")]
+mod moe_decode;
+#[cfg(feature = "cuda")]
 mod moe_ops;
 pub mod qwen3;
 pub mod rope;

@@ -258,13 +258,7 @@ impl Qwen3 {
             return Ok(None);
         }
         let layers = (0..self.cfg.num_hidden_layers)
-            .map(|l| {
-                self.decoder(l)?.dense().with_context(|| {
-                    format!(
-                        "decode step: layer {l} is a mixture-of-experts layer, which it has no kernels for"
-                    )
-                })
-            })
+            .map(|l| self.decoder(l))
             .collect::<Result<Vec<_>>>()?;
         let (Some(embed), Some(norm), Some(lm_head)) = (&self.embed_tokens, &self.norm, &self.lm_head) else {
             return Ok(None);

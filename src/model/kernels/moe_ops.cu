@@ -355,59 +355,58 @@ constexpr int DOWN_ROWS = 2;  // output rows a warp
 
 // x[n] = T(x[n] + T(sum over the k chosen experts j (ascending) of T(T(W[e_j][n] . act_j) * T(w_j))))
 // for W (E, H, I), act (k, I), the route as moe_gate_up wrote it. A persistent grid: warp w of
-// block b takes rows 2 (b MOE_WARPS + w) + [0, 2), then + 2 gridDim.x MOE_WARPS, ...; act is
-// copied into shared memory first (k I sizeof(T) bytes of dynamic shared memory).
+// block b takes rows 2 (b MOE_WARPS + w) + [0, 2), then + 2 gridDim.x MOE_WARPS, ...; a row pair's
+// batches (expert j, pass p over I) are streamed with the next one in flight. act is copied into
+// shared memory first (k I sizeof(T) bytes of dynamic shared memory).
 template <typename T>
 __device__ void moe_down_residual(const T* __restrict__ W, const int* __restrict__ route, int k, int I, int H,
                                   const T* __restrict__ act, T* x) {
     extern __shared__ __align__(16) unsigned char moe_smem[];
     T* act_s = reinterpret_cast<T*>(moe_smem);
+    __shared__ int experts[MOE_MAX_TOP_K];
+    __shared__ float weights[MOE_MAX_TOP_K];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     allow_next_kernel_launch();
     wait_for_previous_kernel();
-    int experts[MOE_MAX_TOP_K];
-    float weights[MOE_MAX_TOP_K];
-#pragma unroll
-    for (int j = 0; j < MOE_MAX_TOP_K; ++j) {
-        experts[j] = j < k ? route[j] : 0;
-        weights[j] = j < k ? round_to<T>(reinterpret_cast<const float*>(route)[k + j]) : 0.f;
+    if (threadIdx.x < k) {
+        experts[threadIdx.x] = route[threadIdx.x];
+        weights[threadIdx.x] = round_to<T>(reinterpret_cast<const float*>(route)[k + threadIdx.x]);
     }
     for (int v = threadIdx.x; v < k * I / 8; v += MOE_THREADS)
         *reinterpret_cast<Vec8<T>*>(act_s + v * 8) = load8(act + (size_t)v * 8);
     __syncthreads();
 
     const int groups = (H + DOWN_ROWS - 1) / DOWN_ROWS;
-    const int passes = (I / 8 + 32 * MU - 1) / (32 * MU);
+    const int passes = (I / 8 + 32 * MU - 1) / (32 * MU), batches = k * passes;
     for (int group = blockIdx.x * MOE_WARPS + warp; group < groups; group += gridDim.x * MOE_WARPS) {
         const int n0 = group * DOWN_ROWS;
-        auto row = [&](int j, int r) {
-            const int n = n0 + r < H ? n0 + r : H - 1;
-            return W + ((size_t)experts[j] * H + n) * I;
-        };
-        float total[DOWN_ROWS] = {};
-        Vec8<T> w[DOWN_ROWS][MU], next[DOWN_ROWS][MU];
+        auto load = [&](Vec8<T> (&w)[DOWN_ROWS][MU], int batch) {
+            const int j = batch / passes, p = batch % passes;
 #pragma unroll
-        for (int r = 0; r < DOWN_ROWS; ++r) load_row(w[r], row(0, r), I, 0);
-#pragma unroll
-        for (int j = 0; j < MOE_MAX_TOP_K; ++j) {
-            if (j >= k) break;
-            float acc[DOWN_ROWS] = {};
-            for (int p = 0; p < passes; ++p) {
-                const bool more = p + 1 < passes;
-                if (more || (j + 1 < MOE_MAX_TOP_K && j + 1 < k)) {
-                    const int nj = more ? j : (j + 1 < MOE_MAX_TOP_K ? j + 1 : j);
-#pragma unroll
-                    for (int r = 0; r < DOWN_ROWS; ++r) load_row(next[r], row(nj, r), I, more ? p + 1 : 0);
-                }
-#pragma unroll
-                for (int r = 0; r < DOWN_ROWS; ++r) acc[r] = dot_batch(w[r], act_s + (size_t)j * I, I, p, acc[r]);
-#pragma unroll
-                for (int r = 0; r < DOWN_ROWS; ++r)
-#pragma unroll
-                    for (int u = 0; u < MU; ++u) w[r][u] = next[r][u];
+            for (int r = 0; r < DOWN_ROWS; ++r) {
+                const int n = n0 + r < H ? n0 + r : H - 1;
+                load_row(w[r], W + ((size_t)experts[j] * H + n) * I, I, p);
             }
+        };
+        float total[DOWN_ROWS] = {}, acc[DOWN_ROWS] = {};
+        Vec8<T> w[DOWN_ROWS][MU], next[DOWN_ROWS][MU];
+        load(w, 0);
+        for (int b = 0; b < batches; ++b) {
+            const int j = b / passes, p = b % passes;
+            if (b + 1 < batches) load(next, b + 1);
 #pragma unroll
-            for (int r = 0; r < DOWN_ROWS; ++r) total[r] += round_to<T>(round_to<T>(warp_sum(acc[r])) * weights[j]);
+            for (int r = 0; r < DOWN_ROWS; ++r) acc[r] = dot_batch(w[r], act_s + (size_t)j * I, I, p, acc[r]);
+#pragma unroll
+            for (int r = 0; r < DOWN_ROWS; ++r)
+#pragma unroll
+                for (int u = 0; u < MU; ++u) w[r][u] = next[r][u];
+            if (p + 1 == passes) {  // expert j done: its rounded product, weighted, into the sum
+#pragma unroll
+                for (int r = 0; r < DOWN_ROWS; ++r) {
+                    total[r] += round_to<T>(round_to<T>(warp_sum(acc[r])) * weights[j]);
+                    acc[r] = 0.f;
+                }
+            }
         }
         if (lane == 0) {
 #pragma unroll
