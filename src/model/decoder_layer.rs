@@ -81,14 +81,6 @@ impl Layer {
         })
     }
 
-    /// The dense layer, which the fused GPU kernels take; `None` for a sparse one.
-    pub fn dense(&self) -> Option<&DecoderLayer> {
-        match self {
-            Self::Dense(layer) => Some(layer),
-            Self::Sparse(_) => None,
-        }
-    }
-
     /// The layer's norms and attention: (input norm, attention, post-attention norm).
     pub fn attention(&self) -> (&RmsNorm, &Attention, &RmsNorm) {
         match self {
