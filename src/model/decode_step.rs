@@ -33,7 +33,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
-use super::decode_split::{gemv_grid, key_splits, max_splits};
+use super::decode_split::{gemv_grid, key_splits, max_splits, stream_plan, StreamPlan};
 use super::decoder_layer::Layer;
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
 use super::kernels_ptx::{DECODE_OPS, LAYER_OPS};
@@ -90,6 +90,9 @@ struct Gemv {
     cols: usize,
     grid: u32,
     shared_bytes: u32,
+    /// The weights streamed through shared memory (`kernels/decode_gemv_stream.cuh`), or
+    /// `None`: the register kernel (`gemv` in `kernels/decode_ops.cu`).
+    stream: Option<StreamPlan>,
 }
 
 /// Whether the step is replayed as a CUDA graph (`QWEN3_MPI_DECODE_GRAPH`, default on).
@@ -98,6 +101,10 @@ const GRAPH_ENV: &str = "QWEN3_MPI_DECODE_GRAPH";
 const PROFILE_ENV: &str = "QWEN3_MPI_DECODE_PROFILE";
 /// Whether the step's kernels overlap their neighbours (`QWEN3_MPI_DECODE_OVERLAP`, default on).
 const OVERLAP_ENV: &str = "QWEN3_MPI_DECODE_OVERLAP";
+/// `QWEN3_MPI_DECODE_GEMV=stream`: the products whose shape allows it with their weights
+/// streamed through shared memory (`kernels/decode_gemv_stream.cuh`); `register` (the default
+/// until the streamed kernel has been checked and timed on a GPU) the register kernel.
+const GEMV_ENV: &str = "QWEN3_MPI_DECODE_GEMV";
 
 /// A scratch vector of the step and its address.
 struct Buffer {
@@ -238,7 +245,31 @@ impl DecodeStep {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .context("decode step: multiprocessor count")? as usize;
         let load = |name: &str, module: &str, ptx: &'static str| function(&device, name, module, ptx);
-        let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
+        let streamed = match std::env::var(GEMV_ENV).as_deref() {
+            Ok("stream") => true,
+            Err(_) | Ok("register") => false,
+            Ok(other) => bail!("{GEMV_ENV}={other}: expected stream or register"),
+        };
+        // W (rows, cols) at `weights` (every layer's, or the head's): streamed where the plan
+        // holds it and every copy source is 16-byte aligned, else the register kernel.
+        let gemv = |kind: &str, rows: usize, cols: usize, weights: &[u64]| -> Result<Gemv> {
+            let plan = stream_plan(rows, cols, dtype.size_in_bytes(), sms)
+                .filter(|_| streamed && weights.iter().all(|at| at % 16 == 0));
+            if let Some(plan) = plan {
+                let name = format!("gemv_stream_{kind}_{suffix}");
+                let func = load(&name, DECODE_MODULE, DECODE_OPS)?;
+                let shared_bytes = plan.shared_bytes as u32;
+                if max_blocks_per_sm(&func, GEMV_THREADS, shared_bytes, &name)? > 0 {
+                    return Ok(Gemv {
+                        func,
+                        rows,
+                        cols,
+                        grid: plan.grid as u32,
+                        shared_bytes,
+                        stream: Some(plan),
+                    });
+                }
+            }
             let name = format!("gemv_{kind}_{suffix}");
             let func = load(&name, DECODE_MODULE, DECODE_OPS)?;
             let shared_bytes = (cols * dtype.size_in_bytes()) as u32;
@@ -252,10 +283,38 @@ impl DecodeStep {
                 cols,
                 grid: gemv_grid(rows, per_sm * sms) as u32,
                 shared_bytes,
+                stream: None,
             })
         };
+        let attention_weights =
+            |pick: fn(&LayerAddresses) -> u64| layers.iter().map(pick).collect::<Vec<_>>();
+        let dense_weights = |pick: fn(u64, u64) -> u64| {
+            layers
+                .iter()
+                .filter_map(|l| match l.mlp {
+                    MlpAddresses::Dense { gate_up, down } => Some(pick(gate_up, down)),
+                    MlpAddresses::Sparse(_) => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let lm_head = address(parts.lm_head)?;
         let qkv_rows = (heads + 2 * kv_heads) * HEAD_DIM;
         let vocab = parts.lm_head.dim(0)?;
+        let qkv = gemv("rmsnorm_store", qkv_rows, hidden, &attention_weights(|l| l.qkv))?;
+        let o = gemv(
+            "copy_residual",
+            hidden,
+            heads * HEAD_DIM,
+            &attention_weights(|l| l.o),
+        )?;
+        let gate_up = gemv(
+            "rmsnorm_store",
+            2 * inter,
+            hidden,
+            &dense_weights(|gate_up, _| gate_up),
+        )?;
+        let down = gemv("swiglu_residual", hidden, inter, &dense_weights(|_, down| down))?;
+        let lm = gemv("rmsnorm_f32", vocab, hidden, &[lm_head])?;
         let attention_fn = load(
             &format!("decode_attention_g{group}_{suffix}"),
             DECODE_MODULE,
@@ -281,7 +340,7 @@ impl DecodeStep {
             layers,
             embed: address(parts.embed)?,
             final_norm: address(parts.final_norm.weight())?,
-            lm_head: address(parts.lm_head)?,
+            lm_head,
             cos: address(cos)?,
             sin: address(sin)?,
             hidden,
@@ -294,15 +353,15 @@ impl DecodeStep {
             embed_fn: load(&format!("embed_row_{suffix}"), DECODE_MODULE, DECODE_OPS)?,
             qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LAYER_MODULE, LAYER_OPS)?,
             attention_fn,
-            qkv: gemv("rmsnorm_store", qkv_rows, hidden)?,
-            o: gemv("copy_residual", hidden, heads * HEAD_DIM)?,
-            gate_up: gemv("rmsnorm_store", 2 * inter, hidden)?,
-            down: gemv("swiglu_residual", hidden, inter)?,
+            qkv,
+            o,
+            gate_up,
+            down,
             moe: match cfg.moe {
                 Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms)?),
                 None => None,
             },
-            lm: gemv("rmsnorm_f32", vocab, hidden)?,
+            lm,
             split_keys,
             splits,
             token_at: step_inputs_at,
@@ -532,22 +591,41 @@ impl DecodeStep {
     /// residual epilogue (0 where the kernel takes none).
     fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
         let config = grid(g.grid, GEMV_THREADS, g.shared_bytes);
+        let (rows, cols) = (g.rows as i32, g.cols as i32);
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
-        // the grid walks row groups of W only.
+        // the grid walks rows of W only (the streamed kernel: tiles of its plan, which
+        // `stream_plan` sized for the shared memory given, from 16-byte aligned weights).
         unsafe {
-            launch_kernel!(
-                overlapped if self.overlap; self.device,
-                &g.func,
-                config,
-                weight,
-                g.rows as i32,
-                g.cols as i32,
-                x,
-                norm,
-                self.eps,
-                residual,
-                out
-            )?;
+            match g.stream {
+                Some(plan) => launch_kernel!(
+                    overlapped if self.overlap; self.device,
+                    &g.func,
+                    config,
+                    weight,
+                    rows,
+                    cols,
+                    x,
+                    norm,
+                    self.eps,
+                    residual,
+                    out,
+                    plan.tile_rows as i32,
+                    plan.stages as i32
+                )?,
+                None => launch_kernel!(
+                    overlapped if self.overlap; self.device,
+                    &g.func,
+                    config,
+                    weight,
+                    rows,
+                    cols,
+                    x,
+                    norm,
+                    self.eps,
+                    residual,
+                    out
+                )?,
+            }
         }
         Ok(())
     }

@@ -25,6 +25,12 @@ namespace {
 enum Prologue { PRO_COPY, PRO_RMSNORM, PRO_SWIGLU };
 enum Epilogue { EPI_STORE, EPI_RESIDUAL, EPI_F32 };
 
+}  // namespace
+
+#include "decode_gemv_stream.cuh"
+
+namespace {
+
 constexpr int GEMV_THREADS = 256;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int R = 2;  // rows a warp (one row a warp with 8 vectors in flight measured slower on an H200)
@@ -160,6 +166,14 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
         gemv<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out);                                            \
     }
 
+// The same products with the weights streamed through shared memory (decode_gemv_stream.cuh).
+#define GEMV_STREAM(T, SUFFIX, NAME, PRO, EPI)                                                                 \
+    extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2)                                            \
+        gemv_stream_##NAME##_##SUFFIX(const T* W, int N, int K, const T* x, const T* norm_w, float eps,       \
+                                      const T* residual, void* out, int tile_rows, int stages) {              \
+        gemv_stream<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out, tile_rows, stages);                  \
+    }
+
 #define DECODE_ATTENTION(T, SUFFIX, G)                                                                             \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                     \
         decode_attention_g##G##_##SUFFIX(const T* q, const T* kv, float* part_o, float* part_ml, int* ranges_done, \
@@ -174,6 +188,10 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
     GEMV(T, SUFFIX, rmsnorm_store, PRO_RMSNORM, EPI_STORE)                                                         \
     GEMV(T, SUFFIX, rmsnorm_f32, PRO_RMSNORM, EPI_F32)                                                             \
     GEMV(T, SUFFIX, swiglu_residual, PRO_SWIGLU, EPI_RESIDUAL)                                                     \
+    GEMV_STREAM(T, SUFFIX, copy_residual, PRO_COPY, EPI_RESIDUAL)                                                  \
+    GEMV_STREAM(T, SUFFIX, rmsnorm_store, PRO_RMSNORM, EPI_STORE)                                                  \
+    GEMV_STREAM(T, SUFFIX, rmsnorm_f32, PRO_RMSNORM, EPI_F32)                                                      \
+    GEMV_STREAM(T, SUFFIX, swiglu_residual, PRO_SWIGLU, EPI_RESIDUAL)                                              \
     extern "C" __global__ void embed_row_##SUFFIX(const T* table, uint32_t token, const uint32_t* token_at, T* out, \
                                                   int hidden) {                                                    \
         allow_next_kernel_launch();                                                                                \
