@@ -209,6 +209,42 @@ fn host_allgather_through_mpi_and_through_the_shared_window_give_the_one_process
 }
 
 #[test]
+fn the_other_layers_loaded_after_the_prefill_give_the_one_process_tokens_and_cache() {
+    let model = materialize(FIXTURE);
+    let exp = expected(FIXTURE);
+    let prompt = exp["prompt"].as_str().unwrap();
+    let case = |ranks| Case {
+        ranks,
+        sync: "allgather",
+        chunk: 5,
+        layers: None,
+        chunking: "uniform",
+    };
+    let one = tempfile::tempdir().unwrap();
+    let reference = job(model.path(), &case(1), prompt, one.path());
+    let base = load_kv(&one.path().join("kv-rank0.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("QWEN3_MPI_WEIGHT_LOAD", "after"), ("RUST_LOG", "info")];
+    let (ids, stderr) = job_with_env(model.path(), &case(2), prompt, dir.path(), &env);
+    assert!(
+        stderr.contains("after the prefill (QWEN3_MPI_WEIGHT_LOAD=after)"),
+        "no word of the load after the prefill in\n{stderr}"
+    );
+    assert_eq!(
+        ids, reference,
+        "QWEN3_MPI_WEIGHT_LOAD=after: tokens differ from one process"
+    );
+    for rank in 0..2 {
+        let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
+        assert_same_cache(
+            &cache,
+            &base,
+            &format!("QWEN3_MPI_WEIGHT_LOAD=after, rank {rank}"),
+        );
+    }
+}
+
+#[test]
 fn one_token_prompt_and_sampling_agree_across_rank_counts() {
     let model = materialize("mqa-tied-sharded-5x"); // 4 layers, sharded checkpoint
     let m = model.path().display().to_string();

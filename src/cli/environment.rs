@@ -4,10 +4,26 @@
 //! kernel switches (`QWEN3_MPI_ATTENTION`, `QWEN3_MPI_KV_ALLOC`, …) are read in `src/model/`;
 //! the README's table lists every variable.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::job::fault::{Fault, FAULT_ENV};
 use crate::transport::TransportSettings;
+
+/// `QWEN3_MPI_WEIGHT_LOAD=during|after`: with redundant decode, the layers a rank does not own
+/// load in the background during its prefill (the default) or only after it, so that the first
+/// prefill runs alone on the device (a clean first-run timing, and the switch that tells whether
+/// a slow or stalled first prefill comes from the load beside it).
+pub const WEIGHT_LOAD_ENV: &str = "QWEN3_MPI_WEIGHT_LOAD";
+
+/// When the layers a rank does not own load (`QWEN3_MPI_WEIGHT_LOAD`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightLoad {
+    /// In the background, during the first prefill.
+    #[default]
+    DuringPrefill,
+    /// After the first prefill.
+    AfterPrefill,
+}
 
 /// The job's environment overrides.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,6 +31,7 @@ pub struct Environment {
     pub transport: TransportSettings,
     /// The fault the failure tests planned (`QWEN3_MPI_FAULT`), if any.
     pub fault: Option<Fault>,
+    pub weight_load: WeightLoad,
 }
 
 impl Environment {
@@ -28,6 +45,11 @@ impl Environment {
         Ok(Self {
             transport: TransportSettings::parse(get)?,
             fault: get(FAULT_ENV).map(|text| Fault::parse(&text)).transpose()?,
+            weight_load: match get(WEIGHT_LOAD_ENV).as_deref() {
+                None | Some("during") => WeightLoad::DuringPrefill,
+                Some("after") => WeightLoad::AfterPrefill,
+                Some(other) => bail!("{WEIGHT_LOAD_ENV}={other}: expected during or after"),
+            },
         })
     }
 }
@@ -49,7 +71,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("QWEN3_MPI_PROGRESS_POLL_US=x"));
+        let bad_load = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "later".to_string()));
+        assert!(bad_load
+            .unwrap_err()
+            .to_string()
+            .starts_with("QWEN3_MPI_WEIGHT_LOAD=later"));
+        let after = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "after".to_string()));
+        assert_eq!(after.unwrap().weight_load, WeightLoad::AfterPrefill);
         let none = Environment::parse(&|_| None).unwrap();
         assert!(none.fault.is_none());
+        assert_eq!(none.weight_load, WeightLoad::DuringPrefill);
     }
 }

@@ -33,6 +33,7 @@ use mpi::traits::*;
 
 use crate::abort::watchdog::Watchdog;
 use crate::abort::JobAbort;
+use crate::cli::environment::WeightLoad;
 use crate::cli::RunArgs;
 use crate::model::KvCache;
 use crate::schedule::DecodeMode;
@@ -115,20 +116,28 @@ fn run_loaded(
     let progress = Progress::for_rank(env.rank, args.progress_every);
     let owned = plan.schedule.split().range(env.rank);
     // redundant decode needs every layer: the others load while this rank runs its prefill
+    // (or after it, `QWEN3_MPI_WEIGHT_LOAD=after`)
+    let dtype = model.dtype();
+    let start_load = || {
+        BackgroundLoad::start(
+            plan.files.config.clone(),
+            plan.files.weights.clone(),
+            owned.clone(),
+            plan.capacity,
+            dtype,
+            device.clone(),
+            spans.clone(),
+        )
+        .map_err(fail)
+    };
+    let load_after = match (decode.mode, plan.environment.weight_load) {
+        (DecodeMode::Pipeline, _) => false,
+        (DecodeMode::Redundant, WeightLoad::AfterPrefill) => true,
+        (DecodeMode::Redundant, WeightLoad::DuringPrefill) => false,
+    };
     let mut rest = match decode.mode {
-        DecodeMode::Redundant => Some(
-            BackgroundLoad::start(
-                plan.files.config.clone(),
-                plan.files.weights.clone(),
-                owned,
-                plan.capacity,
-                model.dtype(),
-                device.clone(),
-                spans.clone(),
-            )
-            .map_err(fail)?,
-        ),
-        DecodeMode::Pipeline => None,
+        DecodeMode::Redundant if !load_after => Some(start_load()?),
+        _ => None,
     };
 
     // 2-4. Prefill through the pipeline, first token, KV sync drained (`--prefill-runs` times).
@@ -154,6 +163,12 @@ fn run_loaded(
             &prefill.last.prefill_logits,
         )
         .map_err(fail)?;
+    }
+    if load_after {
+        tracing::info!(
+            "loading the layers outside {owned:?} after the prefill (QWEN3_MPI_WEIGHT_LOAD=after)"
+        );
+        rest = Some(start_load()?);
     }
     if let Some(rest) = rest.take() {
         rest.complete_into(&mut model).map_err(fail)?;

@@ -126,6 +126,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
                     ctx.abort.fail(&error);
                 }
             }
+            tracing::debug!("prefill step {step}: {op:?}");
             let done = run_op(ctx, scope, &mut recvs, &mut loop_state, step, op)
                 .and_then(|_| post_staged_sends(ctx, scope, &mut loop_state, false));
             if let Err(error) = done {
@@ -241,6 +242,7 @@ fn post_staged_sends<'a, 's>(
         };
         let _range = SpanRange::open(SpanKind::Send, at);
         let next = ctx.pipe.process_at_rank(to as i32);
+        tracing::debug!("posting the send of chunk {chunk}'s hidden state to rank {to}");
         state
             .sends
             .push((chunk, next.immediate_send_with_tag(scope, bytes, chunk as i32)));
@@ -313,6 +315,7 @@ fn run_op<'a, 's>(
                     std::hint::spin_loop();
                 }
             };
+            tracing::debug!("received chunk {}'s hidden state from rank {from}", chunk.index);
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
             record(
                 SpanKind::Recv,

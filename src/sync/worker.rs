@@ -64,6 +64,7 @@ impl KvSyncWorker {
                     if call.blocks.len() < 2 {
                         continue; // one rank: its cache is already whole
                     }
+                    tracing::debug!("KV sync call {index} (step {}): waiting for its block", call.step);
                     if let Err(error) = ready.wait() {
                         JobAbort { rank }.fail(&error.context("waiting for a KV block to be computed"));
                     }
@@ -87,6 +88,7 @@ impl KvSyncWorker {
                         // Peers are inside this call: end the job rather than leave them waiting.
                         JobAbort { rank }.fail(&error.context(format!("KV sync of step {}", call.step)));
                     }
+                    tracing::debug!("KV sync call {index} (step {}) done", call.step);
                     stats.busy_s += started.elapsed().as_secs_f64();
                     at.bytes = stats.bytes_sent + stats.bytes_received - moved_before;
                     spans.record(SpanKind::KvSync, SpanThread::KvSync, at, started);
