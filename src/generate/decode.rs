@@ -2,10 +2,10 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::sampling::Sampler;
-use crate::model::{KvCache, Qwen3};
+use crate::model::{KvCache, Qwen3, StageDecoder, StageInput, StageOutput, StageParts};
 
 /// What decoding produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,37 +70,17 @@ pub fn decode(
             step_seconds: Vec::new(),
         });
     }
-    let all_layers = 0..model.config().num_hidden_layers;
-    #[cfg(feature = "cuda")]
-    let mut fused_step = model.fused_decode_step(kv)?;
+    let layers = 0..model.config().num_hidden_layers;
+    let mut stage = StageDecoder::new(model, kv, layers, StageParts::ALL)?;
     token_loop(
         first_token,
         prompt_len,
         max_new_tokens,
         eos_token_ids,
         on_token,
-        |token, position, _| {
-            #[cfg(feature = "cuda")]
-            let logits = match &mut fused_step {
-                Some(step) => step.logits(token, position)?, // (vocab)
-                None => layers_step(model, kv, token, position, all_layers.clone())?,
-            };
-            #[cfg(not(feature = "cuda"))]
-            let logits = layers_step(model, kv, token, position, all_layers.clone())?;
-            sampler.next_token(&logits)
+        |token, position, _| match stage.step(StageInput::Token(token), position)? {
+            StageOutput::Logits(logits) => sampler.next_token(&logits), // (vocab)
+            StageOutput::Hidden(_) => bail!("decode: the whole model's step gave no logits"),
         },
     )
-}
-
-/// One decode step through each layer's forward. → logits (vocab), f32
-fn layers_step(
-    model: &Qwen3,
-    kv: &KvCache,
-    token: u32,
-    position: usize,
-    layers: std::ops::Range<usize>,
-) -> Result<candle_core::Tensor> {
-    let hidden = model.embed(&[token])?; // (1, hidden)
-    let hidden = model.forward_layers(layers, hidden, position, kv)?;
-    model.logits_last(&hidden) // (vocab)
 }

@@ -14,7 +14,7 @@ use mpi::traits::*;
 use crate::abort::watchdog::Watchdog;
 use crate::generate::decode::{token_loop, DecodeOutcome};
 use crate::generate::Sampler;
-use crate::model::{KvCache, Qwen3};
+use crate::model::{KvCache, Qwen3, StageDecoder, StageInput, StageOutput, StageParts};
 use crate::schedule::{decode_step_program, DecodeMode, DecodeOp, LayerSplit};
 use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
@@ -47,10 +47,23 @@ pub struct PipelinedDecode<'a> {
 
 /// What a step carries from op to op.
 struct StepState {
+    /// The token to embed, until this rank's layers (which start from it) run.
+    token_in: Option<u32>,
     hidden: Option<Tensor>,
+    /// The logits, where this rank's layers end with the head.
+    logits: Option<Tensor>,
     token: Option<u32>,
     /// When this step's current run of compute ops began, and its NVTX range.
     compute_started: Option<(Instant, SpanRange)>,
+}
+
+/// What a step reads and writes besides the program: this rank's stage step, the sampler,
+/// the receive buffer, the decode's times.
+struct StepIo<'s, 'm> {
+    stage: &'s mut StageDecoder<'m>,
+    sampler: &'s mut Sampler,
+    incoming: &'s mut [u8],
+    times: &'s mut DecodeTimes,
 }
 
 impl PipelinedDecode<'_> {
@@ -69,6 +82,12 @@ impl PipelinedDecode<'_> {
         times: &mut DecodeTimes,
     ) -> Result<DecodeOutcome> {
         let program = decode_step_program(self.split, self.rank, DecodeMode::Pipeline);
+        // this rank's layers as one step (fused on a GPU), with the ends its program has
+        let parts = StageParts {
+            embed: program.iter().any(|op| matches!(op, DecodeOp::Embed)),
+            head: program.iter().any(|op| matches!(op, DecodeOp::Sample)),
+        };
+        let mut stage = StageDecoder::new(self.model, self.kv, self.split.range(self.rank), parts)?;
         let row_bytes = self.model.config().hidden_size * self.model.dtype().size_in_bytes();
         let mut incoming = vec![0u8; row_bytes];
         token_loop(
@@ -77,33 +96,46 @@ impl PipelinedDecode<'_> {
             max_new_tokens,
             eos_token_ids,
             on_token,
-            |token, position, step| self.step(&program, token, position, step, sampler, &mut incoming, times),
+            |token, position, step| {
+                let io = StepIo {
+                    stage: &mut stage,
+                    sampler: &mut *sampler,
+                    incoming: &mut incoming,
+                    times: &mut *times,
+                };
+                self.step(&program, token, position, step, io)
+            },
         )
     }
 
     /// One decode step: this rank's program for token `token` at `position`. → the next token.
-    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         program: &[DecodeOp],
         token: u32,
         position: usize,
         step: usize,
-        sampler: &mut Sampler,
-        incoming: &mut [u8],
-        times: &mut DecodeTimes,
+        io: StepIo,
     ) -> Result<u32> {
+        let StepIo {
+            stage,
+            sampler,
+            incoming,
+            times,
+        } = io;
         let model = self.model;
         let mut state = StepState {
+            token_in: None,
             hidden: None,
+            logits: None,
             token: None,
             compute_started: None,
         };
-        let take = |state: &mut StepState, what: &str| {
-            state
-                .hidden
-                .take()
-                .ok_or_else(|| anyhow!("decode step {step}: {what} has no input"))
+        // the hidden state an op takes: received, computed, or the pending token's embedding
+        let take = |state: &mut StepState, what: &str| match (state.hidden.take(), state.token_in.take()) {
+            (Some(hidden), _) => Ok(hidden),
+            (None, Some(token)) => model.embed(&[token]), // (1, hidden)
+            (None, None) => Err(anyhow!("decode step {step}: {what} has no input")),
         };
         for op in program {
             if op.is_compute() {
@@ -117,20 +149,31 @@ impl PipelinedDecode<'_> {
                 self.end_compute(&mut state, step, times)?;
             }
             match op {
-                DecodeOp::Embed => state.hidden = Some(model.embed(&[token])?), // (1, hidden)
+                // the stage's step embeds the token itself
+                DecodeOp::Embed => state.token_in = Some(token),
                 DecodeOp::RecvHidden { from } => {
                     state.hidden = Some(self.receive(*from, step, incoming, times)?);
                 }
-                DecodeOp::ComputeLayers { layers } => {
-                    let hidden = take(&mut state, "the layers")?;
-                    state.hidden = Some(model.forward_layers(layers.clone(), hidden, position, self.kv)?);
+                DecodeOp::ComputeLayers { .. } => {
+                    let output = match (state.token_in.take(), state.hidden.take()) {
+                        (Some(token), _) => stage.step(StageInput::Token(token), position)?,
+                        (None, Some(hidden)) => stage.step(StageInput::Hidden(&hidden), position)?,
+                        (None, None) => return Err(anyhow!("decode step {step}: the layers have no input")),
+                    };
+                    match output {
+                        StageOutput::Logits(logits) => state.logits = Some(logits), // (vocab)
+                        StageOutput::Hidden(hidden) => state.hidden = Some(hidden), // (1, hidden)
+                    }
                 }
                 DecodeOp::SendHidden { to } => {
                     let hidden = take(&mut state, "the send")?;
                     self.send(&hidden, *to, step, times)?;
                 }
                 DecodeOp::Sample => {
-                    let logits = model.logits_last(&take(&mut state, "the lm_head")?)?; // (vocab)
+                    let logits = match state.logits.take() {
+                        Some(logits) => logits,
+                        None => model.logits_last(&take(&mut state, "the lm_head")?)?, // (vocab)
+                    };
                     state.token = Some(sampler.next_token(&logits)?);
                 }
                 DecodeOp::ShareToken { root } => {

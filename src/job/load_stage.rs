@@ -103,9 +103,6 @@ pub fn load_stage(
         spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
         drop(load_range);
         let pipelined = decode.mode == DecodeMode::Pipeline;
-        if pipelined {
-            model.decode_by_layers("--decode pipeline: the fused decode step needs every layer");
-        }
         let chunks: Vec<_> = plan
             .schedule
             .chunks()

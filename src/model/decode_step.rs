@@ -1,4 +1,6 @@
-//! One decode step (a token through every layer and the head) as a chain of our own kernels
+//! One decode step (a token through every layer and the head, or through a pipeline stage's
+//! layer range: from the token or the previous stage's hidden state, to the logits or the
+//! hidden state for the next stage; `stage_decoder.rs`) as a chain of our own kernels
 //! (`kernels/decode_ops.cu`, `kernels/layer_ops.cu`) on buffers made once per decode: a step
 //! reads every weight once, so it should take what the weights' bytes take at memory bandwidth.
 //! Six launches a layer, no allocation but the logits, no candle op in between. The token and
@@ -41,6 +43,7 @@ use super::kv_cache::KvCache;
 use super::layer_ops::QkNormRope;
 use super::moe_decode::{MoeLayer, MoeStep};
 use super::rope::RotaryTable;
+use super::stage_decoder::{StageInput, StageOutput};
 
 const DECODE_MODULE: &str = "qwen3_mpi_decode_ops";
 const LAYER_MODULE: &str = "qwen3_mpi_layer_ops";
@@ -51,15 +54,17 @@ const ATTN_THREADS: u32 = 128;
 /// keys (bf16/f16).
 const ATTN_SHARED_BYTES: u32 = 4 * 2 * 32 * HEAD_DIM as u32 * 2;
 
-/// What the step reads of a model that holds every layer and the head.
+/// What the step reads of a model: consecutive layers (every layer, or a pipeline stage's),
+/// the embedding where the step starts from the token, the head where it ends with logits.
 pub struct ModelParts<'a> {
     pub cfg: &'a Qwen3Config,
     pub layers: Vec<&'a Layer>,
+    /// The global index of `layers[0]` (its place in the KV cache).
+    pub first_layer: usize,
     /// (vocab, hidden)
-    pub embed: &'a Tensor,
-    pub final_norm: &'a RmsNorm,
-    /// (vocab, hidden); the embedding itself when the two are tied
-    pub lm_head: &'a Tensor,
+    pub embed: Option<&'a Tensor>,
+    /// The final norm and the (vocab, hidden) head (the embedding itself when the two are tied).
+    pub head: Option<(&'a RmsNorm, &'a Tensor)>,
     pub rope: &'a RotaryTable,
 }
 
@@ -112,15 +117,26 @@ struct Buffer {
     at: u64,
 }
 
+/// The step's end where it holds the head: final norm, lm_head, their product, the logits.
+struct Head {
+    final_norm: u64,
+    lm_head: u64,
+    gemv: Gemv,
+    /// Where the head writes the logits (vocab, f32).
+    logits_out: Buffer,
+}
+
 pub struct DecodeStep {
     device: CudaDevice,
     layers: Vec<LayerAddresses>,
-    embed: u64,
-    final_norm: u64,
-    lm_head: u64,
+    /// The embedding table, where the step starts from the token (else from `x`).
+    embed: Option<u64>,
+    /// Where the step ends with the logits (else with the hidden state in `x`).
+    head: Option<Head>,
     cos: u64,
     sin: u64,
     hidden: usize,
+    dtype: DType,
     heads: usize,
     kv_heads: usize,
     vocab: usize,
@@ -137,7 +153,6 @@ pub struct DecodeStep {
     down: Gemv,
     /// The sparse layers' kernels (a Qwen3-MoE model).
     moe: Option<MoeStep>,
-    lm: Gemv,
     /// Key ranges of the attention: fixed by the capacity, so that a graph replays any step.
     split_keys: usize,
     splits: usize,
@@ -146,8 +161,6 @@ pub struct DecodeStep {
     _step_inputs: CudaSlice<i32>,
     token_at: u64,
     position_at: u64,
-    /// Where the head writes the logits (vocab, f32).
-    logits_out: Buffer,
     graph: Option<CudaGraph>,
     use_graph: bool,
     overlap: bool,
@@ -170,8 +183,12 @@ pub struct DecodeStep {
 impl DecodeStep {
     pub fn new(parts: &ModelParts, kv: &KvCache) -> Result<Self> {
         let cfg = parts.cfg;
-        let device = cuda_device(parts.embed, "decode step")?;
-        let dtype = parts.embed.dtype();
+        let Some(first) = parts.layers.first() else {
+            bail!("decode step: no layers");
+        };
+        let first_weight = first.attention().1.qkv_weight();
+        let device = cuda_device(first_weight, "decode step")?;
+        let dtype = first_weight.dtype();
         let suffix = dtype_suffix(dtype)?;
         let (hidden, heads, kv_heads, inter) = (
             cfg.hidden_size,
@@ -186,14 +203,13 @@ impl DecodeStep {
                 cfg.head_dim
             );
         }
-        if parts.layers.len() != cfg.num_hidden_layers || kv.dtype() != dtype {
-            bail!("decode step: needs every layer and a {dtype:?} cache");
+        if parts.first_layer + parts.layers.len() > cfg.num_hidden_layers || kv.dtype() != dtype {
+            bail!("decode step: needs layers of the model and a {dtype:?} cache");
         }
-        let mut held = vec![
-            parts.embed.clone(),
-            parts.lm_head.clone(),
-            parts.final_norm.weight().clone(),
-        ];
+        let mut held: Vec<Tensor> = parts.embed.into_iter().cloned().collect();
+        if let Some((norm, lm_head)) = parts.head {
+            held.extend([norm.weight().clone(), lm_head.clone()]);
+        }
         let mut layers = Vec::with_capacity(parts.layers.len());
         for (index, layer) in parts.layers.iter().enumerate() {
             let (input_norm, attn, post_norm) = layer.attention();
@@ -221,7 +237,7 @@ impl DecodeStep {
                 }
                 Layer::Sparse(sparse) => MlpAddresses::Sparse(MoeLayer::new(&sparse.mlp, &mut held)?),
             };
-            let layer_kv = kv.layer(index)?;
+            let layer_kv = kv.layer(parts.first_layer + index)?;
             layers.push(LayerAddresses {
                 qkv: a[0],
                 o: a[1],
@@ -297,9 +313,12 @@ impl DecodeStep {
                 })
                 .collect::<Vec<_>>()
         };
-        let lm_head = address(parts.lm_head)?;
         let qkv_rows = (heads + 2 * kv_heads) * HEAD_DIM;
-        let vocab = parts.lm_head.dim(0)?;
+        let vocab = match (parts.embed, parts.head) {
+            (Some(embed), _) => embed.dim(0)?,
+            (None, Some((_, lm_head))) => lm_head.dim(0)?,
+            (None, None) => cfg.vocab_size,
+        };
         let qkv = gemv("rmsnorm_store", qkv_rows, hidden, &attention_weights(|l| l.qkv))?;
         let o = gemv(
             "copy_residual",
@@ -314,7 +333,19 @@ impl DecodeStep {
             &dense_weights(|gate_up, _| gate_up),
         )?;
         let down = gemv("swiglu_residual", hidden, inter, &dense_weights(|_, down| down))?;
-        let lm = gemv("rmsnorm_f32", vocab, hidden, &[lm_head])?;
+        let head = match parts.head {
+            Some((norm, lm_head)) => {
+                let lm_head_at = address(lm_head)?;
+                let (slice, at) = alloc(&device, DType::F32, vocab)?;
+                Some(Head {
+                    final_norm: address(norm.weight())?,
+                    lm_head: lm_head_at,
+                    gemv: gemv("rmsnorm_f32", vocab, hidden, &[lm_head_at])?,
+                    logits_out: Buffer { _slice: slice, at },
+                })
+            }
+            None => None,
+        };
         let attention_fn = load(
             &format!("decode_attention_g{group}_{suffix}"),
             DECODE_MODULE,
@@ -338,12 +369,12 @@ impl DecodeStep {
         };
         Ok(Self {
             layers,
-            embed: address(parts.embed)?,
-            final_norm: address(parts.final_norm.weight())?,
-            lm_head,
+            embed: parts.embed.map(address).transpose()?,
+            head,
             cos: address(cos)?,
             sin: address(sin)?,
             hidden,
+            dtype,
             heads,
             kv_heads,
             vocab,
@@ -361,13 +392,11 @@ impl DecodeStep {
                 Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms)?),
                 None => None,
             },
-            lm,
             split_keys,
             splits,
             token_at: step_inputs_at,
             position_at: step_inputs_at + 4,
             _step_inputs: step_inputs,
-            logits_out: buffer(DType::F32, vocab)?,
             graph: None,
             use_graph: !matches!(std::env::var(GRAPH_ENV).as_deref(), Ok("0") | Ok("off")),
             overlap: !matches!(std::env::var(OVERLAP_ENV).as_deref(), Ok("0") | Ok("off")),
@@ -389,12 +418,17 @@ impl DecodeStep {
     /// Runs `token` at `position` through every layer (writing its K/V into the cache) and the
     /// head. → logits (vocab), f32
     pub fn logits(&mut self, token: u32, position: usize) -> Result<Tensor> {
-        if token as usize >= self.vocab {
-            bail!(
-                "token id {token} is outside the vocabulary (vocab_size {})",
-                self.vocab
-            );
+        match self.run(StageInput::Token(token), position)? {
+            StageOutput::Logits(logits) => Ok(logits),
+            StageOutput::Hidden(_) => bail!("decode step: this step has no head"),
         }
+    }
+
+    /// Runs `input` (the token, where the step holds the embedding, else the previous stage's
+    /// hidden state (1, hidden)) at `position` through the step's layers, writing their K/V into
+    /// the cache. → the logits (vocab, f32) where it holds the head, else the hidden state
+    /// (1, hidden)
+    pub fn run(&mut self, input: StageInput, position: usize) -> Result<StageOutput> {
         if position >= self.capacity {
             bail!(
                 "KV cache overflow: position {position} exceeds its capacity of {}",
@@ -402,6 +436,41 @@ impl DecodeStep {
             );
         }
         let stream = self.device.cuda_stream();
+        let token = match (input, self.embed) {
+            (StageInput::Token(token), Some(_)) => {
+                if token as usize >= self.vocab {
+                    bail!(
+                        "token id {token} is outside the vocabulary (vocab_size {})",
+                        self.vocab
+                    );
+                }
+                token
+            }
+            (StageInput::Hidden(hidden), None) => {
+                if hidden.dims() != [1, self.hidden] || hidden.dtype() != self.dtype {
+                    bail!(
+                        "decode step: a hidden state of shape {:?} ({:?}) for (1, {}) ({:?})",
+                        hidden.dims(),
+                        hidden.dtype(),
+                        self.hidden,
+                        self.dtype
+                    );
+                }
+                let hidden = hidden.contiguous()?;
+                let from = address(&hidden)?;
+                let bytes = self.hidden * self.dtype.size_in_bytes();
+                // SAFETY: `hidden` (alive for the call) and x hold `bytes`, on the stream the step
+                // runs on, which also produced `hidden`.
+                unsafe {
+                    sys::cuMemcpyDtoDAsync_v2(self.x.at, from, bytes, stream.cu_stream())
+                        .result()
+                        .context("decode step: its input hidden state")?;
+                }
+                0
+            }
+            (StageInput::Token(_), None) => bail!("decode step: no embedding to start from a token"),
+            (StageInput::Hidden(_), Some(_)) => bail!("decode step: it starts from the token"),
+        };
         // token < vocab < 2^31
         let inputs = [token as i32, position as i32, position as i32 + 1];
         // SAFETY: 12 bytes from a live host array into the step's 3-int buffer, on the stream the
@@ -426,15 +495,23 @@ impl DecodeStep {
         } else {
             self.enqueue(&mut |_| Ok(()))?;
         }
-        // the graph's logits buffer is the same every step: hand the sampler its own copy
-        let (logits, logits_at) = alloc(&self.device, DType::F32, self.vocab)?;
-        // SAFETY: both buffers hold `vocab` f32, on the same stream as the head that wrote them.
+        // the graph's buffers are the same every step: the caller gets its own copy
+        let (from, dtype, len, shape) = match &self.head {
+            Some(head) => (head.logits_out.at, DType::F32, self.vocab, vec![self.vocab]),
+            None => (self.x.at, self.dtype, self.hidden, vec![1, self.hidden]),
+        };
+        let (copy, copy_at) = alloc(&self.device, dtype, len)?;
+        // SAFETY: both buffers hold `len` elements of `dtype`, on the stream that wrote them.
         unsafe {
-            sys::cuMemcpyDtoDAsync_v2(logits_at, self.logits_out.at, self.vocab * 4, stream.cu_stream())
+            sys::cuMemcpyDtoDAsync_v2(copy_at, from, len * dtype.size_in_bytes(), stream.cu_stream())
                 .result()
-                .context("decode step: logits copy")?;
+                .context("decode step: output copy")?;
         }
-        Ok(wrap(&self.device, logits, self.vocab))
+        let out = wrap(&self.device, copy, shape);
+        Ok(match self.head {
+            Some(_) => StageOutput::Logits(out),
+            None => StageOutput::Hidden(out),
+        })
     }
 
     /// The step as a CUDA graph, or `None` (with a warning) where the driver will not capture it.
@@ -459,32 +536,37 @@ impl DecodeStep {
     /// Queues the step: every kernel, after each of which `mark` sees its name.
     fn enqueue(&self, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
         let (token_at, position_at) = (self.token_at, self.position_at);
-        // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `logits`) into x (hidden).
-        unsafe {
-            launch_kernel!(
-                overlapped if self.overlap; self.device,
-                &self.embed_fn,
-                grid(self.hidden.div_ceil(256) as u32, 256, 0),
-                self.embed,
-                0u32,
-                token_at,
-                self.x.at,
-                self.hidden as i32
-            )?;
+        if let Some(embed) = self.embed {
+            // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `run`) into x (hidden).
+            unsafe {
+                launch_kernel!(
+                    overlapped if self.overlap; self.device,
+                    &self.embed_fn,
+                    grid(self.hidden.div_ceil(256) as u32, 256, 0),
+                    embed,
+                    0u32,
+                    token_at,
+                    self.x.at,
+                    self.hidden as i32
+                )?;
+            }
+            mark("embed")?;
         }
-        mark("embed")?;
         for layer in &self.layers {
             self.layer(layer, position_at, mark)?;
         }
-        self.gemv(
-            &self.lm,
-            self.lm_head,
-            self.x.at,
-            self.final_norm,
-            0,
-            self.logits_out.at,
-        )?;
-        mark("gemv lm_head")
+        if let Some(head) = &self.head {
+            self.gemv(
+                &head.gemv,
+                head.lm_head,
+                self.x.at,
+                head.final_norm,
+                0,
+                head.logits_out.at,
+            )?;
+            mark("gemv lm_head")?;
+        }
+        Ok(())
     }
 
     /// One layer of the step; the position is `position_at[0]`, the keys `position_at[1]`.
@@ -653,7 +735,7 @@ impl DecodeStep {
                 "gemv o" => bytes(&self.o),
                 "gemv gate_up" => bytes(&self.gate_up),
                 "gemv down" => bytes(&self.down),
-                "gemv lm_head" => bytes(&self.lm),
+                "gemv lm_head" => self.head.as_ref().map_or(0.0, |h| bytes(&h.gemv)),
                 moe => self.moe.as_ref().map_or(0.0, |m| m.weight_bytes(moe) as f64),
             };
             match rows.iter_mut().find(|r| r.0 == *name) {

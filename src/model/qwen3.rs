@@ -159,15 +159,6 @@ impl Qwen3 {
             .collect()
     }
 
-    /// Decodes through each layer's forward, not the fused decode step (which needs every
-    /// layer): `why` is added to the plan's reason.
-    pub fn decode_by_layers(&mut self, why: &str) {
-        if self.plan.decode != layer_plan::DecodePath::Layers {
-            self.plan.decode = layer_plan::DecodePath::Layers;
-            self.plan.reason = format!("{}; decode by layers: {why}", self.plan.reason);
-        }
-    }
-
     pub fn config(&self) -> &Qwen3Config {
         &self.cfg
     }
@@ -249,26 +240,38 @@ impl Qwen3 {
             .with_context(|| format!("decoder layer {layer} is not loaded on this stage"))
     }
 
-    /// The decode step over every layer in one chain of fused kernels, when the plan has one
-    /// (a GPU, every layer and the head loaded). Built once per decode; it keeps handles on the
-    /// weights and reads and writes `kv`.
+    /// The decode step of `layers` (with the embedding and/or the head as `parts` says) in
+    /// one chain of fused kernels, when the plan has one (a GPU, those layers and parts
+    /// loaded). Built once per decode; it keeps handles on the weights and reads and writes
+    /// `kv`.
     #[cfg(feature = "cuda")]
-    pub fn fused_decode_step(&self, kv: &KvCache) -> Result<Option<super::decode_step::DecodeStep>> {
-        if self.plan.decode != layer_plan::DecodePath::FusedStep {
+    pub fn fused_decode_step(
+        &self,
+        kv: &KvCache,
+        layers: Range<usize>,
+        parts: StageParts,
+    ) -> Result<Option<super::decode_step::DecodeStep>> {
+        if self.plan.decode != layer_plan::DecodePath::FusedStep || layers.is_empty() {
             return Ok(None);
         }
-        let layers = (0..self.cfg.num_hidden_layers)
-            .map(|l| self.decoder(l))
-            .collect::<Result<Vec<_>>>()?;
-        let (Some(embed), Some(norm), Some(lm_head)) = (&self.embed_tokens, &self.norm, &self.lm_head) else {
-            return Ok(None);
+        let first_layer = layers.start;
+        let layers = layers.map(|l| self.decoder(l)).collect::<Result<Vec<_>>>()?;
+        let embed = match (parts.embed, &self.embed_tokens) {
+            (true, Some(embed)) => Some(embed.embeddings()),
+            (true, None) => return Ok(None),
+            (false, _) => None,
+        };
+        let head = match (parts.head, &self.norm, &self.lm_head) {
+            (true, Some(norm), Some(lm_head)) => Some((norm, lm_head.weight())),
+            (true, _, _) => return Ok(None),
+            (false, _, _) => None,
         };
         let parts = super::decode_step::ModelParts {
             cfg: &self.cfg,
             layers,
-            embed: embed.embeddings(),
-            final_norm: norm,
-            lm_head: lm_head.weight(),
+            first_layer,
+            embed,
+            head,
             rope: &self.rope,
         };
         Ok(Some(super::decode_step::DecodeStep::new(&parts, kv)?))
