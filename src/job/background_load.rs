@@ -18,11 +18,14 @@ pub struct BackgroundLoad {
 }
 
 impl BackgroundLoad {
-    /// Starts loading everything outside `owned` (and the embedding and head).
+    /// Starts loading every layer outside `owned`, and of the embedding and head what the
+    /// stage does not hold (`held`): a second copy would only be dropped when it is absorbed.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cfg: Qwen3Config,
         source: Arc<dyn WeightSource>,
         owned: Range<usize>,
+        held: StageParts,
         positions: usize,
         dtype: DType,
         device: Device,
@@ -35,7 +38,11 @@ impl BackgroundLoad {
                 let load_range = SpanRange::open(SpanKind::WeightLoad, SpanAt::NONE);
                 let source = source.as_ref();
                 let empty = owned.start..owned.start;
-                let mut rest = Qwen3::load(&cfg, source, empty, StageParts::ALL, positions, dtype, &device)?;
+                let lacking = StageParts {
+                    embed: !held.embed,
+                    head: !held.head,
+                };
+                let mut rest = Qwen3::load(&cfg, source, empty, lacking, positions, dtype, &device)?;
                 rest.load_layers(source, 0..owned.start)?;
                 rest.load_layers(source, owned.end..cfg.num_hidden_layers)?;
                 spans.record(

@@ -123,6 +123,7 @@ fn run_loaded(
             plan.files.config.clone(),
             plan.files.weights.clone(),
             owned.clone(),
+            decode_mode::stage_parts(env.rank, env.size - 1),
             plan.capacity,
             dtype,
             device.clone(),

@@ -106,7 +106,7 @@ impl PrefillPass<'_> {
         };
         self.progress.start_phase();
         let poll = poll_interval(self.device.is_cuda(), plan.environment.transport.progress_poll);
-        let progress = MpiProgress::start(idle, poll)?;
+        let progress = MpiProgress::start(idle, poll, self.device)?;
         let (logits, stage_times, outputs_finite) = run_stage(&ctx, hidden_buffers);
         self.progress.clear();
         let idle = progress.stop()?;

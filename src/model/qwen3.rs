@@ -136,14 +136,24 @@ impl Qwen3 {
         if self.embed_tokens.is_none() && other.embed_tokens.is_some() {
             self.embed_tokens = other.embed_tokens.take();
             self.bytes.embed = other.bytes.embed;
-            if self.cfg.tie_word_embeddings && other.lm_head.is_some() {
-                self.lm_head = None; // a copy of the table just taken over
-            }
         }
         if self.lm_head.is_none() && other.lm_head.is_some() {
             self.norm = other.norm.take();
             self.lm_head = other.lm_head.take();
             self.bytes.head = other.bytes.head;
+        }
+        // tied: one table, the embedding's, wherever the head's copy came from
+        if let (true, Some(embed), Some(head), Some(norm)) = (
+            self.cfg.tie_word_embeddings,
+            &self.embed_tokens,
+            &self.lm_head,
+            &self.norm,
+        ) {
+            if head.weight().id() != embed.embeddings().id() {
+                self.lm_head = Some(Linear::new(embed.embeddings().clone(), None));
+                let norm = norm.weight();
+                self.bytes.head = (norm.elem_count() * norm.dtype().size_in_bytes()) as u64;
+            }
         }
     }
 
@@ -291,5 +301,72 @@ impl Qwen3 {
         let last = hidden.narrow(0, len - 1, 1)?; // (1, hidden)
         let logits = lm_head.forward(&norm.forward(&last)?)?; // (1, vocab)
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::SyntheticWeights;
+
+    fn tiny() -> Qwen3Config {
+        let json = serde_json::from_str(crate::model::tiny::CONFIG_JSON).unwrap();
+        Qwen3Config::from_json(&json).unwrap()
+    }
+
+    #[test]
+    fn a_stage_completed_in_the_background_holds_the_whole_model_once() {
+        let cfg = tiny();
+        assert!(
+            cfg.tie_word_embeddings,
+            "the built-in model ties its head to the embedding"
+        );
+        let source = SyntheticWeights {
+            seed: crate::model::tiny::SEED,
+        };
+        let layers = cfg.num_hidden_layers;
+        let load = |range: Range<usize>, embed, head| {
+            Qwen3::load(
+                &cfg,
+                &source,
+                range,
+                StageParts { embed, head },
+                64,
+                DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let whole = load(0..layers, true, true);
+        // rank 0 of two (its layers and the embedding), then what the background load adds
+        let mut first = load(0..1, true, false);
+        let mut rest = load(0..0, false, true);
+        rest.load_layers(&source, 1..layers).unwrap();
+        first.absorb(rest);
+        assert_eq!(first.resident_weight_bytes(), whole.resident_weight_bytes());
+        let (embed, head) = (
+            first.embed_tokens.as_ref().unwrap(),
+            first.lm_head.as_ref().unwrap(),
+        );
+        assert_eq!(
+            head.weight().id(),
+            embed.embeddings().id(),
+            "the tied head is a second table"
+        );
+        // the last rank of two (its layers and the head), then the rest
+        let mut last = load(1..layers, false, true);
+        let mut rest = load(0..0, true, false);
+        rest.load_layers(&source, 0..1).unwrap();
+        last.absorb(rest);
+        assert_eq!(last.resident_weight_bytes(), whole.resident_weight_bytes());
+        let (embed, head) = (
+            last.embed_tokens.as_ref().unwrap(),
+            last.lm_head.as_ref().unwrap(),
+        );
+        assert_eq!(
+            head.weight().id(),
+            embed.embeddings().id(),
+            "the tied head is a second table"
+        );
     }
 }

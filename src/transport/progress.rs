@@ -36,13 +36,28 @@ pub struct MpiProgress {
 
 impl MpiProgress {
     /// Starts polling on `idle` (a communicator of its own) every `poll` ([`poll_interval`]);
-    /// `stop` gives it back.
-    pub fn start(idle: SharedComm, poll: Duration) -> Result<Self> {
+    /// `stop` gives it back. On a GPU the thread makes `device`'s CUDA context current first:
+    /// a CUDA-aware MPI may do its CUDA work (IPC handshakes of device buffers) on whichever
+    /// thread is inside MPI when a message arrives, and fails without a current context.
+    pub fn start(idle: SharedComm, poll: Duration, device: &candle_core::Device) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        #[cfg(feature = "cuda")]
+        let context = match device {
+            candle_core::Device::Cuda(cuda) => Some(cuda.cuda_stream().context().clone()),
+            _ => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let _ = device;
         let thread = std::thread::Builder::new()
             .name("mpi-progress".into())
             .spawn(move || {
+                #[cfg(feature = "cuda")]
+                if let Some(context) = context {
+                    if let Err(error) = context.bind_to_thread() {
+                        tracing::warn!("MPI progress thread: no CUDA context ({error})");
+                    }
+                }
                 while !stopping.load(Ordering::Relaxed) {
                     let _ = idle.0.any_process().immediate_probe();
                     match poll.is_zero() {
