@@ -360,6 +360,10 @@ fn a_model_too_large_for_redundant_decode_runs_pipelined_and_auto_picks_it_with_
             !spans.iter().any(|s| s.kind == SpanKind::KvSync),
             "rank {rank}: a KV sync span"
         );
+        assert!(
+            !spans.iter().any(|s| s.kind == SpanKind::Wait && s.peer < 0),
+            "rank {rank}: a wait for a KV sync that does not run"
+        );
         let loads = spans.iter().filter(|s| s.kind == SpanKind::WeightLoad).count();
         assert_eq!(loads, 1, "rank {rank}: its own layers only, no background load");
         assert!(

@@ -132,15 +132,19 @@ impl PrefillPass<'_> {
         spans.record(SpanKind::Wait, SpanThread::Compute, last_rank, waited);
         drop(first_token_range);
 
-        // Every rank needs the whole cache before decoding.
+        // Every rank needs the whole cache before decoding (a pipelined decode has no KV sync:
+        // its thread only stops, which is no wait for the sync and not recorded as one).
         let drain = Instant::now();
-        let drain_range = SpanRange::open(SpanKind::Wait, SpanAt::NONE);
+        let syncs = !plan.schedule.kv_sync_calls().is_empty();
+        let drain_range = syncs.then(|| SpanRange::open(SpanKind::Wait, SpanAt::NONE));
         let (sync_stats, transport) = {
             let _wait = watchdog.waiting_for("the KV sync to finish");
             sync.finish()?
         };
-        let exposed_sync_s = drain.elapsed().as_secs_f64();
-        spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        let exposed_sync_s = if syncs { drain.elapsed().as_secs_f64() } else { 0.0 };
+        if syncs {
+            spans.record(SpanKind::Wait, SpanThread::Compute, SpanAt::NONE, drain);
+        }
         drop(drain_range);
         let (first, prefill_logits) = shared?;
         let prefill = Prefill {
