@@ -22,6 +22,24 @@ struct Case {
     chunking: &'static str,
 }
 
+/// The allgather sync over chunks of 5 positions, uniform.
+fn chunks_of_five(ranks: usize, layers: Option<&'static str>) -> Case {
+    Case {
+        ranks,
+        sync: "allgather",
+        chunk: 5,
+        layers,
+        chunking: "uniform",
+    }
+}
+
+/// One process's tokens and KV cache for `prompt` (chunks of 5 positions).
+fn one_process(model: &Path, prompt: &str) -> (Vec<u32>, HashMap<String, Tensor>) {
+    let one = tempfile::tempdir().unwrap();
+    let ids = job(model, &chunks_of_five(1, None), prompt, one.path());
+    (ids, load_kv(&one.path().join("kv-rank0.safetensors")))
+}
+
 fn job(model: &Path, case: &Case, prompt: &str, dump: &Path) -> Vec<u32> {
     job_with_env(model, case, prompt, dump, &[]).0
 }
@@ -170,16 +188,8 @@ fn host_allgather_through_mpi_and_through_the_shared_window_give_the_one_process
     let exp = expected(FIXTURE);
     let prompt = exp["prompt"].as_str().unwrap();
     // 8 chunks of up to 5 positions over 3 ranks: calls where some ranks have no block
-    let case = |ranks| Case {
-        ranks,
-        sync: "allgather",
-        chunk: 5,
-        layers: (ranks == 3).then_some("2,2,1"),
-        chunking: "uniform",
-    };
-    let one = tempfile::tempdir().unwrap();
-    let reference = job(model.path(), &case(1), prompt, one.path());
-    let base = load_kv(&one.path().join("kv-rank0.safetensors"));
+    let case = |ranks| chunks_of_five(ranks, (ranks == 3).then_some("2,2,1"));
+    let (reference, base) = one_process(model.path(), prompt);
     for (path, used) in [
         (
             "mpi",
@@ -213,19 +223,10 @@ fn the_other_layers_loaded_after_the_prefill_give_the_one_process_tokens_and_cac
     let model = materialize(FIXTURE);
     let exp = expected(FIXTURE);
     let prompt = exp["prompt"].as_str().unwrap();
-    let case = |ranks| Case {
-        ranks,
-        sync: "allgather",
-        chunk: 5,
-        layers: None,
-        chunking: "uniform",
-    };
-    let one = tempfile::tempdir().unwrap();
-    let reference = job(model.path(), &case(1), prompt, one.path());
-    let base = load_kv(&one.path().join("kv-rank0.safetensors"));
+    let (reference, base) = one_process(model.path(), prompt);
     let dir = tempfile::tempdir().unwrap();
     let env = [("QWEN3_MPI_WEIGHT_LOAD", "after"), ("RUST_LOG", "info")];
-    let (ids, stderr) = job_with_env(model.path(), &case(2), prompt, dir.path(), &env);
+    let (ids, stderr) = job_with_env(model.path(), &chunks_of_five(2, None), prompt, dir.path(), &env);
     assert!(
         stderr.contains("after the prefill (QWEN3_MPI_WEIGHT_LOAD=after)"),
         "no word of the load after the prefill in\n{stderr}"

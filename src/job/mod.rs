@@ -131,14 +131,11 @@ fn run_loaded(
         )
         .map_err(fail)
     };
-    let load_after = match (decode.mode, plan.environment.weight_load) {
-        (DecodeMode::Pipeline, _) => false,
-        (DecodeMode::Redundant, WeightLoad::AfterPrefill) => true,
-        (DecodeMode::Redundant, WeightLoad::DuringPrefill) => false,
-    };
-    let mut rest = match decode.mode {
-        DecodeMode::Redundant if !load_after => Some(start_load()?),
-        _ => None,
+    let redundant = decode.mode == DecodeMode::Redundant;
+    let load_after = redundant && plan.environment.weight_load == WeightLoad::AfterPrefill;
+    let mut rest = match redundant && !load_after {
+        true => Some(start_load()?),
+        false => None,
     };
 
     // 2-4. Prefill through the pipeline, first token, KV sync drained (`--prefill-runs` times).

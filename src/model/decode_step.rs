@@ -415,15 +415,6 @@ impl DecodeStep {
         })
     }
 
-    /// Runs `token` at `position` through every layer (writing its K/V into the cache) and the
-    /// head. → logits (vocab), f32
-    pub fn logits(&mut self, token: u32, position: usize) -> Result<Tensor> {
-        match self.run(StageInput::Token(token), position)? {
-            StageOutput::Logits(logits) => Ok(logits),
-            StageOutput::Hidden(_) => bail!("decode step: this step has no head"),
-        }
-    }
-
     /// Runs `input` (the token, where the step holds the embedding, else the previous stage's
     /// hidden state (1, hidden)) at `position` through the step's layers, writing their K/V into
     /// the cache. → the logits (vocab, f32) where it holds the head, else the hidden state
@@ -673,41 +664,27 @@ impl DecodeStep {
     /// residual epilogue (0 where the kernel takes none).
     fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
         let config = grid(g.grid, GEMV_THREADS, g.shared_bytes);
-        let (rows, cols) = (g.rows as i32, g.cols as i32);
+        let (tile_rows, stages) = g.stream.map_or((0, 0), |p| (p.tile_rows as i32, p.stages as i32));
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
         // the grid walks rows of W only (the streamed kernel: tiles of its plan, which
-        // `stream_plan` sized for the shared memory given, from 16-byte aligned weights).
+        // `stream_plan` sized for the shared memory given, from 16-byte aligned weights; the
+        // register kernel ignores the plan).
         unsafe {
-            match g.stream {
-                Some(plan) => launch_kernel!(
-                    overlapped if self.overlap; self.device,
-                    &g.func,
-                    config,
-                    weight,
-                    rows,
-                    cols,
-                    x,
-                    norm,
-                    self.eps,
-                    residual,
-                    out,
-                    plan.tile_rows as i32,
-                    plan.stages as i32
-                )?,
-                None => launch_kernel!(
-                    overlapped if self.overlap; self.device,
-                    &g.func,
-                    config,
-                    weight,
-                    rows,
-                    cols,
-                    x,
-                    norm,
-                    self.eps,
-                    residual,
-                    out
-                )?,
-            }
+            launch_kernel!(
+                overlapped if self.overlap; self.device,
+                &g.func,
+                config,
+                weight,
+                g.rows as i32,
+                g.cols as i32,
+                x,
+                norm,
+                self.eps,
+                residual,
+                out,
+                tile_rows,
+                stages
+            )?;
         }
         Ok(())
     }

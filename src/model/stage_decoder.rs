@@ -64,11 +64,6 @@ impl<'m> StageDecoder<'m> {
         })
     }
 
-    /// Whether the step runs as the fused chain of kernels.
-    pub fn is_fused(&self) -> bool {
-        !matches!(self.path, Path::Layers)
-    }
-
     /// The step for the token at `position`: its K/V into the cache for this stage's layers.
     pub fn step(&mut self, input: StageInput, position: usize) -> Result<StageOutput> {
         match (&input, self.parts.embed) {

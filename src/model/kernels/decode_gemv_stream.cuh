@@ -86,17 +86,6 @@ __device__ __forceinline__ float dot8(const Vec8<T>& w, const Vec8<T>& x) {
 // The 16-byte vector index of this lane's i-th vector of a row (see the layout above).
 __device__ __forceinline__ int stream_vec(int part, int parts, int i, int lane) { return (part + parts * i) * 32 + lane; }
 
-// A block-wide sum of `value` (every thread calls it).
-__device__ __forceinline__ float block_sum(float value, float* scratch) {
-    value = warp_sum(value);
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = value;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < STREAM_WARPS; ++w) total += scratch[w];
-    return total;
-}
-
 template <typename T, int PRO, int EPI>
 __device__ void gemv_stream(const T* __restrict__ W, int N, int K, const T* __restrict__ x,
                             const T* __restrict__ norm_w, float eps, const T* residual, void* out, int tile_rows,
@@ -144,7 +133,7 @@ __device__ void gemv_stream(const T* __restrict__ W, int N, int K, const T* __re
                     for (int j = 0; j < 8; ++j) squares += to_f32(xr[i].v[j]) * to_f32(xr[i].v[j]);
             }
         }
-        const float inv_rms = rsqrtf(block_sum(squares, scratch) / K + eps);
+        const float inv_rms = rsqrtf(block_sum<STREAM_THREADS>(squares, scratch) / K + eps);
 #pragma unroll
         for (int i = 0; i < STREAM_MAX_VECS; ++i) {
             const int v = stream_vec(part, parts, i, lane);

@@ -40,32 +40,12 @@ constexpr int ROWS_PER_BLOCK = GEMV_WARPS * R;  // GEMV_ROWS_PER_BLOCK in decode
 // xin (K, in shared memory) from the prologue's inputs. K % 8 == 0.
 template <typename T, int PRO>
 __device__ void gemv_prologue(T* xin, const T* __restrict__ x, const T* __restrict__ norm_w, int K, float eps) {
-    __shared__ float scratch[GEMV_WARPS];
     const int vecs = K / 8;
     if (PRO == PRO_COPY) {
         for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS)
             *reinterpret_cast<Vec8<T>*>(xin + v * 8) = load8(x + (size_t)v * 8);
     } else if (PRO == PRO_RMSNORM) {
-        float squares = 0.f;
-        for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS) {
-            const Vec8<T> a = load8(x + (size_t)v * 8);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) squares += to_f32(a.v[j]) * to_f32(a.v[j]);
-        }
-        squares = warp_sum(squares);
-        if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = squares;
-        __syncthreads();
-        float total = 0.f;
-#pragma unroll
-        for (int w = 0; w < GEMV_WARPS; ++w) total += scratch[w];
-        const float inv_rms = rsqrtf(total / K + eps);
-        for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS) {
-            const Vec8<T> a = load8(x + (size_t)v * 8), w = load8(norm_w + (size_t)v * 8);
-            Vec8<T> o;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) o.v[j] = from_f32<T>(to_f32(w.v[j]) * round_to<T>(to_f32(a.v[j]) * inv_rms));
-            *reinterpret_cast<Vec8<T>*>(xin + v * 8) = o;
-        }
+        rms_norm_to_shared<T, GEMV_THREADS>(xin, x, norm_w, K, eps);
     } else {  // PRO_SWIGLU: x = (gate (K), up (K))
         for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS) {
             const Vec8<T> g = load8(x + (size_t)v * 8), u = load8(x + K + (size_t)v * 8);
@@ -162,11 +142,13 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
 #define GEMV(T, SUFFIX, NAME, PRO, EPI)                                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2)                                             \
         gemv_##NAME##_##SUFFIX(const T* W, int N, int K, const T* x, const T* norm_w, float eps, const T* residual, \
-                               void* out) {                                                                   \
+                               void* out, int /* tile_rows */, int /* stages */) {                            \
         gemv<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out);                                            \
     }
 
 // The same products with the weights streamed through shared memory (decode_gemv_stream.cuh).
+// Both kinds take the same arguments (the register kernel ignores the stream's tile plan), so
+// the step launches either the same way.
 #define GEMV_STREAM(T, SUFFIX, NAME, PRO, EPI)                                                                 \
     extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2)                                            \
         gemv_stream_##NAME##_##SUFFIX(const T* W, int N, int K, const T* x, const T* norm_w, float eps,       \

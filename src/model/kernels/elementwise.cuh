@@ -39,4 +39,41 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
+// Sum of `x` over a block of THREADS threads, to every thread; `scratch` holds THREADS / 32
+// floats and may be reused once this returns.
+template <int THREADS> __device__ __forceinline__ float block_sum(float x, float* scratch) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    x = warp_sum(x);
+    if (lane == 0) scratch[warp] = x;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < THREADS / 32; ++w) total += scratch[w];
+    __syncthreads();
+    return total;
+}
+
+// xin (K, shared memory) = T(norm_w * T(x * rsqrt(mean(x^2) + eps))), by a block of THREADS
+// threads, visible to all of them on return. K % 8 == 0.
+template <typename T, int THREADS>
+__device__ void rms_norm_to_shared(T* xin, const T* __restrict__ x, const T* __restrict__ norm_w, int K, float eps) {
+    __shared__ float scratch[THREADS / 32];
+    const int vecs = K / 8;
+    float squares = 0.f;
+    for (int v = threadIdx.x; v < vecs; v += THREADS) {
+        const Vec8<T> a = load8(x + (size_t)v * 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) squares += to_f32(a.v[j]) * to_f32(a.v[j]);
+    }
+    const float inv_rms = rsqrtf(block_sum<THREADS>(squares, scratch) / K + eps);
+    for (int v = threadIdx.x; v < vecs; v += THREADS) {
+        const Vec8<T> a = load8(x + (size_t)v * 8), w = load8(norm_w + (size_t)v * 8);
+        Vec8<T> o;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o.v[j] = from_f32<T>(to_f32(w.v[j]) * round_to<T>(to_f32(a.v[j]) * inv_rms));
+        store8(xin + (size_t)v * 8, o);
+    }
+    __syncthreads();
+}
+
 }  // namespace

@@ -15,19 +15,6 @@ namespace {
 constexpr int NORM_THREADS = 256;
 constexpr int NORM_MAX_VECS = 4;  // 16-byte vectors a thread holds: dim <= 256 * 8 * 4 = 8192
 
-// Sum of `x` over the block (NORM_THREADS threads), to every thread.
-__device__ __forceinline__ float block_sum(float x, float* scratch) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    x = warp_sum(x);
-    if (lane == 0) scratch[warp] = x;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < NORM_THREADS / 32; ++w) total += scratch[w];
-    __syncthreads();
-    return total;
-}
-
 // One row per block. sum = T(x + delta) (when delta is given; else sum is x and is not written);
 // normed = RMSNorm(sum) * w.
 //   x, delta, sum, normed  (rows, dim)    w  (dim)        dim % 8 == 0, dim <= 8192
@@ -59,7 +46,7 @@ __device__ void residual_rms_norm(const T* __restrict__ x, const T* __restrict__
             }
         }
     }
-    const float inv_rms = rsqrtf(block_sum(squares, scratch) / dim + eps);
+    const float inv_rms = rsqrtf(block_sum<NORM_THREADS>(squares, scratch) / dim + eps);
 #pragma unroll
     for (int i = 0; i < NORM_MAX_VECS; ++i) {
         const int v = threadIdx.x + i * NORM_THREADS;

@@ -192,35 +192,6 @@ constexpr int MOE_THREADS = 256;  // MOE_DECODE_THREADS in moe_decode.rs
 constexpr int MOE_WARPS = MOE_THREADS / 32;
 constexpr int MU = 4;  // 16-byte vectors of each row a lane has in flight per batch
 
-// xin (K, shared memory) = RMSNorm(x) * norm_w, as the decode step's gemv prologue computes it:
-// T(w * T(x * rsqrt(mean(x^2) + eps))). All MOE_THREADS threads; K % 8 == 0.
-template <typename T>
-__device__ void rms_norm_to_shared(T* xin, const T* __restrict__ x, const T* __restrict__ norm_w, int K, float eps) {
-    __shared__ float scratch[MOE_WARPS];
-    const int vecs = K / 8;
-    float squares = 0.f;
-    for (int v = threadIdx.x; v < vecs; v += MOE_THREADS) {
-        const Vec8<T> a = load8(x + (size_t)v * 8);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) squares += to_f32(a.v[j]) * to_f32(a.v[j]);
-    }
-    squares = warp_sum(squares);
-    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = squares;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < MOE_WARPS; ++w) total += scratch[w];
-    const float inv_rms = rsqrtf(total / K + eps);
-    for (int v = threadIdx.x; v < vecs; v += MOE_THREADS) {
-        const Vec8<T> a = load8(x + (size_t)v * 8), w = load8(norm_w + (size_t)v * 8);
-        Vec8<T> o;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o.v[j] = from_f32<T>(to_f32(w.v[j]) * round_to<T>(to_f32(a.v[j]) * inv_rms));
-        *reinterpret_cast<Vec8<T>*>(xin + v * 8) = o;
-    }
-    __syncthreads();
-}
-
 // Vectors [batch 32 MU + lane + 32 u] of one row of K (zeros past its end).
 template <typename T>
 __device__ __forceinline__ void load_row(Vec8<T> (&w)[MU], const T* __restrict__ row, int K, int batch) {
@@ -264,7 +235,7 @@ __device__ void moe_router(const T* __restrict__ W, int E, int K, const T* __res
     allow_next_kernel_launch();
     load_row(w, w_row, K, 0);
     wait_for_previous_kernel();
-    rms_norm_to_shared(xin, x, norm_w, K, eps);
+    rms_norm_to_shared<T, MOE_THREADS>(xin, x, norm_w, K, eps);
     float acc = 0.f;
     for (int b = 0; b < batches; ++b) {
         if (b > 0) load_row(w, w_row, K, b);
@@ -303,7 +274,7 @@ __device__ void moe_gate_up(const T* __restrict__ W, const float* __restrict__ l
             }
         }
     }
-    rms_norm_to_shared(xin, x, norm_w, K, eps);  // ends with __syncthreads: experts[] is visible
+    rms_norm_to_shared<T, MOE_THREADS>(xin, x, norm_w, K, eps);  // ends with __syncthreads: experts[] is visible
 
     const long items = (long)k * I, stride = (long)gridDim.x * MOE_WARPS;
     const int batches = (K / 8 + 32 * MU - 1) / (32 * MU);
