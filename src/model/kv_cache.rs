@@ -220,8 +220,7 @@ mod tests {
 
     #[test]
     fn a_cache_for_a_layer_range_holds_those_layers_by_global_index_and_refuses_others() {
-        let json = serde_json::from_str(crate::model::tiny::CONFIG_JSON).unwrap();
-        let cfg = Qwen3Config::from_json(&json).unwrap();
+        let cfg = crate::model::tiny::config();
         let whole = KvCache::new(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
         let part = KvCache::for_layers(&cfg, 3..5, 8, DType::F32, &Device::Cpu, false).unwrap();
         assert_eq!(part.layers(), 3..5);

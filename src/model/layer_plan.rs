@@ -248,8 +248,7 @@ mod tests {
     use super::*;
 
     fn tiny() -> Qwen3Config {
-        let json = serde_json::from_str(crate::model::tiny::CONFIG_JSON).unwrap();
-        Qwen3Config::from_json(&json).unwrap()
+        crate::model::tiny::config()
     }
 
     #[test]

@@ -310,8 +310,7 @@ mod tests {
     use crate::model::weights::SyntheticWeights;
 
     fn tiny() -> Qwen3Config {
-        let json = serde_json::from_str(crate::model::tiny::CONFIG_JSON).unwrap();
-        Qwen3Config::from_json(&json).unwrap()
+        crate::model::tiny::config()
     }
 
     #[test]
@@ -338,35 +337,27 @@ mod tests {
             .unwrap()
         };
         let whole = load(0..layers, true, true);
-        // rank 0 of two (its layers and the embedding), then what the background load adds
-        let mut first = load(0..1, true, false);
-        let mut rest = load(0..0, false, true);
-        rest.load_layers(&source, 1..layers).unwrap();
-        first.absorb(rest);
-        assert_eq!(first.resident_weight_bytes(), whole.resident_weight_bytes());
-        let (embed, head) = (
-            first.embed_tokens.as_ref().unwrap(),
-            first.lm_head.as_ref().unwrap(),
-        );
-        assert_eq!(
-            head.weight().id(),
-            embed.embeddings().id(),
-            "the tied head is a second table"
-        );
-        // the last rank of two (its layers and the head), then the rest
-        let mut last = load(1..layers, false, true);
-        let mut rest = load(0..0, true, false);
-        rest.load_layers(&source, 0..1).unwrap();
-        last.absorb(rest);
-        assert_eq!(last.resident_weight_bytes(), whole.resident_weight_bytes());
-        let (embed, head) = (
-            last.embed_tokens.as_ref().unwrap(),
-            last.lm_head.as_ref().unwrap(),
-        );
-        assert_eq!(
-            head.weight().id(),
-            embed.embeddings().id(),
-            "the tied head is a second table"
-        );
+        // the first and the last rank of two (their layers and their end of the model), then
+        // what the background load adds
+        for (owned, embed, rest_layers) in [(0..1, true, 1..layers), (1..layers, false, 0..1)] {
+            let mut stage = load(owned.clone(), embed, !embed);
+            let mut rest = load(0..0, !embed, embed);
+            rest.load_layers(&source, rest_layers).unwrap();
+            stage.absorb(rest);
+            assert_eq!(
+                stage.resident_weight_bytes(),
+                whole.resident_weight_bytes(),
+                "{owned:?}"
+            );
+            let (table, head) = (
+                stage.embed_tokens.as_ref().unwrap(),
+                stage.lm_head.as_ref().unwrap(),
+            );
+            assert_eq!(
+                head.weight().id(),
+                table.embeddings().id(),
+                "{owned:?}: the tied head is a second table"
+            );
+        }
     }
 }

@@ -13,3 +13,10 @@ pub const SEED: u64 = 0x5157_454e_335f_4d50; // "QWEN3_MP"
 pub const MOE_CONFIG_JSON: &str = include_str!("tiny/config-moe.json");
 /// Seed of `tiny-moe`'s synthetic weights.
 pub const MOE_SEED: u64 = 0x5157_454e_335f_4d45; // "QWEN3_ME"
+
+/// The built-in `tiny` model's config (for tests).
+#[cfg(test)]
+pub fn config() -> super::config::Qwen3Config {
+    let json = serde_json::from_str(CONFIG_JSON).expect("the built-in config is JSON");
+    super::config::Qwen3Config::from_json(&json).expect("the built-in config is a Qwen3 config")
+}
