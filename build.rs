@@ -2,8 +2,10 @@
 //! - compiles `src/transport/mpi_shim.c` against the MPI headers the mpi crate found, for
 //!   MPI_IN_PLACE and the CUDA-awareness query;
 //! - with `--features cuda`, our CUDA kernels (`src/model/kernels/*.cu`) compiled to PTX by
-//!   nvcc (through cudaforge, as candle's own kernels), and an rpath to the usual CUDA library folder, so the binary finds
-//!   cuBLAS, cuRAND, NVRTC and NCCL on a GPU machine without LD_LIBRARY_PATH;
+//!   nvcc (through cudaforge, as candle's own kernels) and each PTX on to machine code (a cubin,
+//!   by ptxas, for the PTX's own target), so that no rank JIT-compiles them at run time; and an
+//!   rpath to the usual CUDA library folder, so the binary finds cuBLAS, cuRAND, NVRTC and NCCL
+//!   on a GPU machine without LD_LIBRARY_PATH;
 //! - with `--features cudnn`, `src/model/cudnn/sdpa_shim.cpp` (the cuDNN frontend, header-only,
 //!   in dynamic-loading mode) compiled by the C++ compiler against the headers named by
 //!   `QWEN3_MPI_CUDNN_INCLUDE` (cudnn.h), `QWEN3_MPI_CUDNN_FRONTEND_INCLUDE` (cudnn_frontend.h)
@@ -98,13 +100,7 @@ fn include_dir(var: &str, header: &str) -> std::path::PathBuf {
 fn build_kernels() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let ptx = cudaforge::KernelBuilder::new()
-        .source_files([
-            "src/model/kernels/attention.cu",
-            "src/model/kernels/decode_attention.cu",
-            "src/model/kernels/layer_ops.cu",
-            "src/model/kernels/decode_ops.cu",
-            "src/model/kernels/moe_ops.cu",
-        ])
+        .source_files(KERNEL_FILES)
         .watch([
             "src/model/kernels/elementwise.cuh",
             "src/model/kernels/overlap.cuh",
@@ -116,7 +112,50 @@ fn build_kernels() {
         .unwrap_or_else(|e| panic!("cannot compile src/model/kernels/*.cu: {e}"));
     ptx.write(out.join("kernels_ptx.rs"))
         .unwrap_or_else(|e| panic!("cannot write the kernels' PTX list: {e}"));
+    let toolkit = cudaforge::CudaToolkit::detect()
+        .unwrap_or_else(|e| panic!("cannot find the CUDA toolkit for ptxas: {e}"));
+    let ptxas = toolkit.nvcc_path.with_file_name("ptxas");
+    let mut list = String::new();
+    for name in KERNEL_FILES.map(|f| f.trim_start_matches("src/model/kernels/").trim_end_matches(".cu")) {
+        let ptx_file = out.join(format!("{name}.ptx"));
+        let cubin_file = out.join(format!("{name}.cubin"));
+        let text = std::fs::read_to_string(&ptx_file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", ptx_file.display()));
+        // `.target sm_90a`: the architecture cudaforge compiled for (CUDA_COMPUTE_CAP)
+        let target = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(".target "))
+            .map(|t| t.split([',', ' ']).next().unwrap_or(t).to_owned())
+            .unwrap_or_else(|| panic!("{} names no .target", ptx_file.display()));
+        let status = std::process::Command::new(&ptxas)
+            .arg(format!("-arch={target}"))
+            .arg("-O3")
+            .arg(&ptx_file)
+            .arg("-o")
+            .arg(&cubin_file)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", ptxas.display()));
+        if !status.success() {
+            panic!("ptxas failed on {} ({status})", ptx_file.display());
+        }
+        list.push_str(&format!(
+            "pub const {}: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{name}.cubin\"));\n",
+            name.to_uppercase()
+        ));
+    }
+    std::fs::write(out.join("kernels_cubin.rs"), list)
+        .unwrap_or_else(|e| panic!("cannot write the kernels' cubin list: {e}"));
 }
+
+/// Our CUDA kernels, one module each.
+#[cfg(feature = "cuda")]
+const KERNEL_FILES: [&str; 5] = [
+    "src/model/kernels/attention.cu",
+    "src/model/kernels/decode_attention.cu",
+    "src/model/kernels/layer_ops.cu",
+    "src/model/kernels/decode_ops.cu",
+    "src/model/kernels/moe_ops.cu",
+];
 
 #[cfg(not(feature = "cuda"))]
 fn build_kernels() {}

@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::decode_mode::{self, DecodePlan};
 use super::failure::{agree, JobError};
+use super::kernel_preload::KernelPreload;
 use super::memory_plan;
 use super::plan::JobPlan;
 use crate::cli::RunArgs;
@@ -89,6 +90,7 @@ pub fn load_stage(
     let loaded = (|| -> Result<LoadedStage> {
         let owned = split.range(rank);
         let parts = decode_mode::stage_parts(rank, env.size - 1);
+        let kernels = KernelPreload::start(&device, spans)?;
         let started = Instant::now();
         let load_range = SpanRange::open(SpanKind::WeightLoad, SpanAt::NONE);
         let mut model = Qwen3::load(
@@ -102,6 +104,7 @@ pub fn load_stage(
         )?;
         spans.record(SpanKind::WeightLoad, SpanThread::Compute, SpanAt::NONE, started);
         drop(load_range);
+        kernels.finish()?;
         let pipelined = decode.mode == DecodeMode::Pipeline;
         let chunks: Vec<_> = plan
             .schedule

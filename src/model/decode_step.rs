@@ -35,18 +35,16 @@ use candle_core::{DType, Tensor};
 use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
-use super::decode_split::{gemv_grid, key_splits, max_splits, stream_plan, StreamPlan};
+use super::decode_split::{gemv_grid, key_splits, max_splits};
 use super::decoder_layer::Layer;
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
-use super::kernels_ptx::{DECODE_OPS, LAYER_OPS};
+use super::kernel_modules::KernelModule::{DecodeOps, LayerOps};
 use super::kv_cache::KvCache;
 use super::layer_ops::QkNormRope;
 use super::moe_decode::{MoeLayer, MoeStep};
 use super::rope::RotaryTable;
 use super::stage_decoder::{StageInput, StageOutput};
 
-const DECODE_MODULE: &str = "qwen3_mpi_decode_ops";
-const LAYER_MODULE: &str = "qwen3_mpi_layer_ops";
 const HEAD_DIM: usize = 128;
 const GEMV_THREADS: u32 = 256;
 const ATTN_THREADS: u32 = 128;
@@ -95,9 +93,6 @@ struct Gemv {
     cols: usize,
     grid: u32,
     shared_bytes: u32,
-    /// The weights streamed through shared memory (`kernels/decode_gemv_stream.cuh`), or
-    /// `None`: the register kernel (`gemv` in `kernels/decode_ops.cu`).
-    stream: Option<StreamPlan>,
 }
 
 /// Whether the step is replayed as a CUDA graph (`QWEN3_MPI_DECODE_GRAPH`, default on).
@@ -106,10 +101,6 @@ const GRAPH_ENV: &str = "QWEN3_MPI_DECODE_GRAPH";
 const PROFILE_ENV: &str = "QWEN3_MPI_DECODE_PROFILE";
 /// Whether the step's kernels overlap their neighbours (`QWEN3_MPI_DECODE_OVERLAP`, default on).
 const OVERLAP_ENV: &str = "QWEN3_MPI_DECODE_OVERLAP";
-/// `QWEN3_MPI_DECODE_GEMV=stream`: the products whose shape allows it with their weights
-/// streamed through shared memory (`kernels/decode_gemv_stream.cuh`); `register` (the default
-/// until the streamed kernel has been checked and timed on a GPU) the register kernel.
-const GEMV_ENV: &str = "QWEN3_MPI_DECODE_GEMV";
 
 /// A scratch vector of the step and its address.
 struct Buffer {
@@ -260,34 +251,11 @@ impl DecodeStep {
             .context()
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .context("decode step: multiprocessor count")? as usize;
-        let load = |name: &str, module: &str, ptx: &'static str| function(&device, name, module, ptx);
-        let streamed = match std::env::var(GEMV_ENV).as_deref() {
-            Ok("stream") => true,
-            Err(_) | Ok("register") => false,
-            Ok(other) => bail!("{GEMV_ENV}={other}: expected stream or register"),
-        };
-        // W (rows, cols) at `weights` (every layer's, or the head's): streamed where the plan
-        // holds it and every copy source is 16-byte aligned, else the register kernel.
-        let gemv = |kind: &str, rows: usize, cols: usize, weights: &[u64]| -> Result<Gemv> {
-            let plan = stream_plan(rows, cols, dtype.size_in_bytes(), sms)
-                .filter(|_| streamed && weights.iter().all(|at| at % 16 == 0));
-            if let Some(plan) = plan {
-                let name = format!("gemv_stream_{kind}_{suffix}");
-                let func = load(&name, DECODE_MODULE, DECODE_OPS)?;
-                let shared_bytes = plan.shared_bytes as u32;
-                if max_blocks_per_sm(&func, GEMV_THREADS, shared_bytes, &name)? > 0 {
-                    return Ok(Gemv {
-                        func,
-                        rows,
-                        cols,
-                        grid: plan.grid as u32,
-                        shared_bytes,
-                        stream: Some(plan),
-                    });
-                }
-            }
+        let load = |name: &str, module| function(&device, module, name);
+        // W (rows, cols): x in shared memory, as many blocks as fit the GPU at once
+        let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
             let name = format!("gemv_{kind}_{suffix}");
-            let func = load(&name, DECODE_MODULE, DECODE_OPS)?;
+            let func = load(&name, DecodeOps)?;
             let shared_bytes = (cols * dtype.size_in_bytes()) as u32;
             let per_sm = max_blocks_per_sm(&func, GEMV_THREADS, shared_bytes, &name)?;
             if per_sm == 0 {
@@ -299,19 +267,7 @@ impl DecodeStep {
                 cols,
                 grid: gemv_grid(rows, per_sm * sms) as u32,
                 shared_bytes,
-                stream: None,
             })
-        };
-        let attention_weights =
-            |pick: fn(&LayerAddresses) -> u64| layers.iter().map(pick).collect::<Vec<_>>();
-        let dense_weights = |pick: fn(u64, u64) -> u64| {
-            layers
-                .iter()
-                .filter_map(|l| match l.mlp {
-                    MlpAddresses::Dense { gate_up, down } => Some(pick(gate_up, down)),
-                    MlpAddresses::Sparse(_) => None,
-                })
-                .collect::<Vec<_>>()
         };
         let qkv_rows = (heads + 2 * kv_heads) * HEAD_DIM;
         let vocab = match (parts.embed, parts.head) {
@@ -319,20 +275,10 @@ impl DecodeStep {
             (None, Some((_, lm_head))) => lm_head.dim(0)?,
             (None, None) => cfg.vocab_size,
         };
-        let qkv = gemv("rmsnorm_store", qkv_rows, hidden, &attention_weights(|l| l.qkv))?;
-        let o = gemv(
-            "copy_residual",
-            hidden,
-            heads * HEAD_DIM,
-            &attention_weights(|l| l.o),
-        )?;
-        let gate_up = gemv(
-            "rmsnorm_store",
-            2 * inter,
-            hidden,
-            &dense_weights(|gate_up, _| gate_up),
-        )?;
-        let down = gemv("swiglu_residual", hidden, inter, &dense_weights(|_, down| down))?;
+        let qkv = gemv("rmsnorm_store", qkv_rows, hidden)?;
+        let o = gemv("copy_residual", hidden, heads * HEAD_DIM)?;
+        let gate_up = gemv("rmsnorm_store", 2 * inter, hidden)?;
+        let down = gemv("swiglu_residual", hidden, inter)?;
         let head = match parts.head {
             Some((norm, lm_head)) => {
                 let lm_head_at = address(lm_head)?;
@@ -340,17 +286,13 @@ impl DecodeStep {
                 Some(Head {
                     final_norm: address(norm.weight())?,
                     lm_head: lm_head_at,
-                    gemv: gemv("rmsnorm_f32", vocab, hidden, &[lm_head_at])?,
+                    gemv: gemv("rmsnorm_f32", vocab, hidden)?,
                     logits_out: Buffer { _slice: slice, at },
                 })
             }
             None => None,
         };
-        let attention_fn = load(
-            &format!("decode_attention_g{group}_{suffix}"),
-            DECODE_MODULE,
-            DECODE_OPS,
-        )?;
+        let attention_fn = load(&format!("decode_attention_g{group}_{suffix}"), DecodeOps)?;
         let attention_resident =
             max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1)
                 * sms;
@@ -381,8 +323,8 @@ impl DecodeStep {
             capacity,
             eps: cfg.rms_norm_eps as f32,
             scale_log2: std::f32::consts::LOG2_E / (HEAD_DIM as f32).sqrt(),
-            embed_fn: load(&format!("embed_row_{suffix}"), DECODE_MODULE, DECODE_OPS)?,
-            qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LAYER_MODULE, LAYER_OPS)?,
+            embed_fn: load(&format!("embed_row_{suffix}"), DecodeOps)?,
+            qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LayerOps)?,
             attention_fn,
             qkv,
             o,
@@ -664,11 +606,8 @@ impl DecodeStep {
     /// residual epilogue (0 where the kernel takes none).
     fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
         let config = grid(g.grid, GEMV_THREADS, g.shared_bytes);
-        let (tile_rows, stages) = g.stream.map_or((0, 0), |p| (p.tile_rows as i32, p.stages as i32));
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
-        // the grid walks rows of W only (the streamed kernel: tiles of its plan, which
-        // `stream_plan` sized for the shared memory given, from 16-byte aligned weights; the
-        // register kernel ignores the plan).
+        // the grid walks rows of W only.
         unsafe {
             launch_kernel!(
                 overlapped if self.overlap; self.device,
@@ -681,9 +620,7 @@ impl DecodeStep {
                 norm,
                 self.eps,
                 residual,
-                out,
-                tile_rows,
-                stages
+                out
             )?;
         }
         Ok(())

@@ -7,6 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
 
 use super::kernel_inputs::attention_inputs;
+use super::kernel_modules::{function, KernelModule};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 pub const HEAD_DIM: usize = 128;
@@ -122,11 +123,7 @@ impl CustomOp2 for FlashPrefill {
         // SAFETY: every element is written by the kernel (each (row < L, head) once).
         let out = unsafe { device.alloc::<half::bf16>(len * heads * dim)? };
         let tile = QueryTile::for_chunk(len);
-        let func = device.get_or_load_custom_func(
-            tile.kernel(),
-            "qwen3_mpi_attention",
-            super::kernels_ptx::ATTENTION,
-        )?;
+        let func = function(device, KernelModule::Attention, tile.kernel())?;
         let config = LaunchConfig {
             grid_dim: (len.div_ceil(tile.rows()) as u32, heads as u32, 1),
             block_dim: (tile.threads(), 1, 1),
@@ -134,7 +131,8 @@ impl CustomOp2 for FlashPrefill {
         };
         let (len_i, start_i) = (len as i32, self.start as i32);
         let (heads_i, kv_heads_i) = (heads as i32, self.kv_heads as i32);
-        let mut launch = func.builder();
+        let stream = device.cuda_stream();
+        let mut launch = stream.launch_builder(&func);
         launch.arg(&inputs.q);
         launch.arg(&inputs.kv);
         launch.arg(&out);

@@ -8,6 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
 
 use super::kernel_inputs::attention_inputs;
+use super::kernel_modules::{function, KernelModule};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 const HEAD_DIM: usize = 128;
@@ -100,14 +101,11 @@ impl CustomOp2 for FlashDecode {
         let part_ml = unsafe { device.alloc::<f32>(splits * heads * 2)? }; // (splits, H, 2)
         let out = unsafe { device.alloc::<half::bf16>(heads * HEAD_DIM)? }; // (1, H, D)
 
-        let func = device.get_or_load_custom_func(
-            "flash_attn_decode_bf16",
-            "qwen3_mpi_decode_attention",
-            super::kernels_ptx::DECODE_ATTENTION,
-        )?;
+        let func = function(device, KernelModule::DecodeAttention, "flash_attn_decode_bf16")?;
+        let stream = device.cuda_stream();
         let (keys_i, split_keys_i) = (self.keys as i32, split_keys as i32);
         let (heads_i, kv_heads_i, splits_i) = (heads as i32, self.kv_heads as i32, splits as i32);
-        let mut launch = func.builder();
+        let mut launch = stream.launch_builder(&func);
         launch.arg(&inputs.q);
         launch.arg(&inputs.kv);
         launch.arg(&part_o);
@@ -126,12 +124,8 @@ impl CustomOp2 for FlashDecode {
         // positions [0, keys) < capacity (checked above), and writes (splits, H, ·) partials.
         unsafe { launch.launch(config) }.w()?;
 
-        let combine = device.get_or_load_custom_func(
-            "flash_attn_decode_combine",
-            "qwen3_mpi_decode_attention",
-            super::kernels_ptx::DECODE_ATTENTION,
-        )?;
-        let mut launch = combine.builder();
+        let combine = function(device, KernelModule::DecodeAttention, "flash_attn_decode_combine")?;
+        let mut launch = stream.launch_builder(&combine);
         launch.arg(&part_o);
         launch.arg(&part_ml);
         launch.arg(&out);

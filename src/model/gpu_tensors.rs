@@ -9,6 +9,8 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 
+use super::kernel_modules::KernelModule;
+
 /// The CUDA device of `t`, or an error naming `what` when it is not on one.
 pub fn cuda_device(t: &Tensor, what: &str) -> Result<CudaDevice> {
     match t.device() {
@@ -100,11 +102,9 @@ pub fn grid(
     }
 }
 
-/// Loads `name` from the PTX module `module` (once per device).
-pub fn function(device: &CudaDevice, name: &str, module: &str, ptx: &'static str) -> Result<CudaFunction> {
-    Ok(device
-        .get_or_load_custom_func(name, module, ptx)?
-        .into_cuda_function())
+/// Kernel `name` of our `module` (loaded once per device, as machine code).
+pub fn function(device: &CudaDevice, module: KernelModule, name: &str) -> Result<CudaFunction> {
+    super::kernel_modules::function(device, module, name)
 }
 
 /// Queues `func` on the device's stream so that it may start while the kernel before it is still

@@ -6,9 +6,8 @@ use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::{bail, Result, Tensor};
 
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
-use super::kernels_ptx::LAYER_OPS;
+use super::kernel_modules::KernelModule;
 
-const MODULE: &str = "qwen3_mpi_layer_ops";
 /// Head size the q/k kernel is written for (every Qwen3 size).
 pub const HEAD_DIM: usize = 128;
 /// Widest row the RMSNorm kernel holds in registers (`NORM_MAX_VECS` · 8 · 256).
@@ -42,9 +41,8 @@ pub fn residual_rms_norm(
     let dtype = x.dtype();
     let func = function(
         &device,
+        KernelModule::LayerOps,
         &format!("residual_rms_norm_{}", dtype_suffix(dtype)?),
-        MODULE,
-        LAYER_OPS,
     )?;
     let (normed, normed_at) = alloc(&device, dtype, rows * dim)?;
     let (sum, sum_at) = match delta {
@@ -126,9 +124,8 @@ pub fn qk_norm_rope_cache(
     let dtype = qkv.dtype();
     let func = function(
         &device,
+        KernelModule::LayerOps,
         &format!("qk_norm_rope_cache_{}", dtype_suffix(dtype)?),
-        MODULE,
-        LAYER_OPS,
     )?;
     let (q, q_at) = alloc(&device, dtype, rows * heads * HEAD_DIM)?;
     let launch = QkNormRope {
@@ -218,9 +215,8 @@ pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
     let dtype = gate_up.dtype();
     let func = function(
         &device,
+        KernelModule::LayerOps,
         &format!("swiglu_{}", dtype_suffix(dtype)?),
-        MODULE,
-        LAYER_OPS,
     )?;
     let (out, out_at) = alloc(&device, dtype, rows * inter)?;
     let vectors = (rows * inter / 8) as u32;

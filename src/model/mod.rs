@@ -20,11 +20,8 @@ mod fused_layer;
 mod gpu_tensors;
 #[cfg(feature = "cuda")]
 mod kernel_inputs;
-/// Our CUDA kernels as PTX, one constant per `kernels/*.cu` file (built by build.rs).
 #[cfg(feature = "cuda")]
-mod kernels_ptx {
-    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
-}
+pub mod kernel_modules;
 pub mod kv_cache;
 #[cfg(feature = "cuda")]
 mod layer_ops;

@@ -18,10 +18,9 @@ use candle_core::{DType, Tensor};
 
 use super::config::Qwen3Config;
 use super::gpu_tensors::{address, alloc, dtype_suffix, function, grid, launch_kernel};
-use super::kernels_ptx::MOE_OPS;
+use super::kernel_modules::KernelModule;
 use super::moe::{SparseMoe, GPU_MAX_EXPERTS, GPU_MAX_TOP_K};
 
-const MODULE: &str = "qwen3_mpi_moe_ops";
 /// `MOE_THREADS` of `kernels/moe_ops.cu`: 8 warps a block.
 const THREADS: u32 = 256;
 const WARPS: usize = 8;
@@ -106,7 +105,7 @@ impl MoeStep {
         }
         let suffix = dtype_suffix(dtype)?;
         let elem = dtype.size_in_bytes();
-        let load = |name: &str| function(device, &format!("{name}_{suffix}"), MODULE, MOE_OPS);
+        let load = |name: &str| function(device, KernelModule::MoeOps, &format!("{name}_{suffix}"));
         let (router_fn, gate_up_fn, down_fn) = (
             load("moe_router_f32")?,
             load("moe_gate_up")?,

@@ -18,9 +18,8 @@ use candle_core::cuda_backend::CudaDevice;
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
-use super::kernels_ptx::MOE_OPS;
+use super::kernel_modules::KernelModule;
 
-const MODULE: &str = "qwen3_mpi_moe_ops";
 use super::moe::{GPU_MAX_EXPERTS as MAX_EXPERTS, GPU_MAX_TOP_K as MAX_TOP_K};
 const ROUTE_WARPS: u32 = 8;
 const ROW_THREADS: u32 = 256;
@@ -74,9 +73,8 @@ pub fn route(logits: &Tensor, top_k: usize, normalize: bool) -> Result<ChunkRout
     let dtype = logits.dtype();
     let func = function(
         &device,
+        KernelModule::MoeOps,
         &format!("moe_route_{}", dtype_suffix(dtype)?),
-        MODULE,
-        MOE_OPS,
     )?;
     let pairs = len * top_k;
     let (expert, expert_at) = alloc(&device, DType::U32, pairs)?;
@@ -171,9 +169,8 @@ pub fn gather(x: &Tensor, routing: &ChunkRouting, layout: &ExpertLayout) -> Resu
     let dtype = x.dtype();
     let func = function(
         &device,
+        KernelModule::MoeOps,
         &format!("moe_gather_{}", dtype_suffix(dtype)?),
-        MODULE,
-        MOE_OPS,
     )?;
     let (out, out_at) = alloc(&device, dtype, layout.rows * hidden)?;
     // SAFETY: one block per pair reads x row pair / k < L and writes row starts[e] + rank of out,
@@ -274,9 +271,8 @@ pub fn combine_into(x: &Tensor, y: &Tensor, routing: &ChunkRouting, layout: &Exp
     }
     let func = function(
         &device,
+        KernelModule::MoeOps,
         &format!("moe_combine_{}", dtype_suffix(x.dtype())?),
-        MODULE,
-        MOE_OPS,
     )?;
     // SAFETY: one block per token updates its row of x (L, hidden) from rows starts[e] + rank
     // < rows of y and its k pairs' entries.

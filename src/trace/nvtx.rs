@@ -99,7 +99,7 @@ fn color(kind: SpanKind) -> [u8; 3] {
         SpanKind::KvSync => [230, 126, 34],
         SpanKind::Send | SpanKind::Recv | SpanKind::DecodeSend | SpanKind::DecodeRecv => [52, 152, 219],
         SpanKind::Wait | SpanKind::DecodeWait => [149, 165, 166],
-        SpanKind::WeightLoad => [155, 89, 182],
+        SpanKind::WeightLoad | SpanKind::KernelLoad => [155, 89, 182],
     }
 }
 

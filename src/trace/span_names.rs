@@ -22,6 +22,7 @@ pub fn kind_name(kind: SpanKind) -> &'static str {
         SpanKind::DecodeSend => "decode-send",
         SpanKind::DecodeRecv => "decode-recv",
         SpanKind::DecodeWait => "decode-wait",
+        SpanKind::KernelLoad => "kernel-load",
     }
 }
 

@@ -33,6 +33,9 @@ pub enum SpanKind {
     DecodeRecv = 14,
     /// Pipelined decode: waiting for one step's token from the last rank (its broadcast).
     DecodeWait = 15,
+    /// Setup: loading the GPU kernel modules (candle's PTX compiled by the driver, ours as
+    /// machine code), beside this rank's weight load.
+    KernelLoad = 16,
 }
 
 impl SpanKind {
@@ -264,6 +267,7 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
         DecodeSend,
         DecodeRecv,
         DecodeWait,
+        KernelLoad,
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;

@@ -27,7 +27,6 @@ enum Epilogue { EPI_STORE, EPI_RESIDUAL, EPI_F32 };
 
 }  // namespace
 
-#include "decode_gemv_stream.cuh"
 
 namespace {
 
@@ -142,18 +141,8 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
 #define GEMV(T, SUFFIX, NAME, PRO, EPI)                                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2)                                             \
         gemv_##NAME##_##SUFFIX(const T* W, int N, int K, const T* x, const T* norm_w, float eps, const T* residual, \
-                               void* out, int /* tile_rows */, int /* stages */) {                            \
+                               void* out) {                                                                   \
         gemv<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out);                                            \
-    }
-
-// The same products with the weights streamed through shared memory (decode_gemv_stream.cuh).
-// Both kinds take the same arguments (the register kernel ignores the stream's tile plan), so
-// the step launches either the same way.
-#define GEMV_STREAM(T, SUFFIX, NAME, PRO, EPI)                                                                 \
-    extern "C" __global__ void __launch_bounds__(STREAM_THREADS, 2)                                            \
-        gemv_stream_##NAME##_##SUFFIX(const T* W, int N, int K, const T* x, const T* norm_w, float eps,       \
-                                      const T* residual, void* out, int tile_rows, int stages) {              \
-        gemv_stream<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out, tile_rows, stages);                  \
     }
 
 #define DECODE_ATTENTION(T, SUFFIX, G)                                                                             \
@@ -170,10 +159,6 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
     GEMV(T, SUFFIX, rmsnorm_store, PRO_RMSNORM, EPI_STORE)                                                         \
     GEMV(T, SUFFIX, rmsnorm_f32, PRO_RMSNORM, EPI_F32)                                                             \
     GEMV(T, SUFFIX, swiglu_residual, PRO_SWIGLU, EPI_RESIDUAL)                                                     \
-    GEMV_STREAM(T, SUFFIX, copy_residual, PRO_COPY, EPI_RESIDUAL)                                                  \
-    GEMV_STREAM(T, SUFFIX, rmsnorm_store, PRO_RMSNORM, EPI_STORE)                                                  \
-    GEMV_STREAM(T, SUFFIX, rmsnorm_f32, PRO_RMSNORM, EPI_F32)                                                      \
-    GEMV_STREAM(T, SUFFIX, swiglu_residual, PRO_SWIGLU, EPI_RESIDUAL)                                              \
     extern "C" __global__ void embed_row_##SUFFIX(const T* table, uint32_t token, const uint32_t* token_at, T* out, \
                                                   int hidden) {                                                    \
         allow_next_kernel_launch();                                                                                \

@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
-# Two open questions of the 2026-12-01 third session, one device call:
+# The multi-rank stall of the 2026-12-01 third session, one device call:
 #   bisect    which build first stalls 3 ranks sharing the GPU (binaries .carry/bisect-*.xz,
 #             BISECT_RUNS runs each; see results/gpu-check/2026-12-01-session3-stall.md)
 #   weightload  QWEN3_MPI_WEIGHT_LOAD=during against after (LOAD_RUNS runs each, 10 s watchdog)
 #   interleave  ea9b58d (.carry/qwen3-mpi-base.xz), 77b458d and e3104a1 in turn, ROUNDS rounds
 #   variants  which run-time switch makes the stall go away (progress thread sleeping, host
 #             transport, ranks bound to cores), 2 runs each
-#   decode    the decode step with the streamed matrix-vector kernel (QWEN3_MPI_DECODE_GEMV=stream)
-#             against the register kernel, same build, Qwen3-8B shape at 1K context: ms/token,
-#             the kernel-by-kernel profile, and whether both generate the same ids
-#   scripts/gpu_check/stall_and_gemv.sh OUT      env: PARTS ("bisect decode"; any of the parts above)
+#   scripts/gpu_check/stall_parts.sh OUT      env: PARTS ("bisect"; any of the parts above)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
 out=${1:?}; mkdir -p "$out"
 source scripts/gpu_check/machine.sh
-parts=" ${PARTS:-bisect decode} "
+parts=" ${PARTS:-bisect} "
 if [[ $parts == *" weightload "* ]]; then  # is the background weight load the cause?
   for load in during after; do
     QWEN3_MPI_WEIGHT_LOAD=$load RUNS=${LOAD_RUNS:-4} WATCHDOG=10 ARGS="--transport ipc" \
@@ -43,20 +40,4 @@ if [[ $parts == *" bisect "* ]]; then
     b=/tmp/$(basename "$f" .xz); xz -dc "$f" > "$b"; chmod +x "$b"
     RUNS=${BISECT_RUNS:-2} WATCHDOG=6 BIN=$b ARGS="--transport ipc" bash scripts/gpu_check/stall_probe.sh "$out/$(basename "$b")" 2>&1 | grep stall_probe
   done
-fi
-if [[ $parts == *" decode "* ]]; then
-  printf '#!/bin/sh\nQWEN3_MPI_DECODE_GEMV=register exec %s "$@"\n' "$bin" > /tmp/register.sh; chmod +x /tmp/register.sh
-  QWEN3_MPI_DECODE_GEMV=stream LENGTHS=1024 HF_LENGTHS="" HF_DECODE="" COMM=0 RUNS=1 BASE_BIN=/tmp/register.sh AB_LENGTH=16384 \
-    ONLY="${ONLY:-^(1gpu-1024|ab-1024-decode-profile|ab-1024-previous-build)$}" bash scripts/bench.sh "$out/bench" > "$out/bench.log" 2>&1
-  sed -n '/Decode/,$p' "$out/bench/bench.md" | head -40
-  tar -xJf "$out/bench/runs-and-logs.tar.xz" -C /tmp 2>/dev/null
-  for f in /tmp/logs/ab-*-decode-profile.err; do echo "== $f"; grep -A12 "kernel by kernel" "$f" | tail -11; done
-  grep -h -iE "error|panic" /tmp/logs/*.err | head -5
-  python3 - <<'PY'
-import json
-r = {n: json.loads(open(f"/tmp/runs/{n}.json").read().strip().splitlines()[-1]) for n in ("1gpu-1024", "ab-1024-previous-build")}
-a, b = r["1gpu-1024"], r["ab-1024-previous-build"]
-print("decode ms/token median: stream", a.get("decode_ms_per_token_median"), "register", b.get("decode_ms_per_token_median"))
-print("generated ids equal (stream vs register):", a["generated_ids"] == b["generated_ids"], len(a["generated_ids"]))
-PY
 fi
