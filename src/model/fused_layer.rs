@@ -29,8 +29,12 @@ pub fn forward<F: FeedForward>(
     prefill: &PrefillAttention,
     probe: Option<&dyn LayerProbe>,
 ) -> Result<Tensor> {
-    let enter = |part| probe.map_or(Ok(()), |p| p.enter(Some(part)));
     let attn = &layer.self_attn;
+    // trace lines name the part a rank is in when it stops (RUST_LOG=qwen3_mpi::model::fused_layer=trace)
+    let enter = |part: LayerPart| {
+        tracing::trace!("layer {}: {part:?}", attn.layer());
+        probe.map_or(Ok(()), |p| p.enter(Some(part)))
+    };
     let (heads, kv_heads, head_dim) = attn.heads();
     let len = x.dim(0)?;
     let norm_eps = layer.input_layernorm.eps();
@@ -77,7 +81,10 @@ pub fn forward<F: FeedForward>(
 /// The dense SwiGLU MLP of the fused layer: gate and up in one product; the down product adds
 /// into the residual x (in place: nothing else may read it). x, normed: (L, hidden)
 pub fn dense_mlp_into(mlp: &Mlp, x: &Tensor, normed: Tensor, probe: Option<&dyn LayerProbe>) -> Result<()> {
-    let enter = |part| probe.map_or(Ok(()), |p| p.enter(Some(part)));
+    let enter = |part: LayerPart| {
+        tracing::trace!("MLP: {part:?}");
+        probe.map_or(Ok(()), |p| p.enter(Some(part)))
+    };
     enter(LayerPart::Gemm)?;
     let gate_up = mlp.gate_up(&normed)?; // (L, 2·I)
     drop(normed);

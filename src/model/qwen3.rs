@@ -116,6 +116,7 @@ impl Qwen3 {
                 let loaded = Layer::load(self.loader(&counted), &self.cfg, layer)?;
                 self.layers[layer] = Some(loaded);
                 self.bytes.layers[layer] = counted.bytes();
+                tracing::debug!("layer {layer} loaded ({} bytes read)", counted.bytes());
             }
         }
         Ok(())
