@@ -4,6 +4,10 @@ bin="${BIN:-$repo/target/cuda/release/qwen3-mpi}"   # BIN= another build (A/B ru
 if [ ! -x "$bin" ] && [ -f .carry/qwen3-mpi.xz ]; then bin=/tmp/qwen3-mpi; xz -dc .carry/qwen3-mpi.xz > $bin; chmod +x $bin; fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 RUST_LOG=warn
+# The driver's JIT cache of candle's PTX from an earlier call (.carry/nv-cache.tar.xz, made there
+# with `tar -C ~ -cJf nv-cache.tar.xz .nv`) spares each call's first job 23-25 s of compiling;
+# NV_CACHE=0 leaves it out (to measure a machine's first job).
+if [ "${NV_CACHE:-1}" = 1 ] && [ ! -d ~/.nv ] && [ -f .carry/nv-cache.tar.xz ]; then tar -C ~ -xJf .carry/nv-cache.tar.xz; fi
 # NCCL comes with PyTorch's wheels there, outside the loader's default path
 if ldd "$bin" | grep -q "libnccl.so.2 => not found"; then
   nccl_lib="$(find / -xdev -name libnccl.so.2 2>/dev/null | head -n 1)"
