@@ -40,8 +40,8 @@ for i in $(seq 1 "${ATTEMPTS:-4}"); do
   echo "stall_dump: run $i still running after ${DUMP_AFTER:-4} s; ranks' pids: $(echo $pids)"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/  GPU load, memory: /'
   for p in $pids; do echo "== pid $p threads"; threads "$p"; done
-  for p in $pids; do timeout 40 cuda-gdb -q "$bin" -p "$p" -batch -ex "set pagination off" -ex "thread apply all bt 40" > "$out/stacks-$p.txt" 2>&1 < /dev/null & done
-  wait $(jobs -p | grep -v "^$job$") 2>/dev/null
+  # one at a time: in the fourth session's call 3 three attaches at once left one process unstopped
+  for p in $pids; do timeout 40 cuda-gdb -q "$bin" -p "$p" -batch -ex "set pagination off" -ex "thread apply all bt 40" > "$out/stacks-$p.txt" 2>&1 < /dev/null; done
   for p in $pids; do echo "== pid $p stacks"; stacks "$p"; done
   sleep 3
   for p in $pids; do echo "== pid $p threads, 3 s after the stacks"; threads "$p"; done
