@@ -76,6 +76,7 @@ if [[ "$phases" == *" check "* ]]; then
     run "s-${n}ranks-ring-host" mpirun $n "${p[@]}" --transport host --sync ring
   done
   run s-3ranks-auto mpirun 3 "${p[@]}"
+  QWEN3_MPI_WEIGHT_LOAD=staged run s-3ranks-ipc-staged-load mpirun 3 "${p[@]}" --transport ipc
   { echo; echo "## Generated ids across 1, 2 and 3 ranks sharing the GPU"
     python3 $gc/summarize.py ids "$out/runs/s-1rank.json" "$out"/runs/s-[23]ranks-*.json; } >> "$md" 2>&1 || status=1
 fi

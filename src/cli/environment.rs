@@ -9,10 +9,11 @@ use anyhow::{bail, Result};
 use crate::job::fault::{Fault, FAULT_ENV};
 use crate::transport::TransportSettings;
 
-/// `QWEN3_MPI_WEIGHT_LOAD=during|after`: with redundant decode, the layers a rank does not own
-/// load in the background during its prefill (the default) or only after it, so that the first
-/// prefill runs alone on the device (a clean first-run timing, and the switch that tells whether
-/// a slow or stalled first prefill comes from the load beside it).
+/// `QWEN3_MPI_WEIGHT_LOAD=during|staged|after`: with redundant decode, the layers a rank does
+/// not own load in the background during its prefill (the default), the same on a GPU through
+/// page-locked staging buffers on a stream of their own (`model::staged_upload`), or only after
+/// the prefill, so that the first prefill runs alone on the device (a clean first-run timing,
+/// and the switch that tells whether a slow or stalled first prefill comes from the load beside it).
 pub const WEIGHT_LOAD_ENV: &str = "QWEN3_MPI_WEIGHT_LOAD";
 
 /// When the layers a rank does not own load (`QWEN3_MPI_WEIGHT_LOAD`).
@@ -21,6 +22,8 @@ pub enum WeightLoad {
     /// In the background, during the first prefill.
     #[default]
     DuringPrefill,
+    /// In the background, on a GPU through staging buffers on a stream of their own.
+    StagedDuringPrefill,
     /// After the first prefill.
     AfterPrefill,
 }
@@ -47,8 +50,9 @@ impl Environment {
             fault: get(FAULT_ENV).map(|text| Fault::parse(&text)).transpose()?,
             weight_load: match get(WEIGHT_LOAD_ENV).as_deref() {
                 None | Some("during") => WeightLoad::DuringPrefill,
+                Some("staged") => WeightLoad::StagedDuringPrefill,
                 Some("after") => WeightLoad::AfterPrefill,
-                Some(other) => bail!("{WEIGHT_LOAD_ENV}={other}: expected during or after"),
+                Some(other) => bail!("{WEIGHT_LOAD_ENV}={other}: expected during, staged or after"),
             },
         })
     }
@@ -78,6 +82,8 @@ mod tests {
             .starts_with("QWEN3_MPI_WEIGHT_LOAD=later"));
         let after = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "after".to_string()));
         assert_eq!(after.unwrap().weight_load, WeightLoad::AfterPrefill);
+        let staged = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "staged".to_string()));
+        assert_eq!(staged.unwrap().weight_load, WeightLoad::StagedDuringPrefill);
         let none = Environment::parse(&|_| None).unwrap();
         assert!(none.fault.is_none());
         assert_eq!(none.weight_load, WeightLoad::DuringPrefill);

@@ -123,6 +123,7 @@ fn run_loaded(
         BackgroundLoad::start(
             plan.files.config.clone(),
             plan.files.weights.clone(),
+            plan.environment.weight_load == WeightLoad::StagedDuringPrefill,
             owned.clone(),
             decode_mode::stage_parts(env.rank, env.size - 1),
             plan.capacity,

@@ -41,6 +41,8 @@ pub mod router;
 pub mod safetensors_file;
 pub mod source;
 pub mod stage_decoder;
+#[cfg(feature = "cuda")]
+pub mod staged_upload;
 pub mod synthetic;
 pub mod tiny;
 pub mod weight_names;

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 
+use safetensors::tensor::TensorView;
+
 use super::safetensors_file::SafetensorsFile;
 use super::synthetic;
 use super::weight_names::TensorSpec;
@@ -22,7 +24,19 @@ pub trait WeightSource: Send + Sync {
     /// Whether the source has a tensor named `name` (where a checkpoint may spell a part two
     /// ways, e.g. MoE experts one tensor each or fused).
     fn contains(&self, name: &str) -> Result<bool>;
+
+    /// Calls `upload` with the tensor's bytes in host memory (row-major, in the dtype given)
+    /// after the same checks as [`Self::load`], for a caller that moves them to the device its
+    /// own way; `None` where the source has no such bytes (then `load` it).
+    fn with_host_bytes(&self, spec: &TensorSpec, upload: &mut HostUpload<'_>) -> Result<Option<Tensor>> {
+        let _ = (spec, upload);
+        Ok(None)
+    }
 }
+
+/// What [`WeightSource::with_host_bytes`] hands a tensor's bytes to: (bytes, their dtype) → the
+/// tensor on the device.
+pub type HostUpload<'a> = dyn FnMut(&[u8], DType) -> Result<Tensor> + 'a;
 
 /// A source that adds up the bytes of every tensor loaded through it: how a model measures the
 /// weights it holds, tensor by tensor as they load.
@@ -67,6 +81,12 @@ impl WeightSource for SyntheticWeights {
     fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
         let values = synthetic::tensor_values(self.seed, &spec.name, &spec.shape);
         Ok(Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?)
+    }
+
+    fn with_host_bytes(&self, spec: &TensorSpec, upload: &mut HostUpload<'_>) -> Result<Option<Tensor>> {
+        let values = synthetic::tensor_values(self.seed, &spec.name, &spec.shape);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        upload(&bytes, DType::F32).map(Some)
     }
 
     /// Any name can be generated: the synthetic checkpoint is in the first spelling asked for.
@@ -149,10 +169,13 @@ impl Checkpoint {
         open.insert(file.to_owned(), st.clone());
         Ok(st)
     }
-}
 
-impl WeightSource for Checkpoint {
-    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
+    /// Calls `read` with tensor `spec` of its file, once its dtype and shape are checked.
+    fn with_view<R>(
+        &self,
+        spec: &TensorSpec,
+        read: impl FnOnce(TensorView<'_>, &Path) -> Result<R>,
+    ) -> Result<R> {
         let file = self.file_of(&spec.name)?;
         let st = self.mapped(&file)?;
         let path = self.dir.join(&file);
@@ -177,12 +200,32 @@ impl WeightSource for Checkpoint {
                 spec.shape
             );
         }
-        // the mapped bytes are read here, outside every lock (a SIGBUS parks this thread: see
-        // bus_error)
-        let tensor = view
-            .load(device)
-            .with_context(|| format!("{}: cannot load tensor {}", path.display(), spec.name))?;
-        Ok(tensor.to_dtype(dtype)?)
+        read(view, &path)
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn load(&self, spec: &TensorSpec, dtype: DType, device: &Device) -> Result<Tensor> {
+        self.with_view(spec, |view, path| {
+            // the mapped bytes are read here, outside every lock (a SIGBUS parks this thread:
+            // see bus_error)
+            let tensor = view
+                .load(device)
+                .with_context(|| format!("{}: cannot load tensor {}", path.display(), spec.name))?;
+            Ok(tensor.to_dtype(dtype)?)
+        })
+    }
+
+    fn with_host_bytes(&self, spec: &TensorSpec, upload: &mut HostUpload<'_>) -> Result<Option<Tensor>> {
+        self.with_view(spec, |view, _| {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F16 => DType::F16,
+                _ => DType::F32, // the only other dtype `with_view` lets through
+            };
+            // read outside every lock, as in `load`
+            upload(view.data(), dtype).map(Some)
+        })
     }
 
     fn contains(&self, name: &str) -> Result<bool> {
