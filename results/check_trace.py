@@ -7,13 +7,14 @@ Exits non-zero with the first violation. The test suite runs it on a 3-rank CPU 
 """
 import json
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 
 ROOT_ATTRS = ["schema_version", "status", "command_line", "git_commit", "start_time", "world_size", "hostnames",
               "model", "model_config", "dtype", "device", "device_names", "chunk_size", "layer_split",
-              "sync_strategy", "transport", "prompt_tokens", "new_tokens", "mpi_library_version"]
+              "sync_strategy", "transport", "hidden_transport", "prompt_tokens", "new_tokens", "mpi_library_version"]
 SUMMARY_ATTRS = ["ttft_s", "prefill_s", "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s"]
 SUMMARY_SETS = ["kv_bytes_sent", "kv_bytes_received", "exposed_sync_s"]
 EVENT_FIELDS = ["rank", "kind", "thread", "layer", "chunk", "step", "peer", "bytes", "t_start_ns", "t_end_ns"]
@@ -63,7 +64,20 @@ def main():
                 assert (mine["t_end_ns"] >= mine["t_start_ns"]).all()
                 assert (mine["t_start_ns"][1:] >= mine["t_end_ns"][:-1]).all(), f"rank {rank} thread {thread}: overlap"
         assert len(seen) == sum(split) * chunks, f"{len(seen)} layer spans, expected {sum(split) * chunks}"
-    print(f"{path}: layout ok, {ranks} ranks, {len(seen)} (layer, chunk) spans")
+        assert f.attrs["hidden_transport"] == report["hidden_transport"], f.attrs["hidden_transport"]
+    # every chunk's hand-off into every rank after the first, paired with its sender's last layer
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import qwen3_traces
+    trace = qwen3_traces.load(path)
+    hops = qwen3_traces.handoffs(trace)
+    hidden = trace.meta["model_config"]["hidden_size"]
+    bytes_per = 4 if report["dtype"] == "f32" else 2
+    assert len(hops) == chunks * (ranks - 1), f"{len(hops)} hand-offs, expected {chunks * (ranks - 1)}"
+    assert (hops["to"] == hops["from"] + 1).all(), hops
+    assert sorted(hops["bytes"]) == sorted(n * hidden * bytes_per for n in lengths for _ in range(ranks - 1)), hops
+    # (latency compares two ranks' clocks, which share an origin only to the barrier's skew)
+    assert (hops["recv_end_s"] >= hops["recv_start_s"]).all(), hops
+    print(f"{path}: layout ok, {ranks} ranks, {len(seen)} (layer, chunk) spans, {len(hops)} hand-offs")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,39 @@ def kv_sync_spans(trace):
     return kv
 
 
+def handoffs(trace):
+    """One row per hidden-state hand-off of the prefill: chunk, `from`/`to` rank, `bytes`, when
+    the sender's last layer of the chunk ended (`sender_done_s`: its GPU-timed span where the
+    trace has one, else the compute thread's), when the receiver started and ended waiting
+    (`recv_start_s`, `recv_end_s`), and the hop's `latency_s` = `recv_end_s` − `sender_done_s`:
+    the copy off the sender's GPU and the message (host path: the copy onto the receiver's GPU
+    is queued after the receive, so it delays the receiver's first layer instead), or one
+    copy-engine push into the receiver's GPU memory and an 8-byte message (ipc). Only where the receiver was already
+    waiting when the sender finished; NaN where it came later (its wait then says nothing).
+    The two ends are on two ranks' clocks, whose common origin is a barrier: their skew (µs on
+    an idle node, up to ms with more ranks than cores) is in every latency."""
+    ev = trace.events
+    cols = ["chunk", "from", "to", "bytes", "sender_done_s", "recv_start_s", "recv_end_s", "latency_s"]
+    if not len(ev):
+        return pd.DataFrame(columns=cols)
+    layers = ev[ev["kind"] == "LayerCompute"]
+    gpu = layers[layers["thread"] == "GpuStream"]
+    layers = gpu if len(gpu) else layers[layers["thread"] == "Compute"]
+    done = layers.groupby(["rank", "chunk"])["t_end_ns"].max()
+    rows = []
+    for r in ev[(ev["kind"] == "Recv") & (ev["thread"] == "Compute")].itertuples():
+        sent = done.get((r.peer, r.chunk))
+        if sent is None:
+            continue
+        waiting = r.t_start_ns <= sent
+        rows.append({
+            "chunk": r.chunk, "from": r.peer, "to": r.rank, "bytes": r.bytes,
+            "sender_done_s": sent / 1e9, "recv_start_s": r.t_start_ns / 1e9, "recv_end_s": r.t_end_ns / 1e9,
+            "latency_s": (r.t_end_ns - sent) / 1e9 if waiting else np.nan,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
 # The spans of one decode step on a rank (docs/trace-schema.md), by the column they fill.
 DECODE_PARTS = {"DecodeStep": "compute_s", "DecodeSend": "send_s", "DecodeRecv": "recv_s", "DecodeWait": "wait_s"}
 

@@ -77,6 +77,7 @@ if [[ "$phases" == *" check "* ]]; then
   done
   run s-3ranks-auto mpirun 3 "${p[@]}"
   QWEN3_MPI_WEIGHT_LOAD=staged run s-3ranks-ipc-staged-load mpirun 3 "${p[@]}" --transport ipc
+  for n in 2 3; do run "s-${n}ranks-ipc-hidden-ipc" mpirun $n "${p[@]}" --transport ipc --hidden-transport ipc; done
   { echo; echo "## Generated ids across 1, 2 and 3 ranks sharing the GPU"
     python3 $gc/summarize.py ids "$out/runs/s-1rank.json" "$out"/runs/s-[23]ranks-*.json; } >> "$md" 2>&1 || status=1
 fi

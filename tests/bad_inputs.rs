@@ -55,6 +55,13 @@ fn unknown_flags_values_and_missing_cuda_are_named() {
     assert_job_fails(2, &["--transport", "carrier-pigeon"], 2, "carrier-pigeon");
     assert_job_fails(2, &["--chunk-size", "0"], 2, "--chunk-size");
     assert_job_fails(2, &["--transport", "ipc"], 1, "--transport ipc needs GPUs");
+    assert_job_fails(
+        2,
+        &["--hidden-transport", "ipc"],
+        1,
+        "--hidden-transport ipc needs GPUs",
+    );
+    assert_job_fails(2, &["--hidden-transport", "telepathy"], 2, "telepathy");
     assert_job_fails(2, &["--chunking", "zigzag"], 2, "zigzag");
     if !cfg!(feature = "cuda") {
         assert_job_fails(2, &["--device", "cuda"], 1, "built without CUDA support");

@@ -43,6 +43,7 @@ fn trace_holds_prompt_generated_ids_and_reference_logits() {
         assert_eq!(read_attr(&file, "status"), "ok");
         assert_eq!(read_attr(&file, "prefill_attention"), "reference");
         assert_eq!(read_attr(&file, "decode_path"), "reference");
+        assert_eq!(read_attr(&file, "hidden_transport"), "host"); // the CPU's only path
         assert!(read_attr(&file, "layer_kernels").contains("CPU"));
         let prompt: Vec<u32> = file.dataset("output/prompt_ids").unwrap().read_raw().unwrap();
         let generated: Vec<u32> = file.dataset("output/generated_ids").unwrap().read_raw().unwrap();

@@ -24,7 +24,9 @@ use crate::sync::{
     SyncStrategy,
 };
 use crate::trace::TraceFile;
-use crate::transport::{plan_transport, MpiEnv, Site, TransportArg, TransportPlan, TransportSettings};
+use crate::transport::{
+    plan_transport, HiddenArg, MpiEnv, Site, TransportArg, TransportPlan, TransportSettings,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommBenchArgs {
@@ -176,7 +178,13 @@ fn planned_runs(
     for &asked in &args.transport {
         for &sync in &args.sync {
             let (strategy, arg) = sync.with_transport(asked);
-            match plan_transport(arg, strategy == SyncStrategy::Ring, site, settings) {
+            match plan_transport(
+                arg,
+                HiddenArg::Host,
+                strategy == SyncStrategy::Ring,
+                site,
+                settings,
+            ) {
                 Ok(plan)
                     if runs
                         .iter()

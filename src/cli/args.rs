@@ -9,7 +9,7 @@ use crate::bench::comm::CommBenchArgs;
 use crate::device::{DTypeArg, DeviceArg};
 use crate::schedule::{Chunking, DecodeArg};
 use crate::sync::SyncStrategy;
-use crate::transport::TransportArg;
+use crate::transport::{HiddenArg, TransportArg};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -174,6 +174,11 @@ pub struct RunArgs {
     /// What moves the KV blocks between ranks (rank 0 says on a GPU which one runs and why).
     #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
     pub transport: TransportArg,
+
+    /// What moves a chunk's hidden state to the next stage (rank 0 says on a GPU which one runs
+    /// and why). `host` is the default until the IPC path has been checked and timed on GPUs.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "host")]
+    pub hidden_transport: HiddenArg,
 
     /// Seconds any rank may wait in one MPI call before the job is aborted.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS", value_parser = parse_timeout)]

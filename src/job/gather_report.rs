@@ -97,6 +97,7 @@ impl JobResults<'_> {
                 None => "none".into(),
             },
             transport: prefill.transport.map_or("none", |t| t.name()).into(),
+            hidden_transport: prefill.hidden.name().into(),
             chunk_size: plan.chunk_size,
             chunks: plan.schedule.chunks().len(),
             chunking: args.chunking,

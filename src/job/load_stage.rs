@@ -58,7 +58,13 @@ pub fn load_stage(
         let settings = &plan.environment.transport;
         let site = Site::detect(device.is_cuda(), env, settings);
         let (strategy, transport_arg) = args.sync.with_transport(args.transport);
-        let transport = plan_transport(transport_arg, strategy == SyncStrategy::Ring, &site, settings)?;
+        let transport = plan_transport(
+            transport_arg,
+            args.hidden_transport,
+            strategy == SyncStrategy::Ring,
+            &site,
+            settings,
+        )?;
         let dtype = select_dtype(args.dtype, &device);
         let budget = memory_plan::memory_budget(args.max_memory, &device)?;
         Ok(Placed {
@@ -151,6 +157,13 @@ pub fn load_stage(
             stage.transport.transport.name(),
             stage.transport.reason
         );
+        if env.size > 1 {
+            crate::eprint_line!(
+                "qwen3-mpi: hidden states {} ({})",
+                stage.transport.hidden.path.name(),
+                stage.transport.hidden.reason
+            );
+        }
         crate::eprint_line!("qwen3-mpi: layers: {}", stage.model.plan().reason);
     }
     Ok(stage)

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod first_token;
 pub mod gather;
 pub mod gather_report;
+pub mod hidden_buffers;
 pub mod kernel_preload;
 pub mod layer_spans;
 pub mod load_stage;

@@ -11,10 +11,10 @@ use anyhow::anyhow;
 use super::background_load::BackgroundLoad;
 use super::failure::JobError;
 use super::first_token;
+use super::hidden_buffers::HiddenBuffers;
 use super::plan::JobPlan;
 use super::prefill_pass::{Prefill, PrefillPass, PREFILL_SPANS};
 use super::progress::Progress;
-use super::stage_loop::HiddenBuffers;
 use crate::abort::watchdog::Watchdog;
 use crate::cli::RunArgs;
 use crate::model::{KvCache, Qwen3};
@@ -22,7 +22,7 @@ use crate::schedule::DecodeMode;
 use crate::sync::skipped::SkippedSync;
 use crate::sync::{open_transport, warm_up, KvTransport};
 use crate::trace::spans::SpanLog;
-use crate::transport::{MpiEnv, Transport, TransportPlan};
+use crate::transport::{HiddenPath, MpiEnv, Transport, TransportPlan};
 
 /// What the prefill runs leave: the last run, every run's TTFT, and the KV transport that ran
 /// (none with pipelined decode).
@@ -30,6 +30,8 @@ pub struct PrefillRuns {
     pub last: Prefill,
     pub ttft_runs_s: Vec<f64>,
     pub transport: Option<Transport>,
+    /// The path the hidden states took between stages.
+    pub hidden: HiddenPath,
 }
 
 /// Everything the runs share.
@@ -56,9 +58,16 @@ impl PrefillSetup<'_> {
         let (rank, ranks) = (env.rank, env.size);
         let pipe_comm = env.duplicate();
         let mut idle_comm = Some(env.duplicate()); // for the progress thread
-        let row_bytes = plan.files.config.hidden_size * model.dtype().size_in_bytes();
-        let mut hidden_buffers =
-            HiddenBuffers::new(rank, ranks, &plan.schedule, row_bytes, self.device).map_err(fail)?;
+        let mut hidden_buffers = HiddenBuffers::for_plan(
+            &self.transport.hidden,
+            &pipe_comm.0,
+            &plan.schedule,
+            plan.files.config.hidden_size,
+            model.dtype(),
+            self.device,
+        )
+        .map_err(fail)?;
+        let hidden = hidden_buffers.path();
         let (strategy, _) = self.args.sync.with_transport(self.args.transport);
         let longest = plan.schedule.chunks().iter().map(|c| c.len()).max().unwrap_or(0);
         let (mut kv_transport, transport): (Box<dyn KvTransport>, _) = match self.decode {
@@ -118,11 +127,13 @@ impl PrefillSetup<'_> {
             last = Some(prefill);
         }
         kv_transport.close().map_err(fail)?;
+        hidden_buffers.close().map_err(fail)?;
         let last = last.ok_or_else(|| fail(anyhow!("no prefill ran")))?;
         Ok(PrefillRuns {
             last,
             ttft_runs_s,
             transport,
+            hidden,
         })
     }
 }

@@ -92,6 +92,8 @@ pub struct JobReport {
     /// The KV sync strategy and transport; `none` with pipelined decode (no KV sync).
     pub sync: String,
     pub transport: String,
+    /// How the hidden states went from stage to stage: `host` or `ipc` (after any fallback).
+    pub hidden_transport: String,
     /// `--chunk-size`, or the default; with balanced chunking, the average chunk length.
     pub chunk_size: usize,
     pub chunks: usize,

@@ -13,6 +13,7 @@ use mpi::traits::*;
 
 use super::failure::JobAbort;
 use super::fault::{Fault, Phase};
+use super::hidden_buffers::HiddenBuffers;
 use super::layer_spans::LayerPartSpans;
 use super::progress::Progress;
 use crate::abort::watchdog::Watchdog;
@@ -24,6 +25,7 @@ use crate::sync::KvSyncWorker;
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+use crate::transport::hidden_ipc::HiddenIpc;
 use crate::transport::hidden_out::{HostBuffer, StagedHidden};
 use crate::transport::host_bytes::tensor_from_bytes;
 
@@ -58,45 +60,17 @@ pub struct StageContext<'a> {
     pub progress: &'a Progress,
 }
 
-/// Host memory for the hidden states between stages, one buffer per chunk each way (none out
-/// of the last rank, none into rank 0), made once per job: page-locked on a GPU, so the copies
-/// to and from the device run at full speed and no pinning happens inside prefill.
-pub struct HiddenBuffers {
-    outgoing: Vec<HostBuffer>,
-    incoming: Vec<HostBuffer>,
-}
-
-impl HiddenBuffers {
-    pub fn new(
-        rank: usize,
-        ranks: usize,
-        schedule: &Schedule,
-        row_bytes: usize,
-        device: &candle_core::Device,
-    ) -> Result<Self> {
-        let per_chunk = |wanted: bool| -> Result<Vec<HostBuffer>> {
-            if !wanted {
-                return Ok(Vec::new());
-            }
-            schedule
-                .chunks()
-                .iter()
-                .map(|c| HostBuffer::new(c.len() * row_bytes, device))
-                .collect()
-        };
-        Ok(Self {
-            outgoing: per_chunk(rank + 1 < ranks)?,
-            incoming: per_chunk(rank > 0)?,
-        })
-    }
-}
-
 /// Runs this rank's prefill. Returns the last prompt position's logits on the last rank.
 /// An error here ends the job (pending MPI requests cannot be abandoned).
 /// Runs this rank's part of the prefill. → the logits (on the last rank), the stage's times,
 /// and whether every hidden state it output was finite.
 pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Tensor>, StageTimes, bool) {
-    let HiddenBuffers { outgoing, incoming } = buffers;
+    let HiddenBuffers {
+        outgoing,
+        incoming,
+        ipc,
+    } = buffers;
+    let ipc = ipc.as_ref();
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
@@ -106,6 +80,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             out_buffers: outgoing.iter_mut().map(Some).collect(),
             staged: VecDeque::new(),
             sends: Vec::new(),
+            ipc,
         };
         let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
         if ctx.rank > 0 {
@@ -144,6 +119,13 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
                 ctx.rank + 1
             ));
             send.wait();
+        }
+        if loop_state.ipc.is_some() {
+            // this stage's reads of its GPU buffer are done before the next run's pushes into
+            // it (which follow the world barrier at its start)
+            if let Err(error) = ctx.model.device().synchronize() {
+                ctx.abort.fail(&error.into());
+            }
         }
         loop_state.times.send_wait_s = started.elapsed().as_secs_f64();
         match ctx.device_spans.finish(ctx.spans) {
@@ -187,6 +169,9 @@ struct LoopState<'a, 's> {
     /// Hidden states on their way to host memory: (chunk, destination rank, step, staging).
     staged: VecDeque<(usize, usize, usize, StagedHidden<'a>)>,
     sends: Vec<(usize, Request<'a, [u8], &'s LocalScope<'a>>)>,
+    /// The IPC path: hidden states pushed into the next rank's GPU memory, and this rank's own
+    /// (the host buffers are then the 8-byte messages that announce them).
+    ipc: Option<&'a HiddenIpc>,
 }
 
 impl LoopState<'_, '_> {
@@ -237,7 +222,7 @@ fn post_staged_sends<'a, 's>(
             chunk: chunk as i32,
             step: step as i32,
             peer: to as i32,
-            bytes: bytes.len() as u64,
+            bytes: staged.payload_bytes as u64,
             ..SpanAt::NONE
         };
         let _range = SpanRange::open(SpanKind::Send, at);
@@ -317,19 +302,33 @@ fn run_op<'a, 's>(
             };
             tracing::debug!("received chunk {}'s hidden state from rank {from}", chunk.index);
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
+            let shape = (chunk.len(), model.config().hidden_size);
+            let payload = shape.0 * shape.1 * model.dtype().size_in_bytes();
             record(
                 SpanKind::Recv,
                 SpanAt {
                     peer: from as i32,
-                    bytes: bytes.len() as u64,
+                    bytes: payload as u64,
                     ..at(chunk.index)
                 },
             );
-            let shape = (chunk.len(), model.config().hidden_size);
-            // From page-locked memory the copy to the GPU is asynchronous. The buffer is next
-            // written by the following prefill run's receive, after this run's KV sync has
-            // finished, which waits for the layers queued behind this copy.
-            state.hidden = Some(tensor_from_bytes(bytes, model.dtype(), shape, model.device())?);
+            state.hidden = Some(match state.ipc {
+                // the previous rank's copy into this rank's buffer passed before it sent this
+                Some(ipc) => {
+                    let announced = <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes);
+                    if announced != Some(payload as u64) {
+                        anyhow::bail!(
+                            "rank {from} announced chunk {} as {announced:?} bytes, not {payload}",
+                            chunk.index
+                        );
+                    }
+                    ipc.incoming(chunk.start, chunk.len())?
+                }
+                // From page-locked memory the copy to the GPU is asynchronous. The buffer is
+                // next written by the following prefill run's receive, after this run's KV sync
+                // has finished, which waits for the layers queued behind this copy.
+                None => tensor_from_bytes(bytes, model.dtype(), shape, model.device())?,
+            });
         }
         StageOp::ComputeLayer { layer, chunk } => {
             let at = SpanAt::layer_chunk(layer, chunk.index, step);
@@ -353,7 +352,10 @@ fn run_op<'a, 's>(
                 .get_mut(chunk.index)
                 .and_then(Option::take)
                 .ok_or_else(|| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
-            let staged = StagedHidden::stage(&hidden, buffer)?;
+            let staged = match state.ipc {
+                Some(ipc) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
+                None => StagedHidden::stage(&hidden, buffer)?,
+            };
             state.staged.push_back((chunk.index, to, step, staged));
         }
         StageOp::Logits { chunk } => {

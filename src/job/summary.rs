@@ -19,6 +19,10 @@ impl JobReport {
             DecodeMode::Redundant => format!("sync {} over {}", self.sync, self.transport),
             DecodeMode::Pipeline => "no KV sync".to_string(),
         };
+        let sync = match self.ranks > 1 {
+            true => format!("{sync}, hidden states over {}", self.hidden_transport),
+            false => sync,
+        };
         let _ = writeln!(
             out,
             "--- {} (layers {}), {sync}, {} of {} tokens, {} {}, model {model}",

@@ -27,6 +27,7 @@ pub fn write_job_trace(
     trace.attr_str("decode_mode_reason", &report.decode_mode_reason)?;
     trace.attr_str("sync_strategy", &report.sync)?;
     trace.attr_str("transport", &report.transport)?;
+    trace.attr_str("hidden_transport", &report.hidden_transport)?;
     trace.attr_u64("chunk_size", report.chunk_size as u64)?;
     trace.attr_str("chunking", report.chunking.name())?;
     trace.attr_u64_array("chunk_lengths", &as_u64(&report.chunk_lengths))?;

@@ -18,6 +18,7 @@ use crate::model::KvCache;
 use crate::schedule::KvSyncCall;
 use crate::transport::cuda_ipc::{copy_async, export, ExportedMemory, PeerMemory, HANDLE_BYTES};
 use crate::transport::device_memory::{device_address, side_stream};
+use crate::transport::mpi_env::all_ok;
 use crate::transport::SharedComm;
 
 /// One rank's row of the handle exchange: ok flag, IPC handle, offset of the cache in its
@@ -38,16 +39,6 @@ pub struct IpcPush {
 
 // SAFETY: the mappings and the stream are used by the communication thread alone.
 unsafe impl Send for IpcPush {}
-
-/// Every rank's `ok` (collective over `comm`): an error naming the first rank that failed.
-fn all_ok(comm: &SharedComm, ok: bool, what: &str) -> Result<()> {
-    let mut all = vec![0u8; comm.0.size() as usize];
-    comm.0.all_gather_into(&(ok as u8), &mut all[..]);
-    match all.iter().position(|&flag| flag == 0) {
-        Some(q) => bail!("rank {q} could not {what}"),
-        None => Ok(()),
-    }
-}
 
 impl IpcPush {
     /// Collective over `comm`: every rank exports its cache and maps every peer's. Every rank
@@ -96,7 +87,7 @@ impl IpcPush {
                 PeerMemory::open(&handle, u64::from_le_bytes(offset)).map(Some)
             })
             .collect();
-        all_ok(&comm, opened.is_ok(), "map its peers' KV caches over CUDA IPC")?;
+        all_ok(&comm.0, opened.is_ok(), "map its peers' KV caches over CUDA IPC")?;
         Ok(Self {
             comm,
             rank,

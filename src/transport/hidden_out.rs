@@ -15,6 +15,11 @@ pub enum HostBuffer {
 }
 
 impl HostBuffer {
+    /// Plain host memory (for messages that only announce a hidden state pushed to the GPU).
+    pub fn plain(len: usize) -> Self {
+        Self::Plain(vec![0u8; len])
+    }
+
     pub fn new(len: usize, device: &Device) -> Result<Self> {
         #[cfg(feature = "cuda")]
         if device.is_cuda() {
@@ -41,9 +46,12 @@ impl HostBuffer {
     }
 }
 
-/// A staged hidden state: its bytes are in `buffer` once `is_ready`.
+/// A staged hidden state: its bytes are in `buffer` once `is_ready` (or, pushed to the next
+/// rank's GPU, in its memory, with `buffer` the message that says so).
 pub struct StagedHidden<'a> {
     pub buffer: &'a HostBuffer,
+    /// Bytes of the hidden state itself.
+    pub payload_bytes: usize,
     /// Kept alive until the copy has read it.
     _hidden: Tensor,
     #[cfg(feature = "cuda")]
@@ -63,6 +71,7 @@ impl<'a> StagedHidden<'a> {
                 *bytes = super::host_bytes::tensor_to_bytes(&hidden)?;
                 Ok(Self {
                     buffer,
+                    payload_bytes: len,
                     _hidden: hidden,
                     #[cfg(feature = "cuda")]
                     copied: None,
@@ -81,6 +90,7 @@ impl<'a> StagedHidden<'a> {
                 let copied = Some(stream.record_event(None)?);
                 Ok(Self {
                     buffer,
+                    payload_bytes: len,
                     _hidden: hidden,
                     copied,
                 })
@@ -88,6 +98,50 @@ impl<'a> StagedHidden<'a> {
         }
     }
 
+    /// Starts pushing `hidden` into rows `[start, …)` of the next rank's GPU buffer; `note`
+    /// (8 bytes) is the message to send once the copy has passed: the hidden state's bytes.
+    pub fn push(
+        hidden: &Tensor,
+        start: usize,
+        ipc: &super::hidden_ipc::HiddenIpc,
+        note: &'a mut HostBuffer,
+    ) -> Result<Self> {
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (hidden, start, note);
+            match *ipc {}
+        }
+        #[cfg(feature = "cuda")]
+        self::push_to_gpu(hidden, start, ipc, note)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn push_to_gpu<'a>(
+    hidden: &Tensor,
+    start: usize,
+    ipc: &super::hidden_ipc::HiddenIpc,
+    note: &'a mut HostBuffer,
+) -> Result<StagedHidden<'a>> {
+    if note.as_slice().len() != 8 {
+        bail!("a hidden-state message of {} bytes, not 8", note.as_slice().len());
+    }
+    let hidden = hidden.contiguous()?;
+    let stream = hidden.device().as_cuda_device()?.cuda_stream();
+    // SAFETY: the staged value keeps `hidden` alive until `copied` has passed; a chunk's rows
+    // are written once per prefill run.
+    let len = unsafe { ipc.push(&hidden, start, &stream)? };
+    let copied = Some(stream.record_event(None)?);
+    note.as_mut_slice().copy_from_slice(&(len as u64).to_le_bytes());
+    Ok(StagedHidden {
+        buffer: note,
+        payload_bytes: len,
+        _hidden: hidden,
+        copied,
+    })
+}
+
+impl StagedHidden<'_> {
     /// Whether the bytes are in host memory (never blocks); a CUDA error (of the copy or of
     /// earlier work on the stream) is an error, not "not yet".
     pub fn is_ready(&self) -> Result<bool> {

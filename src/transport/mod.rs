@@ -6,7 +6,26 @@ pub mod cuda_ipc;
 #[cfg(feature = "cuda")]
 pub mod device_memory;
 pub mod gpu_sharing;
+#[cfg(feature = "cuda")]
+pub mod hidden_ipc;
+/// Without CUDA there is no IPC path: the type exists so that callers need no `cfg`, but no
+/// value of it can.
+#[cfg(not(feature = "cuda"))]
+pub mod hidden_ipc {
+    pub enum HiddenIpc {}
+
+    impl HiddenIpc {
+        pub fn incoming(&self, _start: usize, _len: usize) -> anyhow::Result<candle_core::Tensor> {
+            match *self {}
+        }
+
+        pub fn close(self) -> anyhow::Result<()> {
+            match self {}
+        }
+    }
+}
 pub mod hidden_out;
+pub mod hidden_plan;
 pub mod host_bytes;
 pub mod mpi_env;
 pub mod mpi_raw;
@@ -16,6 +35,7 @@ pub mod selection;
 pub mod settings;
 pub mod shared_window;
 
+pub use hidden_plan::{plan_hidden, HiddenArg, HiddenPath, HiddenPlan};
 pub use mpi_env::{MpiEnv, SharedComm};
 pub use selection::{plan_transport, CudaAwareness, Site, Transport, TransportArg, TransportPlan};
 pub use settings::TransportSettings;

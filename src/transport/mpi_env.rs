@@ -83,3 +83,15 @@ pub fn launcher_rank() -> usize {
         .find_map(|var| std::env::var(var).ok()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Every rank's `ok` (collective over `comm`): an error naming the first rank that failed, on
+/// every rank alike.
+pub fn all_ok(comm: &SimpleCommunicator, ok: bool, what: &str) -> Result<()> {
+    use mpi::traits::CommunicatorCollectives as _;
+    let mut all = vec![0u8; comm.size() as usize];
+    comm.all_gather_into(&(ok as u8), &mut all[..]);
+    match all.iter().position(|&flag| flag == 0) {
+        Some(q) => bail!("rank {q} could not {what}"),
+        None => Ok(()),
+    }
+}

@@ -145,12 +145,15 @@ pub struct TransportPlan {
     pub host_path: HostPathPlan,
     /// Bytes per rank of one piece of the staged host allgather (GPU, MPI's path).
     pub stage_piece_bytes: usize,
+    /// How the hidden states go from stage to stage (`--hidden-transport`).
+    pub hidden: super::HiddenPlan,
 }
 
 /// The plan for `arg` (`ring`: the sync strategy is the ring, which IPC pushes do not have).
 /// An impossible request is an error naming the flag.
 pub fn plan_transport(
     arg: TransportArg,
+    hidden: super::HiddenArg,
     ring: bool,
     site: &Site,
     settings: &TransportSettings,
@@ -185,6 +188,7 @@ pub fn plan_transport(
         ipc_fallback,
         host_path: plan_host_path(site, settings.host_path)?,
         stage_piece_bytes: settings.stage_piece_bytes(),
+        hidden: super::plan_hidden(hidden, site)?,
     })
 }
 
@@ -269,6 +273,7 @@ fn choose_transport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::HiddenArg;
 
     fn aware(a: bool) -> CudaAwareness {
         CudaAwareness {
@@ -288,7 +293,7 @@ mod tests {
     }
 
     fn plan(arg: TransportArg, site: &Site) -> Result<TransportPlan> {
-        plan_transport(arg, false, site, &TransportSettings::default())
+        plan_transport(arg, HiddenArg::Auto, false, site, &TransportSettings::default())
     }
 
     fn pick(arg: TransportArg, gpu: bool, cuda_aware: bool, nccl: bool) -> Transport {
@@ -333,11 +338,24 @@ mod tests {
             asked.ipc_fallback, None,
             "an explicit --transport ipc does not fall back"
         );
-        let ring =
-            plan_transport(TransportArg::Auto, true, &one_node, &TransportSettings::default()).unwrap();
+        let ring = plan_transport(
+            TransportArg::Auto,
+            HiddenArg::Auto,
+            true,
+            &one_node,
+            &TransportSettings::default(),
+        )
+        .unwrap();
         assert_eq!(ring.transport, Transport::Nccl);
         assert!(!ring.ipc_capable_cache);
-        assert!(plan_transport(TransportArg::Ipc, true, &one_node, &TransportSettings::default()).is_err());
+        assert!(plan_transport(
+            TransportArg::Ipc,
+            HiddenArg::Auto,
+            true,
+            &one_node,
+            &TransportSettings::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -372,6 +390,7 @@ mod tests {
             };
             plan_transport(
                 TransportArg::Host,
+                HiddenArg::Auto,
                 false,
                 &site(false, one_node, false, false),
                 &settings,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Hidden-state hand-offs (issue 19): 8 MiB hops between ranks sharing the GPU, through host
+# memory and through CUDA IPC, same call. The 0.6B-shaped checkpoint (hidden 1024, bf16) with
+# 4,096-token chunks makes each hop 8 MiB; 2 and 3 ranks, RUNS runs each (3), the generated
+# ids of every run against one rank's, the hop latencies from the traces (qwen3_traces.handoffs).
+#   scripts/gpu_check/handoff_hops.sh OUTDIR     env: RUNS (3), TOKENS (16384), CHUNK (4096)
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
+out=${1:?give an output folder}; mkdir -p "$out"
+source scripts/gpu_check/machine.sh
+[ -d /tmp/model ] || python3 scripts/gpu_check/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --reference /tmp/ref > "$out/checkpoint.log" 2>&1
+tokens=${TOKENS:-16384}; chunk=${CHUNK:-4096}
+job() { # job NAME RANKS ARGS...: one run, its JSON report and trace
+  local name=$1 n=$2; shift 2
+  RUST_LOG=warn timeout 120 mpirun -n "$n" "$bin" --model /tmp/model --synthetic-prompt "$tokens" --chunk-size "$chunk" \
+    --max-new-tokens 8 --json --trace "$out/$name.h5" "$@" > "$out/$name.json" 2> "$out/$name.err" ||
+    echo "$name failed: $(grep -m1 -iE 'error|panic' "$out/$name.err" | cut -c1-250)"
+}
+job one 1
+for n in 2 3; do
+  for i in $(seq 1 "${RUNS:-3}"); do
+    job "n$n-host-$i" "$n" --transport ipc --hidden-transport host
+    job "n$n-ipc-$i" "$n" --transport ipc --hidden-transport ipc
+  done
+done
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+sys.path.insert(0, "results")
+import numpy as np, qwen3_traces as q
+out = pathlib.Path(sys.argv[1])
+def report(name):
+    try:
+        return json.loads((out / f"{name}.json").read_text().strip().splitlines()[-1])
+    except Exception:
+        return None
+one = report("one")
+print("| run | hidden transport | ids equal one rank | hops | 8 MiB hop latency median / max ms | TTFT s |")
+print("|---|---|---|---|---|---|")
+for path in sorted(out.glob("n*.h5")):
+    r = report(path.stem)
+    if r is None:
+        print(f"| {path.stem} | - | failed | | | |"); continue
+    hops = q.handoffs(q.load(path)).dropna(subset=["latency_s"])
+    lat = hops["latency_s"] * 1e3
+    stats = f"{lat.median():.3f} / {lat.max():.3f}" if len(lat) else "no waiting receiver"
+    same = one is not None and r["generated_ids"] == one["generated_ids"]
+    print(f"| {path.stem} | {r.get('hidden_transport')} | {'yes' if same else 'NO'} | {len(hops)} | {stats} | {r['ttft_s']:.4f} |")
+PY

@@ -1,0 +1,128 @@
+//! Where the hidden states between stages live, made once per job. On the host path: one
+//! buffer per chunk each way (none out of the last rank, none into rank 0), page-locked on a
+//! GPU, so the copies to and from the device run at full speed and no pinning happens inside
+//! prefill. On the IPC path (`--hidden-transport`): each rank's GPU buffer for the whole
+//! prompt, mapped by the rank before it, and an 8-byte message per chunk each way.
+
+use anyhow::Result;
+use candle_core::DType;
+use mpi::topology::SimpleCommunicator;
+
+use crate::schedule::Schedule;
+use crate::transport::hidden_ipc::HiddenIpc;
+use crate::transport::hidden_out::HostBuffer;
+use crate::transport::{HiddenPath, HiddenPlan};
+
+pub struct HiddenBuffers {
+    pub(super) outgoing: Vec<HostBuffer>,
+    pub(super) incoming: Vec<HostBuffer>,
+    /// The IPC path's GPU buffers; `None`: the host path.
+    pub(super) ipc: Option<HiddenIpc>,
+}
+
+/// Bytes of the message that announces a hidden state pushed to the next rank's GPU.
+const NOTE_BYTES: usize = 8;
+
+impl HiddenBuffers {
+    /// The buffers of `plan`'s path. The IPC path is collective over `pipe` (every rank opens
+    /// it or none does); where it cannot open and `plan` allows, every rank takes the host path
+    /// (rank 0 says why).
+    pub fn for_plan(
+        plan: &HiddenPlan,
+        pipe: &SimpleCommunicator,
+        schedule: &Schedule,
+        hidden_size: usize,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        use mpi::traits::Communicator as _;
+        let (rank, ranks) = (pipe.rank() as usize, pipe.size() as usize);
+        let row_bytes = hidden_size * dtype.size_in_bytes();
+        if plan.path == HiddenPath::Ipc {
+            match open_ipc(pipe, schedule, hidden_size, dtype, device) {
+                Ok(ipc) => {
+                    let notes = |wanted: bool| match wanted {
+                        true => schedule
+                            .chunks()
+                            .iter()
+                            .map(|_| HostBuffer::plain(NOTE_BYTES))
+                            .collect(),
+                        false => Vec::new(),
+                    };
+                    return Ok(Self {
+                        outgoing: notes(rank + 1 < ranks),
+                        incoming: notes(rank > 0),
+                        ipc: Some(ipc),
+                    });
+                }
+                Err(error) if plan.host_fallback => {
+                    if rank == 0 {
+                        crate::eprint_line!(
+                            "qwen3-mpi: hidden states through host memory: CUDA IPC unavailable ({error:#})"
+                        );
+                    }
+                }
+                Err(error) => return Err(error.context("--hidden-transport ipc")),
+            }
+        }
+        Self::host(rank, ranks, schedule, row_bytes, device)
+    }
+
+    /// The host path's buffers.
+    pub fn host(
+        rank: usize,
+        ranks: usize,
+        schedule: &Schedule,
+        row_bytes: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let per_chunk = |wanted: bool| -> Result<Vec<HostBuffer>> {
+            if !wanted {
+                return Ok(Vec::new());
+            }
+            schedule
+                .chunks()
+                .iter()
+                .map(|c| HostBuffer::new(c.len() * row_bytes, device))
+                .collect()
+        };
+        Ok(Self {
+            outgoing: per_chunk(rank + 1 < ranks)?,
+            incoming: per_chunk(rank > 0)?,
+            ipc: None,
+        })
+    }
+
+    /// The path the hidden states take.
+    pub fn path(&self) -> HiddenPath {
+        match self.ipc {
+            Some(_) => HiddenPath::Ipc,
+            None => HiddenPath::Host,
+        }
+    }
+
+    /// Unmaps the next rank's buffer (every copy into it has passed: its messages went out).
+    pub fn close(self) -> Result<()> {
+        match self.ipc {
+            Some(ipc) => ipc.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn open_ipc(
+    pipe: &SimpleCommunicator,
+    schedule: &Schedule,
+    hidden_size: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<HiddenIpc> {
+    let positions = schedule.chunks().last().map_or(0, |c| c.end);
+    #[cfg(feature = "cuda")]
+    return HiddenIpc::open(pipe, positions, hidden_size, dtype, device);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (pipe, positions, hidden_size, dtype, device);
+        anyhow::bail!("this build has no CUDA")
+    }
+}
