@@ -246,6 +246,47 @@ fn the_other_layers_loaded_after_the_prefill_give_the_one_process_tokens_and_cac
 }
 
 #[test]
+fn a_warmed_up_job_gives_the_one_process_tokens_and_cache() {
+    let model = materialize(FIXTURE);
+    let exp = expected(FIXTURE);
+    let prompt = exp["prompt"].as_str().unwrap();
+    let (reference, base) = one_process(model.path(), prompt);
+    let dir = tempfile::tempdir().unwrap();
+    let (m, d) = (
+        model.path().display().to_string(),
+        dir.path().display().to_string(),
+    );
+    let args = [
+        "--model",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--chunk-size",
+        "5",
+        "--dump",
+        &d,
+        "--json",
+        "--timeout",
+        "60",
+        "--warmup",
+    ];
+    let (code, stdout, stderr, _) = run_mpi(2, &args, &[("RUST_LOG", "info")], 120);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warm-up: chunks of"),
+        "no word of the warm-up in\n{stderr}"
+    );
+    let ids = expected_ids(&json_report(&stdout), "generated_ids");
+    assert_eq!(ids, reference, "--warmup: tokens differ from one process");
+    for rank in 0..2 {
+        let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
+        assert_same_cache(&cache, &base, &format!("--warmup, rank {rank}"));
+    }
+}
+
+#[test]
 fn one_token_prompt_and_sampling_agree_across_rank_counts() {
     let model = materialize("mqa-tied-sharded-5x"); // 4 layers, sharded checkpoint
     let m = model.path().display().to_string();

@@ -5,7 +5,8 @@
 #   switches  default; CUDA_MODULE_LOADING=EAGER (no lazy kernel loading, whose first launch of a
 #             kernel can wait for the whole context); QWEN3_MPI_WEIGHT_LOAD=after (no weight load
 #             beside the prefill); QWEN3_MPI_WEIGHT_LOAD=staged (the load through page-locked
-#             buffers on its own stream); --decode pipeline (neither the load nor the KV sync);
+#             buffers on its own stream); --warmup (every kernel loaded before the load starts);
+#             --decode pipeline (neither the load nor the KV sync);
 #             --transport host; RUNS runs each (4), WATCHDOG s (6)
 #   dump      scripts/gpu_check/stall_dump.sh: threads, system calls, stacks of a stalled job
 #   scripts/gpu_check/stall_parts.sh OUT      env: PARTS ("switches dump")
@@ -23,6 +24,7 @@ if [[ $parts == *" switches "* ]]; then
   CUDA_MODULE_LOADING=EAGER ARGS="--transport ipc" v eager-loading
   QWEN3_MPI_WEIGHT_LOAD=after ARGS="--transport ipc" v load-after
   QWEN3_MPI_WEIGHT_LOAD=staged ARGS="--transport ipc" v load-staged
+  ARGS="--transport ipc --warmup" v warmup
   ARGS="--transport ipc --decode pipeline" v decode-pipeline
   ARGS="--transport host" v host
 fi

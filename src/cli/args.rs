@@ -235,6 +235,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub op_spans: bool,
 
+    /// Before the first prefill, run one chunk of each distinct length through this rank's
+    /// stage, so that every kernel and plan the prefill uses is loaded and built first (on a
+    /// GPU the first run's TTFT then leaves out one-time kernel loading). Its K/V go into the
+    /// positions the prefill then overwrites.
+    #[arg(long)]
+    pub warmup: bool,
+
     /// Verification dumps: each rank's KV cache after prefill to DIR/kv-rank<R>.safetensors,
     /// and the prefill logits (f32) to DIR/logits.safetensors from rank 0.
     #[arg(long, value_name = "DIR")]

@@ -10,6 +10,7 @@ use super::failure::{agree, JobError};
 use super::kernel_preload::KernelPreload;
 use super::memory_plan;
 use super::plan::JobPlan;
+use super::prefill_warmup::warm_up;
 use crate::cli::RunArgs;
 use crate::device::{device_name, select_device, select_dtype};
 use crate::model::{KvCache, Qwen3};
@@ -132,9 +133,14 @@ pub fn load_stage(
             transport.reason
         );
         let kv = match pipelined {
-            true => KvCache::for_layers(cfg, owned, plan.capacity, dtype, &device, false)?,
+            true => KvCache::for_layers(cfg, owned.clone(), plan.capacity, dtype, &device, false)?,
             false => KvCache::with_memory(cfg, plan.capacity, dtype, &device, transport.ipc_capable_cache)?,
         };
+        if args.warmup {
+            let chunks = plan.schedule.chunks();
+            let (lengths, took) = warm_up(&model, &kv, owned, parts, chunks, &plan.prompt_ids)?;
+            tracing::info!("warm-up: chunks of {lengths:?} tokens through this stage in {took:.3} s");
+        }
         Ok(LoadedStage {
             model,
             kv,

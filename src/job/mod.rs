@@ -20,6 +20,7 @@ pub mod memory_plan;
 pub mod plan;
 pub mod prefill_pass;
 pub mod prefill_runs;
+pub mod prefill_warmup;
 pub mod progress;
 pub mod report;
 pub mod stage_loop;
