@@ -52,6 +52,18 @@ fn job_with_env(
     dump: &Path,
     env: &[(&str, &str)],
 ) -> (Vec<u32>, String) {
+    job_with_args(model, case, prompt, dump, env, &[])
+}
+
+/// As [`job_with_env`], with `extra` flags.
+fn job_with_args(
+    model: &Path,
+    case: &Case,
+    prompt: &str,
+    dump: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (Vec<u32>, String) {
     let model = model.display().to_string();
     let chunk = case.chunk.to_string();
     let dump = dump.display().to_string();
@@ -70,6 +82,7 @@ fn job_with_env(
     if let Some(layers) = case.layers {
         args.extend(["--layers", layers]);
     }
+    args.extend(extra);
     let (code, stdout, stderr, _) = run_mpi(case.ranks, &args, env, 120);
     assert_eq!(code, 0, "{} ranks {} {env:?}: {stderr}", case.ranks, case.sync);
     let report = json_report(&stdout);
@@ -252,33 +265,13 @@ fn a_warmed_up_job_gives_the_one_process_tokens_and_cache() {
     let prompt = exp["prompt"].as_str().unwrap();
     let (reference, base) = one_process(model.path(), prompt);
     let dir = tempfile::tempdir().unwrap();
-    let (m, d) = (
-        model.path().display().to_string(),
-        dir.path().display().to_string(),
-    );
-    let args = [
-        "--model",
-        &m,
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        "8",
-        "--chunk-size",
-        "5",
-        "--dump",
-        &d,
-        "--json",
-        "--timeout",
-        "60",
-        "--warmup",
-    ];
-    let (code, stdout, stderr, _) = run_mpi(2, &args, &[("RUST_LOG", "info")], 120);
-    assert_eq!(code, 0, "{stderr}");
+    let env = [("RUST_LOG", "info")];
+    let case = chunks_of_five(2, None);
+    let (ids, stderr) = job_with_args(model.path(), &case, prompt, dir.path(), &env, &["--warmup"]);
     assert!(
         stderr.contains("warm-up: chunks of"),
         "no word of the warm-up in\n{stderr}"
     );
-    let ids = expected_ids(&json_report(&stdout), "generated_ids");
     assert_eq!(ids, reference, "--warmup: tokens differ from one process");
     for rank in 0..2 {
         let cache = load_kv(&dir.path().join(format!("kv-rank{rank}.safetensors")));
