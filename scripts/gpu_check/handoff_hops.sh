@@ -3,6 +3,8 @@
 # memory and through CUDA IPC, same call. The 0.6B-shaped checkpoint (hidden 1024, bf16) with
 # 4,096-token chunks makes each hop 8 MiB; 2 and 3 ranks, RUNS runs each (3), the generated
 # ids of every run against one rank's, the hop latencies from the traces (qwen3_traces.handoffs).
+# With --decode pipeline (no background weight load, no KV sync): the hand-off is the same, and
+# that mode never showed the multi-rank stall (results/gpu-check/2026-12-01-session4.md).
 #   scripts/gpu_check/handoff_hops.sh OUTDIR     env: RUNS (3), TOKENS (16384), CHUNK (4096)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
@@ -12,8 +14,8 @@ source scripts/gpu_check/machine.sh
 tokens=${TOKENS:-16384}; chunk=${CHUNK:-4096}
 job() { # job NAME RANKS ARGS...: one run, its JSON report and trace
   local name=$1 n=$2; shift 2
-  RUST_LOG=warn timeout 120 mpirun -n "$n" "$bin" --model /tmp/model --synthetic-prompt "$tokens" --chunk-size "$chunk" \
-    --max-new-tokens 8 --json --trace "$out/$name.h5" "$@" > "$out/$name.json" 2> "$out/$name.err" ||
+  RUST_LOG=warn timeout 60 mpirun -n "$n" "$bin" --model /tmp/model --synthetic-prompt "$tokens" --chunk-size "$chunk" \
+    --max-new-tokens 8 --decode pipeline --timeout 30 --json --trace "$out/$name.h5" "$@" > "$out/$name.json" 2> "$out/$name.err" ||
     echo "$name failed: $(grep -m1 -iE 'error|panic' "$out/$name.err" | cut -c1-250)"
 }
 job one 1
