@@ -9,6 +9,8 @@
 #             --decode pipeline (neither the load nor the KV sync);
 #             --transport host; RUNS runs each (4), WATCHDOG s (6)
 #   dump      scripts/gpu_check/stall_dump.sh: threads, system calls, stacks of a stalled job
+#   coldjit   candle's PTX compiled on an empty JIT cache: one rank, then 3 ranks sharing the GPU
+#             (each starts at another module), each rank's "GPU kernels loaded" line
 #   scripts/gpu_check/stall_parts.sh OUT      env: PARTS ("switches dump")
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
@@ -27,6 +29,13 @@ if [[ $parts == *" switches "* ]]; then
   ARGS="--transport ipc --warmup" v warmup
   ARGS="--transport ipc --decode pipeline" v decode-pipeline
   ARGS="--transport host" v host
+fi
+if [[ $parts == *" coldjit "* ]]; then
+  for n in 1 3; do
+    rm -rf /tmp/cold-jit && mkdir -p /tmp/cold-jit
+    CUDA_CACHE_PATH=/tmp/cold-jit RUST_LOG=info timeout 120 mpirun -n $n "$bin" --model tiny --max-new-tokens 2 2>&1 < /dev/null |
+      grep "kernels loaded" | sed "s/^/cold cache, $n ranks: /" | cut -c1-200
+  done
 fi
 if [[ $parts == *" dump "* ]]; then
   ATTEMPTS=3 DUMP_AFTER=6 timeout 200 bash scripts/gpu_check/stall_dump.sh "$out/dump" > "$out/dump.txt" 2>&1 < /dev/null

@@ -14,13 +14,14 @@ pub struct KernelPreload {
 }
 
 impl KernelPreload {
-    /// Starts loading on a GPU; on the CPU there is nothing to load.
-    pub fn start(device: &Device, spans: &SpanLog) -> Result<Self> {
+    /// Starts loading on a GPU (`local_rank`: this rank's place on its node, which module it
+    /// compiles first); on the CPU there is nothing to load.
+    pub fn start(device: &Device, spans: &SpanLog, local_rank: usize) -> Result<Self> {
         let thread = match device {
             #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => Some(spawn(cuda.clone(), spans.clone())?),
+            Device::Cuda(cuda) => Some(spawn(cuda.clone(), spans.clone(), local_rank)?),
             _ => {
-                let _ = spans;
+                let _ = (spans, local_rank);
                 None
             }
         };
@@ -40,13 +41,17 @@ impl KernelPreload {
 }
 
 #[cfg(feature = "cuda")]
-fn spawn(cuda: candle_core::cuda_backend::CudaDevice, spans: SpanLog) -> Result<JoinHandle<Result<()>>> {
+fn spawn(
+    cuda: candle_core::cuda_backend::CudaDevice,
+    spans: SpanLog,
+    local_rank: usize,
+) -> Result<JoinHandle<Result<()>>> {
     use crate::trace::spans::{SpanAt, SpanKind, SpanThread};
     std::thread::Builder::new()
         .name("kernel-load".into())
         .spawn(move || {
             let started = std::time::Instant::now();
-            let took = crate::model::kernel_modules::preload(&cuda)?;
+            let took = crate::model::kernel_modules::preload(&cuda, local_rank)?;
             spans.record(
                 SpanKind::KernelLoad,
                 SpanThread::WeightLoad,

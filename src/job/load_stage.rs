@@ -97,7 +97,7 @@ pub fn load_stage(
     let loaded = (|| -> Result<LoadedStage> {
         let owned = split.range(rank);
         let parts = decode_mode::stage_parts(rank, env.size - 1);
-        let kernels = KernelPreload::start(&device, spans)?;
+        let kernels = KernelPreload::start(&device, spans, env.local_rank)?;
         let started = Instant::now();
         let load_range = SpanRange::open(SpanKind::WeightLoad, SpanAt::NONE);
         let mut model = Qwen3::load(

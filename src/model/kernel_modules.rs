@@ -137,29 +137,34 @@ pub struct Preloaded {
 }
 
 /// candle's modules on the Qwen3 path, each with one kernel it holds (loading a kernel loads
-/// its module). Left out: convolutions and quantized matrix products (never used here).
+/// its module), the costliest to compile first. Left out: convolutions and quantized matrix
+/// products (never used here).
 const CANDLE_MODULES: [(&str, kernels::Module); 9] = [
-    ("affine_bf16", kernels::AFFINE),
     ("badd_bf16", kernels::BINARY),
-    ("cast_f32_bf16", kernels::CAST),
-    ("fill_bf16", kernels::FILL),
+    ("ucopy_bf16", kernels::UNARY),
     ("is_u32_bf16", kernels::INDEXING),
     ("fast_argmax_bf16", kernels::REDUCE),
-    ("asort_asc_f32", kernels::SORT),
+    ("cast_f32_bf16", kernels::CAST),
     ("where_u8_bf16", kernels::TERNARY),
-    ("ucopy_bf16", kernels::UNARY),
+    ("asort_asc_f32", kernels::SORT),
+    ("affine_bf16", kernels::AFFINE),
+    ("fill_bf16", kernels::FILL),
 ];
 
-/// Loads every kernel module a job may use on `device`: ours, then candle's.
-pub fn preload(device: &CudaDevice) -> Result<Preloaded> {
+/// Loads every kernel module a job may use on `device`: ours, then candle's, starting at the
+/// `first`-th (mod their count). The ranks of a node pass their node-local rank, so that on a
+/// cold JIT cache each starts compiling a different module, and finds in the driver's cache
+/// (shared by the node's processes) the ones the others have compiled by the time it gets there.
+pub fn preload(device: &CudaDevice, first: usize) -> Result<Preloaded> {
     let started = Instant::now();
     for module in KernelModule::ALL {
         load(device, module)?;
     }
     let ours_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    for (kernel, module) in CANDLE_MODULES {
-        device.get_or_load_func(kernel, &module)?;
+    for i in 0..CANDLE_MODULES.len() {
+        let (kernel, module) = &CANDLE_MODULES[(first + i) % CANDLE_MODULES.len()];
+        device.get_or_load_func(kernel, module)?;
     }
     Ok(Preloaded {
         ours_s,
