@@ -27,8 +27,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // Every rank parses the same line: only rank 0 prints the message.
-            if launcher_rank() == 0 || !e.use_stderr() {
-                let _ = e.print();
+            match e.use_stderr() {
+                true if launcher_rank() == 0 => print_usage_error(&e),
+                true => {}
+                false => {
+                    let _ = e.print(); // --help, --version
+                }
             }
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
@@ -121,4 +125,16 @@ fn start_mpi() -> Result<MpiEnv, ExitCode> {
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// clap's usage error in one write: clap writes it in pieces, and under `mpirun` the
+/// launcher's own lines (its banner for a rank that exited non-zero) could land between them.
+fn print_usage_error(e: &clap::Error) {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut stderr = std::io::stderr().lock();
+    let text = match stderr.is_terminal() {
+        true => e.render().ansi().to_string(),
+        false => e.render().to_string(),
+    };
+    let _ = stderr.write_all(text.as_bytes());
 }
