@@ -39,7 +39,8 @@ impl HiddenBuffers {
         let (rank, ranks) = (pipe.rank() as usize, pipe.size() as usize);
         let row_bytes = hidden_size * dtype.size_in_bytes();
         if plan.path == HiddenPath::Ipc {
-            match open_ipc(pipe, schedule, hidden_size, dtype, device) {
+            let positions = schedule.chunks().last().map_or(0, |c| c.end);
+            match HiddenIpc::open(pipe, positions, hidden_size, dtype, device) {
                 Ok(ipc) => {
                     let notes = |wanted: bool| match wanted {
                         true => schedule
@@ -69,7 +70,7 @@ impl HiddenBuffers {
     }
 
     /// The host path's buffers.
-    pub fn host(
+    fn host(
         rank: usize,
         ranks: usize,
         schedule: &Schedule,
@@ -107,22 +108,5 @@ impl HiddenBuffers {
             Some(ipc) => ipc.close(),
             None => Ok(()),
         }
-    }
-}
-
-fn open_ipc(
-    pipe: &SimpleCommunicator,
-    schedule: &Schedule,
-    hidden_size: usize,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<HiddenIpc> {
-    let positions = schedule.chunks().last().map_or(0, |c| c.end);
-    #[cfg(feature = "cuda")]
-    return HiddenIpc::open(pipe, positions, hidden_size, dtype, device);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (pipe, positions, hidden_size, dtype, device);
-        anyhow::bail!("this build has no CUDA")
     }
 }

@@ -120,9 +120,9 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             ));
             send.wait();
         }
-        if loop_state.ipc.is_some() {
+        if loop_state.ipc.is_some() && ctx.rank > 0 {
             // this stage's reads of its GPU buffer are done before the next run's pushes into
-            // it (which follow the world barrier at its start)
+            // it (which follow the world barrier at its start); rank 0 has no such buffer
             if let Err(error) = ctx.model.device().synchronize() {
                 ctx.abort.fail(&error.into());
             }

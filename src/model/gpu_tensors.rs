@@ -9,8 +9,6 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 
-use super::kernel_modules::KernelModule;
-
 /// The CUDA device of `t`, or an error naming `what` when it is not on one.
 pub fn cuda_device(t: &Tensor, what: &str) -> Result<CudaDevice> {
     match t.device() {
@@ -100,11 +98,6 @@ pub fn grid(
         block_dim: (threads, 1, 1),
         shared_mem_bytes: shared,
     }
-}
-
-/// Kernel `name` of our `module` (loaded once per device, as machine code).
-pub fn function(device: &CudaDevice, module: KernelModule, name: &str) -> Result<CudaFunction> {
-    super::kernel_modules::function(device, module, name)
 }
 
 /// Queues `func` on the device's stream so that it may start while the kernel before it is still

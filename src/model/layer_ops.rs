@@ -5,8 +5,8 @@
 use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::{bail, Result, Tensor};
 
-use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
-use super::kernel_modules::KernelModule;
+use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, wrap};
+use super::kernel_modules::{function, KernelModule};
 
 /// Head size the q/k kernel is written for (every Qwen3 size).
 pub const HEAD_DIM: usize = 128;

@@ -17,8 +17,8 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::{DType, Tensor};
 
 use super::config::Qwen3Config;
-use super::gpu_tensors::{address, alloc, dtype_suffix, function, grid, launch_kernel};
-use super::kernel_modules::KernelModule;
+use super::gpu_tensors::{address, alloc, dtype_suffix, grid, launch_kernel};
+use super::kernel_modules::{function, KernelModule};
 use super::moe::{SparseMoe, GPU_MAX_EXPERTS, GPU_MAX_TOP_K};
 
 /// `MOE_THREADS` of `kernels/moe_ops.cu`: 8 warps a block.

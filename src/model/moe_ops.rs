@@ -17,8 +17,8 @@ use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, result::gemm_st
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{bail, DType, Device, Result, Tensor};
 
-use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, function, grid, launch_kernel, wrap};
-use super::kernel_modules::KernelModule;
+use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, wrap};
+use super::kernel_modules::{function, KernelModule};
 
 use super::moe::{GPU_MAX_EXPERTS as MAX_EXPERTS, GPU_MAX_TOP_K as MAX_TOP_K};
 const ROUTE_WARPS: u32 = 8;

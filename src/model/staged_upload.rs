@@ -55,11 +55,6 @@ impl StagedSource {
         })
     }
 
-    /// Waits until every copy has landed (before the staging buffers are freed).
-    pub fn finish(&self) -> Result<()> {
-        Ok(self.stream.synchronize()?)
-    }
-
     /// `bytes` (of `dtype`, `shape`) as a new tensor on `device`.
     fn upload(&self, bytes: &[u8], dtype: DType, shape: &[usize], device: &CudaDevice) -> Result<Tensor> {
         let elems: usize = shape.iter().product();

@@ -27,10 +27,6 @@ pub struct HiddenIpc {
     row_bytes: usize,
 }
 
-// SAFETY: the mapping is a device address valid in this process from any thread; the stage
-// loop alone uses it.
-unsafe impl Send for HiddenIpc {}
-
 impl HiddenIpc {
     /// Collective over `comm` (the pipeline's ranks in order): every rank but the first makes
     /// and exports its buffer of `positions` rows of `hidden` elements of `dtype`, and every
