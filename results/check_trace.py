@@ -14,7 +14,8 @@ import numpy as np
 
 ROOT_ATTRS = ["schema_version", "status", "command_line", "git_commit", "start_time", "world_size", "hostnames",
               "model", "model_config", "dtype", "device", "device_names", "chunk_size", "layer_split",
-              "sync_strategy", "transport", "hidden_transport", "prompt_tokens", "new_tokens", "mpi_library_version"]
+              "sync_strategy", "transport", "hidden_transport", "prompt_tokens", "new_tokens", "mpi_library_version",
+              "chunk_choice", "predicted_ttft_s"]
 SUMMARY_ATTRS = ["ttft_s", "prefill_s", "prefill_tokens_per_s", "decode_s", "decode_tokens_per_s"]
 SUMMARY_SETS = ["kv_bytes_sent", "kv_bytes_received", "exposed_sync_s"]
 EVENT_FIELDS = ["rank", "kind", "thread", "layer", "chunk", "step", "peer", "bytes", "t_start_ns", "t_end_ns"]
@@ -32,6 +33,8 @@ def main():
         for name in SUMMARY_SETS:
             assert f["summary"][name].shape == (ranks,), name
         assert np.isclose(f["summary"].attrs["ttft_s"], report["ttft_s"])
+        assert np.isclose(f.attrs["predicted_ttft_s"], report["predicted_ttft_s"]) and f.attrs["predicted_ttft_s"] > 0
+        assert f.attrs["chunk_choice"] == report["chunk_choice"], f.attrs["chunk_choice"]
         assert list(f["output/generated_ids"][:]) == report["generated_ids"]
         assert len(f["output/prompt_ids"][:]) == report["prompt_tokens"]
         assert f["output/prefill_logits"].dtype == np.float32

@@ -75,10 +75,14 @@ fn cuda_device(_local_rank: usize, _local_ranks: usize) -> Result<Device> {
 /// `--dtype`, or the default for the device: f32 on CPU (candle's CPU bf16 matmul is slow),
 /// bf16 on GPU.
 pub fn select_dtype(arg: Option<DTypeArg>, device: &Device) -> DType {
-    match arg {
-        Some(d) => d.dtype(),
-        None if device.is_cuda() => DType::BF16,
-        None => DType::F32,
+    arg.map_or(default_dtype(device.is_cuda()), DTypeArg::dtype)
+}
+
+/// The precision without `--dtype`: bf16 on a GPU, f32 on the CPU.
+pub fn default_dtype(on_gpu: bool) -> DType {
+    match on_gpu {
+        true => DType::BF16,
+        false => DType::F32,
     }
 }
 

@@ -16,3 +16,4 @@ pub mod sync;
 pub mod tokenize;
 pub mod trace;
 pub mod transport;
+pub mod units;

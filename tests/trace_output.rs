@@ -518,3 +518,91 @@ fn schema_1_copy(path: &std::path::Path) -> String {
     }
     copy.display().to_string()
 }
+
+/// `trace fit-cost`: one-rank traces at three chunk lengths are fitted (every layer of every
+/// chunk is one span of its chunk's length), and each trace's TTFT, and a two-rank run's, is
+/// set beside its prediction. The job itself printed its chunk choice and kept it in the trace
+/// with the prediction. (How close the predictions come is a benchmark's question: timings
+/// here share the machine with the other tests.)
+#[test]
+fn fit_cost_fits_one_rank_traces_and_predicts_a_pipelined_run() {
+    let out = tempfile::tempdir().unwrap();
+    let trace = |name: &str| out.path().join(format!("{name}.h5")).display().to_string();
+    let job = |ranks: usize, name: &str, chunk: Option<&str>| {
+        let path = trace(name);
+        let mut args = vec![
+            "--synthetic-prompt",
+            "256",
+            "--max-new-tokens",
+            "2",
+            "--trace",
+            &path,
+        ];
+        if let Some(chunk) = chunk {
+            args.extend(["--chunk-size", chunk]);
+        }
+        let (code, _, stderr, _) = run_mpi(ranks, &args, &[], 120);
+        assert_eq!(code, 0, "{stderr}");
+        stderr
+    };
+    for chunk in ["16", "64", "256"] {
+        job(1, &format!("c{chunk}"), Some(chunk));
+    }
+    let stderr = job(2, "r2", None);
+    // the choice, as rank 0 printed it and as the trace keeps it
+    let printed = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("qwen3-mpi: chunks: "))
+        .unwrap_or_else(|| panic!("no chunk choice printed:\n{stderr}"));
+    let file = hdf5::File::open(trace("r2")).unwrap();
+    assert_eq!(read_attr(&file, "chunk_choice"), printed);
+    assert!(
+        printed.contains("predicted prefill") && printed.contains("cost model for the CPU"),
+        "{printed}"
+    );
+    let predicted: f64 = file.attr("predicted_ttft_s").unwrap().read_scalar().unwrap();
+    assert!(predicted > 0.0 && predicted.is_finite());
+    let lengths: Vec<u64> = file.attr("chunk_lengths").unwrap().read_raw().unwrap();
+    assert!(lengths.len() >= 4, "two chunks per rank at least: {lengths:?}");
+
+    let (code, stdout, stderr) = run_cli(&[
+        "trace",
+        "fit-cost",
+        &trace("c16"),
+        &trace("c64"),
+        &trace("c256"),
+        "--predict",
+        &trace("r2"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("fit over 252 LayerCompute spans of 3 traces (hidden 64, 12 layers)"),
+        "{stdout}"
+    );
+    // by chunk length: 16 chunks x 12 layers of 16 tokens, 4 x 12 of 64, 12 of 256
+    let positive = |field: &str| field.parse::<f64>().is_ok_and(|v| v > 0.0 && v.is_finite());
+    for (len, spans) in [(16, 192), (64, 48), (256, 12)] {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{len} tokens")))
+            .unwrap_or_else(|| panic!("no row for {len} tokens:\n{stdout}"));
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[2], spans.to_string(), "{row}");
+        assert!(positive(fields[4]) && positive(fields[5]), "{row}");
+    }
+    // every trace's TTFT beside a prediction
+    for name in ["c16", "c64", "c256", "r2"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("{name}.h5: ")))
+            .unwrap_or_else(|| panic!("no TTFT line for {name}:\n{stdout}"));
+        let ms = |word: &str| -> &str {
+            let at = line.find(word).unwrap_or_else(|| panic!("{line}")) + word.len();
+            line[at..].trim_start().split(' ').next().unwrap_or_default()
+        };
+        assert!(positive(ms("measured")) && positive(ms("predicted")), "{line}");
+    }
+    let (code, _, stderr) = run_cli(&["trace", "fit-cost", "/nonexistent.h5"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent.h5"), "{stderr}");
+}

@@ -50,6 +50,18 @@ pub enum TraceCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// The chunk cost model fitted on traces' per-layer spans (one dense model, one device
+    /// class): its rates, the matrix products' speed by chunk length, and each trace's TTFT
+    /// against the prediction. Give traces of several chunk lengths (`--chunk-size`).
+    FitCost {
+        /// Trace files written by `--trace`, fitted and predicted.
+        #[arg(required = true, value_name = "FILE.h5")]
+        files: Vec<PathBuf>,
+        /// Traces only predicted from the fit, not fitted (e.g. multi-rank runs predicted
+        /// from one-rank ones).
+        #[arg(long, num_args = 1.., value_name = "FILE.h5")]
+        predict: Vec<PathBuf>,
+    },
     /// Chrome trace-event JSON for Perfetto: one process per rank, one track per thread.
     Perfetto {
         /// A trace file written by `--trace`.
@@ -154,8 +166,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_new_tokens: usize,
 
-    /// Prompt tokens per pipeline chunk (default: about four chunks per rank of at least 64
-    /// tokens, never fewer than two per rank; on one rank the whole prompt, up to 16,384 tokens).
+    /// Prompt tokens per pipeline chunk (default: the length of least predicted prefill time by
+    /// the chunk cost model, from 64 tokens to the longest that gives each rank two chunks;
+    /// on one rank the whole prompt, up to 16,384 tokens). Rank 0 prints the choice and its
+    /// prediction; `qwen3-mpi trace fit-cost` refits the model from traces.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_size: Option<u64>,
 

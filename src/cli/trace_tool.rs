@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 
 use super::args::TraceCommand;
+use crate::trace::cost_fit::fit_report;
 use crate::trace::perfetto::perfetto_json;
 use crate::trace::read::TraceView;
 use crate::trace::summary_table::{summary_csv, summary_table};
@@ -34,6 +35,15 @@ pub fn run_trace_tool(command: &TraceCommand) -> Result<()> {
                     files.len()
                 );
             }
+        }
+        TraceCommand::FitCost { files, predict } => {
+            let open = |files: &[std::path::PathBuf]| {
+                files
+                    .iter()
+                    .map(|f| TraceView::open(f))
+                    .collect::<Result<Vec<_>>>()
+            };
+            print!("{}", fit_report(&open(files)?, &open(predict)?)?);
         }
         TraceCommand::Perfetto { file, output } => {
             let trace = TraceView::open(file)?;

@@ -9,9 +9,9 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use super::memory_plan::{gib, MemoryNeed};
-use crate::job::summary::bytes;
 use crate::model::{Qwen3Config, StageParts};
 use crate::schedule::{DecodeArg, DecodeMode, LayerSplit};
+use crate::units::bytes;
 
 /// How the job decodes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

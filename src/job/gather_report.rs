@@ -102,6 +102,8 @@ impl JobResults<'_> {
             chunks: plan.schedule.chunks().len(),
             chunking: args.chunking,
             chunk_lengths: plan.schedule.chunks().iter().map(|c| c.len()).collect(),
+            chunk_choice: plan.chunk_reason.clone(),
+            predicted_ttft_s: plan.predicted_prefill_s,
             prefill_attention: model.plan().prefill_name().into(),
             decode_path: model.plan().decode_name().into(),
             layer_kernels: model.plan().reason.clone(),

@@ -151,6 +151,7 @@ pub fn load_stage(
     })();
     let stage = agree(&env.world, loaded)?;
     if rank == 0 {
+        crate::eprint_line!("qwen3-mpi: chunks: {}", plan.chunk_reason);
         crate::eprint_line!(
             "qwen3-mpi: decode mode {} ({})",
             stage.decode.mode.name(),

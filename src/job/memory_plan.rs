@@ -102,22 +102,7 @@ mod tests {
 
     #[test]
     fn qwen3_8b_needs_its_parameter_count_in_bf16() {
-        let cfg = Qwen3Config {
-            hidden_size: 4096,
-            intermediate_size: 12288,
-            num_hidden_layers: 36,
-            num_attention_heads: 32,
-            num_key_value_heads: 8,
-            head_dim: 128,
-            rms_norm_eps: 1e-6,
-            rope_theta: 1e6,
-            max_position_embeddings: 40960,
-            tie_word_embeddings: false,
-            vocab_size: 151936,
-            checkpoint_dtype: None,
-            eos_token_ids: vec![],
-            moe: None,
-        };
+        let cfg = crate::model::config::shapes::qwen3_8b();
         let need = MemoryNeed::redundant(&cfg, 16384, DType::BF16);
         // Qwen3-8B has 8,190,735,360 parameters (its model card: 8.2B)
         assert_eq!(need.weights, 8_190_735_360 * 2);
@@ -144,29 +129,7 @@ mod tests {
 
     #[test]
     fn qwen3_30b_a3b_needs_every_expert_of_every_layer() {
-        let cfg = Qwen3Config {
-            hidden_size: 2048,
-            intermediate_size: 6144,
-            num_hidden_layers: 48,
-            num_attention_heads: 32,
-            num_key_value_heads: 4,
-            head_dim: 128,
-            rms_norm_eps: 1e-6,
-            rope_theta: 1e6,
-            max_position_embeddings: 40960,
-            tie_word_embeddings: false,
-            vocab_size: 151936,
-            checkpoint_dtype: None,
-            eos_token_ids: vec![],
-            moe: Some(crate::model::MoeConfig {
-                num_experts: 128,
-                num_experts_per_tok: 8,
-                moe_intermediate_size: 768,
-                norm_topk_prob: true,
-                decoder_sparse_step: 1,
-                mlp_only_layers: vec![],
-            }),
-        };
+        let cfg = crate::model::config::shapes::qwen3_30b_a3b();
         // Qwen3-30B-A3B has 30,532,122,624 parameters (its model card: 30.5B), 3.3B active
         assert_eq!(
             MemoryNeed::redundant(&cfg, 1, DType::BF16).weights,

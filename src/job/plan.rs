@@ -11,17 +11,16 @@ use super::failure::{agree, JobError};
 use super::fault::Fault;
 use crate::cli::environment::Environment;
 use crate::cli::RunArgs;
+use crate::device::{default_dtype, DTypeArg, DeviceArg};
 use crate::generate::SamplingParams;
 use crate::model::source::{ModelFiles, ModelSource};
 use crate::model::Qwen3Config;
 use crate::prompt::prompt_ids;
-use crate::schedule::{
-    attention_cost_scale, default_chunk_size, split_prompt, split_prompt_balanced, Chunking, LayerSplit,
-    Schedule,
-};
+use crate::schedule::{plan_chunks, ChunkPlan, DeviceRates, HopCost, JobCost, LayerSplit, Schedule};
 use crate::tokenize::TextTokenizer;
 use crate::trace::spans::SpanLog;
 use crate::trace::TraceFile;
+use crate::transport::HiddenArg;
 
 use super::trace_guard::TraceGuard;
 
@@ -33,6 +32,11 @@ pub struct JobPlan {
     pub prompt_ids: Vec<u32>,
     pub sampling: SamplingParams,
     pub chunk_size: usize,
+    /// How the chunk length was chosen and what the cost model predicts (rank 0 prints it once
+    /// the stages have loaded).
+    pub chunk_reason: String,
+    /// The cost model's prefill time for these chunks.
+    pub predicted_prefill_s: f64,
     /// KV positions per layer: prompt plus new tokens.
     pub capacity: usize,
     pub schedule: Arc<Schedule>,
@@ -120,7 +124,7 @@ pub fn prepare(
     root.broadcast_into(&mut ids[..]);
 
     // 3. Lengths, layer split and schedule: the same pure computation on every rank.
-    let planned = (|| -> Result<(usize, usize, Schedule)> {
+    let planned = (|| -> Result<(usize, LayerSplit, ChunkPlan)> {
         let cfg = &files.config;
         let capacity = ids.len().checked_add(args.max_new_tokens).with_context(|| {
             format!(
@@ -147,39 +151,25 @@ pub fn prepare(
             Some(counts) => LayerSplit::from_counts(counts, cfg.num_hidden_layers, ranks)?,
             None => LayerSplit::even(cfg.num_hidden_layers, ranks)?,
         };
-        let chunk_size = args
-            .chunk_size
-            .map(|c| c as usize)
-            .unwrap_or_else(|| default_chunk_size(ids.len(), ranks));
-        // the schedule holds one KV sync call per layer and chunk: bound it before building it
-        let calls = ids
-            .len()
-            .div_ceil(chunk_size.max(1))
-            .saturating_mul(cfg.num_hidden_layers);
-        if calls > MAX_SYNC_CALLS {
-            bail!(
-                "--chunk-size {chunk_size}: {} chunks of the {}-token prompt over {} layers make {calls} KV sync \
-                 calls, more than {MAX_SYNC_CALLS}; use larger chunks",
-                ids.len().div_ceil(chunk_size.max(1)),
-                ids.len(),
-                cfg.num_hidden_layers
-            );
+        let cost = job_cost(args, cfg);
+        let given = args.chunk_size.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+        if let Some(size) = given {
+            check_sync_calls(ids.len(), size, cfg.num_hidden_layers)?;
         }
-        let chunks = match args.chunking {
-            Chunking::Balanced => {
-                let scale = attention_cost_scale(layer_params(cfg), cfg.num_attention_heads * cfg.head_dim);
-                split_prompt_balanced(ids.len(), ids.len().div_ceil(chunk_size), scale)
-            }
-            Chunking::Uniform => split_prompt(ids.len(), chunk_size),
-        };
-        Ok((capacity, chunk_size, Schedule::new(split, chunks)))
+        let chunks = plan_chunks(ids.len(), &split, &cost, args.chunking, given);
+        Ok((capacity, split, chunks))
     })();
     let trace = TraceGuard::new(trace, spans.clone());
     if trace_requested(args, rank) {
         trace.watch_signals().map_err(JobError::Fatal)?;
     }
-    let (capacity, chunk_size, schedule) =
-        agree(world, planned).inspect_err(|e| trace.fail(&e.to_string()))?;
+    let (capacity, split, chunks) = agree(world, planned).inspect_err(|e| trace.fail(&e.to_string()))?;
+    let ChunkPlan {
+        size: chunk_size,
+        chunks,
+        predicted,
+        reason: chunk_reason,
+    } = chunks;
     Ok(JobPlan {
         start_time,
         source,
@@ -188,8 +178,10 @@ pub fn prepare(
         prompt_ids: ids,
         sampling,
         chunk_size,
+        chunk_reason,
+        predicted_prefill_s: predicted.ttft_s,
         capacity,
-        schedule: Arc::new(schedule),
+        schedule: Arc::new(Schedule::new(split, chunks)),
         trace,
         environment,
     })
@@ -207,11 +199,31 @@ impl JobPlan {
     }
 }
 
-/// Weights of one decoder layer's matrix products (attention projections and MLP).
-fn layer_params(cfg: &Qwen3Config) -> usize {
-    let (hidden, q_width) = (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim);
-    let kv_width = cfg.num_key_value_heads * cfg.head_dim;
-    2 * hidden * q_width + 2 * hidden * kv_width + 3 * hidden * cfg.intermediate_size
+/// The cost model the chunk choice uses: the device class every rank computes on (a GPU where
+/// this build has CUDA and `--device` allows it: a rank without one stops at setup) and the
+/// path `--hidden-transport` names (`auto` counted as IPC, what it picks on one node).
+fn job_cost(args: &RunArgs, cfg: &Qwen3Config) -> JobCost {
+    let on_gpu = cfg!(feature = "cuda") && args.device != DeviceArg::Cpu;
+    let dtype = args.dtype.map_or(default_dtype(on_gpu), DTypeArg::dtype);
+    let (rates, hop) = match (on_gpu, args.hidden_transport) {
+        (false, _) => (DeviceRates::CPU, HopCost::CPU),
+        (true, HiddenArg::Host) => (DeviceRates::GPU, HopCost::GPU_HOST),
+        (true, HiddenArg::Ipc | HiddenArg::Auto) => (DeviceRates::GPU, HopCost::GPU_IPC),
+    };
+    JobCost::new(cfg, rates, hop, dtype.size_in_bytes())
+}
+
+/// The schedule holds one KV sync call per layer and chunk: bound it before building it.
+fn check_sync_calls(prompt_len: usize, chunk_size: usize, layers: usize) -> Result<()> {
+    let chunks = prompt_len.div_ceil(chunk_size.max(1));
+    let calls = chunks.saturating_mul(layers);
+    if calls > MAX_SYNC_CALLS {
+        bail!(
+            "--chunk-size {chunk_size}: {chunks} chunks of the {prompt_len}-token prompt over {layers} layers make \
+             {calls} KV sync calls, more than {MAX_SYNC_CALLS}; use larger chunks"
+        );
+    }
+    Ok(())
 }
 
 fn tokenizer_origin(source: &ModelSource) -> String {

@@ -100,6 +100,10 @@ pub struct JobReport {
     /// `--chunking`: `uniform` or `balanced`.
     pub chunking: Chunking,
     pub chunk_lengths: Vec<usize>,
+    /// How the chunk length was chosen (`schedule::chunk_choice`), and the cost model's
+    /// prefill time for these chunks, to hold against the measured TTFT.
+    pub chunk_choice: String,
+    pub predicted_ttft_s: f64,
     /// The kernels the layers ran on (`LayerPlan`): prefill attention, decode path, and why.
     pub prefill_attention: String,
     pub decode_path: String,

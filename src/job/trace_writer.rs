@@ -32,6 +32,8 @@ pub fn write_job_trace(
     trace.attr_str("chunking", report.chunking.name())?;
     trace.attr_u64_array("chunk_lengths", &as_u64(&report.chunk_lengths))?;
     trace.attr_u64("chunks", report.chunks as u64)?;
+    trace.attr_str("chunk_choice", &report.chunk_choice)?;
+    trace.attr_f64("predicted_ttft_s", report.predicted_ttft_s)?;
     trace.attr_str("prefill_attention", &report.prefill_attention)?;
     trace.attr_str("decode_path", &report.decode_path)?;
     trace.attr_str("layer_kernels", &report.layer_kernels)?;

@@ -31,7 +31,9 @@ const FIELD_LIMITS: [(&str, u64); 13] = [
 ];
 
 /// The architecture hyper-parameters this implementation reads and supports.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// (Deserialize: read back from a trace's `model_config`, which older traces wrote without
+/// the optional fields.)
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Qwen3Config {
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -45,10 +47,13 @@ pub struct Qwen3Config {
     pub tie_word_embeddings: bool,
     pub vocab_size: usize,
     /// Checkpoint dtype as written (`torch_dtype` or `dtype`), e.g. "bfloat16".
+    #[serde(default)]
     pub checkpoint_dtype: Option<String>,
     /// EOS ids from config.json (generation_config.json may add more).
+    #[serde(default)]
     pub eos_token_ids: Vec<u32>,
     /// The sparse MoE block (`qwen3_moe`); `None` for dense Qwen3.
+    #[serde(default)]
     pub moe: Option<MoeConfig>,
 }
 
@@ -428,5 +433,52 @@ mod tests {
         o.insert("scoring_func".into(), json!("softmax"));
         o.insert("shared_expert_intermediate_size".into(), json!(0));
         assert!(Qwen3Config::from_json(&j).is_ok());
+    }
+}
+
+/// Configs of published shapes (random weights in the tests need only their numbers).
+#[cfg(test)]
+pub mod shapes {
+    use super::Qwen3Config;
+    use crate::model::MoeConfig;
+
+    /// Qwen3-8B's `config.json`, as the fields read.
+    pub fn qwen3_8b() -> Qwen3Config {
+        Qwen3Config {
+            hidden_size: 4096,
+            intermediate_size: 12288,
+            num_hidden_layers: 36,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            vocab_size: 151936,
+            checkpoint_dtype: None,
+            eos_token_ids: vec![],
+            moe: None,
+        }
+    }
+
+    /// Qwen3-30B-A3B's `config.json`, as the fields read.
+    pub fn qwen3_30b_a3b() -> Qwen3Config {
+        Qwen3Config {
+            hidden_size: 2048,
+            intermediate_size: 6144,
+            num_hidden_layers: 48,
+            num_attention_heads: 32,
+            num_key_value_heads: 4,
+            moe: Some(MoeConfig {
+                num_experts: 128,
+                num_experts_per_tok: 8,
+                moe_intermediate_size: 768,
+                norm_topk_prob: true,
+                decoder_sparse_step: 1,
+                mlp_only_layers: vec![],
+            }),
+            ..qwen3_8b()
+        }
     }
 }

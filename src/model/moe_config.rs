@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 /// The sparse MoE block of Qwen3-MoE: a softmax router over `num_experts` SwiGLU experts, the
 /// top `num_experts_per_tok` of them per token.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MoeConfig {
     pub num_experts: usize,
     pub num_experts_per_tok: usize,

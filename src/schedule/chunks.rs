@@ -58,18 +58,6 @@ impl Chunking {
     }
 }
 
-/// How much slower than the matrix products our attention kernel runs per FLOP: fitted on
-/// H200 traces of Qwen3-8B (per-layer chunk times at 16K and 32K tokens give a token at
-/// position p the cost 1 + p / 10.7K, results/bench/NOTES.md), which this constant reproduces.
-pub const ATTENTION_SLOWDOWN: f64 = 2.2;
-
-/// The position at which a token's attention costs as much as its matrix products: those take
-/// 2·`layer_params` FLOPs per token, attention over p keys 4·p·`query_width` (QKᵀ and PV, where
-/// `query_width` = heads × head_dim), at [`ATTENTION_SLOWDOWN`] times the cost per FLOP.
-pub fn attention_cost_scale(layer_params: usize, query_width: usize) -> f64 {
-    layer_params as f64 / (2.0 * query_width as f64 * ATTENTION_SLOWDOWN)
-}
-
 /// `count` chunks covering `[0, prompt_len)` of equal estimated cost, when a token at position
 /// `p` costs `1 + p / attention_scale`: its matrix products, plus attention over the `p` keys
 /// before it (`attention_scale` is the position at which attention costs as much as the rest).
@@ -114,30 +102,6 @@ fn balanced_granule(prompt_len: usize, count: usize) -> usize {
         false => 1,
     }
 }
-
-/// The longest chunk a single rank gets by default: on one rank chunks only cut the matrix
-/// products smaller, so the prompt is one chunk up to this many tokens (activations of about
-/// 1 GB for Qwen3-8B at this length).
-pub const ONE_RANK_MAX_CHUNK: usize = 16384;
-
-/// Default chunk size for a prompt on `ranks` pipeline stages: about four chunks per stage, so
-/// the pipeline fill and drain (ranks − 1 steps) is a small part of the work, and no chunk
-/// under [`MIN_DEFAULT_CHUNK`] tokens (smaller chunks waste the GPU's matrix units), unless that
-/// leaves fewer than two chunks per stage: then as many tokens as give two chunks per stage
-/// (or one token a chunk), so that every prompt of at least 2 × ranks tokens pipelines.
-/// One rank has no pipeline: the whole prompt, up to [`ONE_RANK_MAX_CHUNK`] tokens a chunk.
-pub fn default_chunk_size(prompt_len: usize, ranks: usize) -> usize {
-    if ranks <= 1 {
-        // no pipeline to fill: the fewest chunks, the largest (most efficient) matrix products
-        return prompt_len.clamp(1, ONE_RANK_MAX_CHUNK);
-    }
-    let four_per_stage = prompt_len.div_ceil(4 * ranks).max(MIN_DEFAULT_CHUNK);
-    let two_per_stage = (prompt_len / (2 * ranks)).max(1);
-    four_per_stage.min(two_per_stage)
-}
-
-/// The shortest default chunk, where the prompt is long enough for two chunks per stage.
-pub const MIN_DEFAULT_CHUNK: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -202,36 +166,6 @@ mod tests {
                     assert_eq!(pair[0].end, pair[1].start);
                 }
                 assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= size));
-            }
-        }
-    }
-
-    #[test]
-    fn default_chunk_size_is_positive_and_bounded() {
-        assert_eq!(default_chunk_size(1, 3), 1);
-        assert_eq!(default_chunk_size(10, 3), 1);
-        assert_eq!(default_chunk_size(16384, 2), 2048);
-        assert_eq!(default_chunk_size(2000, 8), 64);
-        assert_eq!(default_chunk_size(1000, 8), 62);
-        assert_eq!(default_chunk_size(16384, 1), 16384);
-        assert_eq!(default_chunk_size(40000, 1), ONE_RANK_MAX_CHUNK);
-    }
-
-    #[test]
-    fn default_chunks_give_every_stage_at_least_two_where_the_prompt_allows() {
-        for ranks in 2..=8 {
-            for len in 2 * ranks..3000usize {
-                let chunks = len.div_ceil(default_chunk_size(len, ranks));
-                assert!(
-                    chunks >= 2 * ranks,
-                    "{len} tokens on {ranks} ranks: {chunks} chunks"
-                );
-                let size = default_chunk_size(len, ranks);
-                // shorter than the minimum only where the minimum would leave fewer than two per stage
-                assert!(
-                    size >= MIN_DEFAULT_CHUNK || len / (2 * ranks) < MIN_DEFAULT_CHUNK,
-                    "{len} tokens on {ranks} ranks: chunks of {size}"
-                );
             }
         }
     }

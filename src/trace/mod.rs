@@ -1,5 +1,6 @@
 //! The HDF5 file every job writes.
 
+pub mod cost_fit;
 pub mod device_spans;
 pub mod file;
 pub mod nvtx;

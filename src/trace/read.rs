@@ -8,6 +8,7 @@ use hdf5::types::VarLenUnicode;
 
 use super::file::{READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION};
 use super::spans::{Span, SpanRow};
+use crate::model::Qwen3Config;
 
 /// The parts of a trace file the tools show.
 pub struct TraceView {
@@ -23,6 +24,16 @@ pub struct TraceView {
     pub transport: Option<String>,
     /// `redundant` or `pipeline` (traces before issue 18 have none).
     pub decode_mode: Option<String>,
+    /// How hidden states went stage to stage (traces before issue 19 have none: `host`).
+    pub hidden_transport: Option<String>,
+    /// `bf16`, `f32`, …
+    pub dtype: Option<String>,
+    /// The model's config as the job read it (`model_config`).
+    pub model_config: Option<Qwen3Config>,
+    /// Decoder layers per rank.
+    pub layer_split: Vec<u64>,
+    /// Tokens of each chunk, in order.
+    pub chunk_lengths: Vec<u64>,
     pub ttft_s: Option<f64>,
     pub prefill_tokens_per_s: Option<f64>,
     pub decode_tokens_per_s: Option<f64>,
@@ -50,6 +61,16 @@ impl TraceView {
                 .map(|v| v.to_string())
         };
         let int = |name: &str| -> Option<u64> { file.attr(name).ok()?.read_scalar::<u64>().ok() };
+        // an array (schema 2) or a JSON string (schema 1)
+        let ints = |name: &str| -> Vec<u64> {
+            let Ok(attr) = file.attr(name) else {
+                return Vec::new();
+            };
+            attr.read_raw::<u64>()
+                .ok()
+                .or_else(|| serde_json::from_str(attr.read_scalar::<VarLenUnicode>().ok()?.as_str()).ok())
+                .unwrap_or_default()
+        };
         let summary = file.group("summary").ok();
         let figure =
             |name: &str| -> Option<f64> { summary.as_ref()?.attr(name).ok()?.read_scalar::<f64>().ok() };
@@ -94,6 +115,11 @@ impl TraceView {
             sync: text("sync_strategy"),
             transport: text("transport"),
             decode_mode: text("decode_mode"),
+            hidden_transport: text("hidden_transport"),
+            dtype: text("dtype"),
+            model_config: text("model_config").and_then(|json| serde_json::from_str(&json).ok()),
+            layer_split: ints("layer_split"),
+            chunk_lengths: ints("chunk_lengths"),
             ttft_s: figure("ttft_s"),
             prefill_tokens_per_s: figure("prefill_tokens_per_s"),
             decode_tokens_per_s: figure("decode_tokens_per_s"),

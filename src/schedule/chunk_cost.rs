@@ -1,0 +1,304 @@
+//! What a chunk costs one stage: a model of one decoder layer's time for a chunk of `n` prompt
+//! positions starting at position `s`, and of a hidden state's hop to the next stage. The
+//! chunk choice (`chunk_choice`) and the prefill prediction (`prefill_time`) are built on it.
+//!
+//! One layer, one chunk:
+//!
+//! ```text
+//! t(n, s) = fixed + max(products(n), weights / bandwidth) + per_pair · (n·s + n(n+1)/2)
+//! products(n) = per_token · n · (1 + (fill_rows / rows)^1.5)      rows = n (dense)
+//! ```
+//!
+//! - the matrix products (q/k/v, o, the MLP) cost `per_token` a position at full efficiency,
+//!   and lose efficiency on few rows (tiles and waves that do not fill the GPU; `fill_rows` is
+//!   the row count at which they run at half speed). An expert's products see only the rows
+//!   routed to it, `n · k / experts` on average.
+//! - they read every weight of the layer once per chunk, so no chunk is faster than streaming
+//!   the layer's weights from memory.
+//! - causal attention over the cache costs `per_pair` per (query, key) pair.
+//! - `fixed`: launches and small kernels, per layer and chunk.
+//!
+//! The rates ([`DeviceRates`]) are fitted on measured traces; each says where from.
+
+use crate::model::Qwen3Config;
+
+/// A device class's rates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceRates {
+    /// Shown with the choice, e.g. "GPU (rates fitted on an H200)".
+    pub name: &'static str,
+    /// FLOP/s of a layer's matrix products at full efficiency, with the layer's elementwise work
+    /// (norms, RoPE, SwiGLU) counted in.
+    pub product_flops: f64,
+    /// Rows at which a 4,096-wide model's products run at half speed.
+    pub fill_rows: f64,
+    /// Whether fill rows scale as 4,096 / the model's width: a GPU's products fill its many
+    /// multiprocessors with tiles of rows × columns, so narrower products need more rows; a
+    /// CPU's few cores fill at any width.
+    pub fill_scales_with_width: bool,
+    /// FLOP/s of causal attention (4 · query heads · head_dim FLOPs per pair).
+    pub attention_flops: f64,
+    /// Bytes/s at which weights stream from memory.
+    pub memory_bytes_per_s: f64,
+    /// Seconds per layer and chunk that do not scale with its length.
+    pub fixed_s: f64,
+}
+
+impl DeviceRates {
+    /// One H200, Qwen3-8B shape, bf16, fitted on the traces of `results/bench/2026-12-01-h200-session2`
+    /// (per-layer times of one-chunk prefills of 1K, 4K and 16K tokens: 0.620, 2.677 and
+    /// 14.12 ms) and `2026-12-01-h200` (two chunks of 8K: 6.11 and 8.39 ms): products 5.81e-7 s
+    /// a token (665 TFLOP/s), attention 3.43e-11 s a pair (478 TFLOP/s). Fill rows: 1K-row
+    /// chunks ran within 1 % of full speed (so at most ~60 rows); on the build before the
+    /// fused layer, 256-row chunks ran at 68 % (`2026-11-26-h200x4`, 1gpu-1024) — 64 is the
+    /// figure between, to be refit by `scripts/gpu_check/chunk_cost.sh`. Memory: the card's
+    /// measured copy rate, 4.1 TB/s.
+    pub const GPU: Self = Self {
+        name: "GPU (rates fitted on an H200)",
+        product_flops: 665e12,
+        fill_rows: 64.0,
+        fill_scales_with_width: true,
+        attention_flops: 478e12,
+        memory_bytes_per_s: 4.1e12,
+        fixed_s: 5e-6,
+    };
+
+    /// A rank on CPU cores (candle's f32 kernels): `trace fit-cost` on `--model tiny` traces of
+    /// one rank, 1,024 tokens in chunks of 8 to 512, release build, on a 2-core machine like
+    /// CI's (2026-12-01): products 8.1e-6 s a token a layer (15 GFLOP/s at that shape), half
+    /// speed at 12 rows, attention 4.3e-8 s a pair. Fixed cost: the fit put it at zero; 20 µs
+    /// stands for candle's per-op dispatch. Timings there vary by ±30 % run to run, and ranks
+    /// that share cores slow each other down, which the model does not know: on the CPU the
+    /// prediction is rough.
+    pub const CPU: Self = Self {
+        name: "CPU",
+        product_flops: 15e9,
+        fill_rows: 12.0,
+        fill_scales_with_width: false,
+        attention_flops: 12e9,
+        memory_bytes_per_s: 10e9,
+        fixed_s: 20e-6,
+    };
+}
+
+/// A hidden state's hop from one stage to the next: `latency + bytes / bandwidth`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HopCost {
+    pub name: &'static str,
+    pub latency_s: f64,
+    pub bytes_per_s: f64,
+}
+
+impl HopCost {
+    /// GPU → page-locked host → MPI → GPU: 3–5 ms per 8 MiB hop measured on 4 x H200
+    /// (`results/bench/NOTES.md`, 2026-11-26).
+    pub const GPU_HOST: Self = Self {
+        name: "host",
+        latency_s: 200e-6,
+        bytes_per_s: 2.2e9,
+    };
+    /// CUDA IPC into the next GPU's memory on a copy engine: assumed (the target of issue 19,
+    /// ≤ 0.5 ms per 8 MiB) until `scripts/gpu_check/handoff_hops.sh` measures it.
+    pub const GPU_IPC: Self = Self {
+        name: "ipc",
+        latency_s: 30e-6,
+        bytes_per_s: 50e9,
+    };
+    /// Between CPU ranks (MPI through shared memory).
+    pub const CPU: Self = Self {
+        name: "mpi",
+        latency_s: 20e-6,
+        bytes_per_s: 5e9,
+    };
+
+    pub fn seconds(&self, bytes: f64) -> f64 {
+        self.latency_s + bytes / self.bytes_per_s
+    }
+}
+
+/// A group of matrix products of a layer: `per_token_s` a position at full efficiency, on
+/// `rows_share · n` rows of a chunk of `n` (1 for dense products, k / experts for experts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Products {
+    per_token_s: f64,
+    rows_share: f64,
+}
+
+/// One decoder layer's cost model (the module docs' formula).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerCost {
+    fixed_s: f64,
+    fill_rows: f64,
+    groups: Vec<Products>,
+    /// Streaming the layer's weights once.
+    weights_s: f64,
+    per_pair_s: f64,
+}
+
+impl LayerCost {
+    /// Decoder layer `layer` of `cfg` at `rates`, weights of `dtype_bytes` each.
+    pub fn new(cfg: &Qwen3Config, layer: usize, rates: &DeviceRates, dtype_bytes: usize) -> Self {
+        let hidden = cfg.hidden_size as f64;
+        let q_width = (cfg.num_attention_heads * cfg.head_dim) as f64;
+        let kv_width = (cfg.num_key_value_heads * cfg.head_dim) as f64;
+        let attention_params = hidden * (2.0 * q_width + 2.0 * kv_width);
+        let per_token = |params: f64| 2.0 * params / rates.product_flops;
+        let dense = |params: f64| Products {
+            per_token_s: per_token(params),
+            rows_share: 1.0,
+        };
+        let (groups, params) = match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
+            Some(moe) => {
+                let expert = 3.0 * hidden * moe.moe_intermediate_size as f64;
+                let router = hidden * moe.num_experts as f64;
+                let k = moe.num_experts_per_tok as f64;
+                let experts = Products {
+                    per_token_s: per_token(k * expert),
+                    rows_share: k / moe.num_experts as f64,
+                };
+                (
+                    vec![dense(attention_params + router), experts],
+                    attention_params + router + moe.num_experts as f64 * expert,
+                )
+            }
+            None => {
+                let mlp = 3.0 * hidden * cfg.intermediate_size as f64;
+                (vec![dense(attention_params + mlp)], attention_params + mlp)
+            }
+        };
+        Self {
+            fixed_s: rates.fixed_s,
+            fill_rows: match rates.fill_scales_with_width {
+                true => rates.fill_rows * 4096.0 / hidden,
+                false => rates.fill_rows,
+            },
+            groups,
+            weights_s: params * dtype_bytes as f64 / rates.memory_bytes_per_s,
+            per_pair_s: 4.0 * q_width / rates.attention_flops,
+        }
+    }
+
+    /// Seconds for a chunk of `len` positions starting at `start`.
+    pub fn chunk_s(&self, len: usize, start: usize) -> f64 {
+        if len == 0 {
+            return 0.0;
+        }
+        let n = len as f64;
+        let products: f64 = self
+            .groups
+            .iter()
+            .map(|g| {
+                let rows = (n * g.rows_share).max(1.0);
+                g.per_token_s * n * (1.0 + (self.fill_rows / rows).powf(1.5))
+            })
+            .sum();
+        let pairs = n * start as f64 + n * (n + 1.0) / 2.0;
+        self.fixed_s + products.max(self.weights_s) + self.per_pair_s * pairs
+    }
+
+    /// The position at which a token's attention costs as much as its matrix products (at
+    /// full efficiency): balanced chunking's scale.
+    pub fn attention_scale(&self) -> f64 {
+        let per_token: f64 = self.groups.iter().map(|g| g.per_token_s).sum();
+        per_token / self.per_pair_s
+    }
+}
+
+/// Everything the chunk choice needs about the job: each layer's cost, the hop, the head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobCost {
+    pub rates: DeviceRates,
+    pub hop: HopCost,
+    /// Index = decoder layer.
+    pub layers: Vec<LayerCost>,
+    /// Bytes of one position's hidden state on a hop.
+    pub hidden_bytes: f64,
+    /// The last rank's logits of the last position (reading the head's weights once).
+    pub head_s: f64,
+}
+
+impl JobCost {
+    pub fn new(cfg: &Qwen3Config, rates: DeviceRates, hop: HopCost, dtype_bytes: usize) -> Self {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|layer| LayerCost::new(cfg, layer, &rates, dtype_bytes))
+            .collect();
+        let head_bytes = (cfg.vocab_size * cfg.hidden_size * dtype_bytes) as f64;
+        Self {
+            rates,
+            hop,
+            layers,
+            hidden_bytes: (cfg.hidden_size * dtype_bytes) as f64,
+            head_s: head_bytes / rates.memory_bytes_per_s,
+        }
+    }
+
+    /// Seconds for `layers` to run a chunk.
+    pub fn layers_s(&self, layers: std::ops::Range<usize>, len: usize, start: usize) -> f64 {
+        self.layers[layers].iter().map(|l| l.chunk_s(len, start)).sum()
+    }
+
+    /// A hidden state of `len` positions, one hop.
+    pub fn hop_s(&self, len: usize) -> f64 {
+        self.hop.seconds(len as f64 * self.hidden_bytes)
+    }
+
+    /// Balanced chunking's scale (the first layer's: every layer's attention is the same).
+    pub fn attention_scale(&self) -> f64 {
+        self.layers
+            .first()
+            .map_or(f64::INFINITY, LayerCost::attention_scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::shapes::{qwen3_30b_a3b as qwen3_30b_a3b_config, qwen3_8b as qwen3_8b_config};
+
+    /// The H200 traces the GPU rates were fitted on (Qwen3-8B shape, per-layer median, ms):
+    /// (chunk length, start, measured).
+    const H200_LAYER_MS: [(usize, usize, f64); 5] = [
+        (1024, 0, 0.620),
+        (4096, 0, 2.677),
+        (16384, 0, 14.12),
+        (8192, 0, 6.11),
+        (8192, 8192, 8.386),
+    ];
+
+    #[test]
+    fn gpu_rates_reproduce_the_h200_layer_times_they_were_fitted_on() {
+        let cost = LayerCost::new(&qwen3_8b_config(), 0, &DeviceRates::GPU, 2);
+        for (len, start, measured) in H200_LAYER_MS {
+            let predicted = cost.chunk_s(len, start) * 1e3;
+            assert!(
+                (predicted / measured - 1.0).abs() < 0.06,
+                "{len} at {start}: predicted {predicted:.3} ms, measured {measured:.3} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn short_chunks_cost_more_per_token_and_later_ones_more_for_attention() {
+        let cost = LayerCost::new(&qwen3_8b_config(), 0, &DeviceRates::GPU, 2);
+        let per_token = |len: usize| cost.chunk_s(len, 0) / len as f64;
+        assert!(per_token(64) > 2.0 * per_token(1024));
+        assert!(per_token(256) > per_token(512) && per_token(512) > per_token(1024));
+        // streaming the weights bounds a chunk of one token
+        assert!(cost.chunk_s(1, 0) >= cost.weights_s);
+        assert!(cost.chunk_s(1024, 15360) > 1.5 * cost.chunk_s(1024, 0));
+    }
+
+    #[test]
+    fn experts_see_a_share_of_the_rows_and_every_expert_is_streamed() {
+        let cfg = qwen3_30b_a3b_config();
+        let sparse = LayerCost::new(&cfg, 0, &DeviceRates::GPU, 2);
+        assert_eq!(sparse.groups.len(), 2);
+        assert!((sparse.groups[1].rows_share - 8.0 / 128.0).abs() < 1e-12);
+        // 128 experts of 3 x 2048 x 768 bf16 weights, streamed once a chunk
+        let expert_bytes = 128.0 * 3.0 * 2048.0 * 768.0 * 2.0;
+        assert!(sparse.weights_s > expert_bytes / DeviceRates::GPU.memory_bytes_per_s);
+        // an expert's products on 64 rows a chunk (1,024 tokens) are far from full speed
+        let dense_like = sparse.groups[1].per_token_s * 1024.0;
+        assert!(sparse.chunk_s(1024, 0) > 1.3 * dense_like);
+    }
+}
