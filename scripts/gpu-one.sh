@@ -67,15 +67,17 @@ if [[ "$phases" == *" check "* ]]; then
       python3 $gc/decode_check.py verify /tmp/model-g$g /tmp/ref/long.txt "$out"/runs/d-g$g-*.json; } >> "$md" 2>&1 || status=1
   done
   # 3. generated ids across ranks sharing the GPU, every transport that can share one
+  #    (--decode redundant: under auto, ranks sharing a GPU decode pipelined, with no KV sync)
   p=(--prompt-file /tmp/ref/prompt-1.txt --max-new-tokens 16 --chunk-size 5)
   run s-1rank mpirun 1 "${p[@]}"
+  for n in 2 3; do run "s-${n}ranks-auto" mpirun $n "${p[@]}"; done
+  p+=(--decode redundant)
   for n in 2 3; do
     run "s-${n}ranks-ipc" mpirun $n "${p[@]}" --transport ipc
     run "s-${n}ranks-host" mpirun $n "${p[@]}" --transport host
     run "s-${n}ranks-device" $cudampi $n "${p[@]}" --transport device
     run "s-${n}ranks-ring-host" mpirun $n "${p[@]}" --transport host --sync ring
   done
-  run s-3ranks-auto mpirun 3 "${p[@]}"
   QWEN3_MPI_WEIGHT_LOAD=staged run s-3ranks-ipc-staged-load mpirun 3 "${p[@]}" --transport ipc
   for n in 2 3; do run "s-${n}ranks-ipc-hidden-ipc" mpirun $n "${p[@]}" --transport ipc --hidden-transport ipc; done
   { echo; echo "## Generated ids across 1, 2 and 3 ranks sharing the GPU"

@@ -47,6 +47,26 @@ pub fn gpu_for_rank(local_rank: usize, gpus: usize) -> Option<usize> {
     (gpus > 0).then(|| local_rank % gpus)
 }
 
+/// How many of a node's `local_ranks` ranks use the GPU of node-local rank `local_rank` (they
+/// go round-robin over `gpus`, [`gpu_for_rank`]); 1 where there is no GPU.
+pub fn ranks_on_gpu_of(local_rank: usize, local_ranks: usize, gpus: usize) -> usize {
+    match gpu_for_rank(local_rank, gpus) {
+        Some(gpu) => (0..local_ranks).filter(|&r| r % gpus == gpu).count().max(1),
+        None => 1,
+    }
+}
+
+/// GPUs this process sees (0 in a build without CUDA, or where counting fails).
+pub fn visible_gpus() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        CudaContext::device_count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_device(local_rank: usize, local_ranks: usize) -> Result<Device> {
     use candle_core::cuda_backend::cudarc::driver::CudaContext;
@@ -119,5 +139,15 @@ mod tests {
         assert_eq!(gpu_for_rank(3, 2), Some(1));
         assert_eq!(gpu_for_rank(2, 8), Some(2));
         assert_eq!(gpu_for_rank(0, 0), None);
+    }
+
+    #[test]
+    fn ranks_sharing_a_gpu_are_counted_from_the_round_robin() {
+        // 3 ranks on one GPU; 5 ranks on 2 GPUs (0, 2, 4 on GPU 0; 1, 3 on GPU 1); one each
+        assert_eq!(ranks_on_gpu_of(1, 3, 1), 3);
+        assert_eq!(ranks_on_gpu_of(4, 5, 2), 3);
+        assert_eq!(ranks_on_gpu_of(3, 5, 2), 2);
+        assert_eq!(ranks_on_gpu_of(2, 4, 4), 1);
+        assert_eq!(ranks_on_gpu_of(2, 4, 0), 1);
     }
 }

@@ -32,7 +32,7 @@ stacks() {  # stacks PID: each thread's innermost frames and its first frame in 
 for i in $(seq 1 "${ATTEMPTS:-4}"); do
   RUST_LOG="${LOG_FILTER:-qwen3_mpi::job::stage_loop=debug,qwen3_mpi::model::fused_layer=trace,qwen3_mpi::model::qwen3=debug}" mpirun -n "$n" "$bin" --model /tmp/model \
     --prompt-file /tmp/ref/prompt-1.txt --max-new-tokens 4 --chunk-size 5 --timeout 60 \
-    ${ARGS:---transport ipc} > "$out/dump-$i.out" 2> "$out/dump-$i.err" &
+    ${ARGS:---transport ipc --decode redundant} > "$out/dump-$i.out" 2> "$out/dump-$i.err" &
   job=$!
   sleep "${DUMP_AFTER:-4}"
   if ! kill -0 $job 2>/dev/null; then wait $job; echo "stall_dump: run $i finished within ${DUMP_AFTER:-4} s (rc $?)"; continue; fi

@@ -6,7 +6,8 @@
 #             kernel can wait for the whole context); QWEN3_MPI_WEIGHT_LOAD=after (no weight load
 #             beside the prefill); QWEN3_MPI_WEIGHT_LOAD=staged (the load through page-locked
 #             buffers on its own stream); --warmup (every kernel loaded before the load starts);
-#             --decode pipeline (neither the load nor the KV sync);
+#             --decode pipeline (neither the load nor the KV sync); every flag left to its
+#             default (ranks sharing the GPU decode pipelined under auto);
 #             --transport host; RUNS runs each (4), WATCHDOG s (6)
 #   dump      scripts/gpu_check/stall_dump.sh: threads, system calls, stacks of a stalled job
 #   coldjit   candle's PTX compiled on an empty JIT cache: one rank, then 3 ranks sharing the GPU
@@ -22,13 +23,17 @@ if [[ $parts == *" switches "* ]]; then
     RUNS=${RUNS:-4} WATCHDOG=${WATCHDOG:-6} SLACK=8 bash scripts/gpu_check/stall_probe.sh "$out/$1" 2>&1 < /dev/null |
       grep "^stall_probe" | sed "s/^/$1: /"
   }
-  ARGS="--transport ipc" v default
-  CUDA_MODULE_LOADING=EAGER ARGS="--transport ipc" v eager-loading
-  QWEN3_MPI_WEIGHT_LOAD=after ARGS="--transport ipc" v load-after
-  QWEN3_MPI_WEIGHT_LOAD=staged ARGS="--transport ipc" v load-staged
-  ARGS="--transport ipc --warmup" v warmup
+  # redundant decode asked for: ranks sharing a GPU decode pipelined under
+  # auto, and the stall was seen with the background load and the KV sync of redundant decode
+  r="--decode redundant"
+  ARGS="--transport ipc $r" v default
+  CUDA_MODULE_LOADING=EAGER ARGS="--transport ipc $r" v eager-loading
+  QWEN3_MPI_WEIGHT_LOAD=after ARGS="--transport ipc $r" v load-after
+  QWEN3_MPI_WEIGHT_LOAD=staged ARGS="--transport ipc $r" v load-staged
+  ARGS="--transport ipc --warmup $r" v warmup
   ARGS="--transport ipc --decode pipeline" v decode-pipeline
-  ARGS="--transport host" v host
+  ARGS="" v auto-defaults
+  ARGS="--transport host $r" v host
 fi
 if [[ $parts == *" coldjit "* ]]; then
   for n in 1 3; do

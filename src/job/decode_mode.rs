@@ -72,16 +72,32 @@ pub fn gather_budgets(world: &SimpleCommunicator, mine: Option<u64>) -> Vec<Opti
     all.into_iter().map(|b| (b != u64::MAX).then_some(b)).collect()
 }
 
-/// The decode mode for `arg`: under `auto` redundant where it fits every rank, else pipeline
-/// where that fits every rank; an error with the numbers where the mode asked for (or, under
-/// `auto`, neither) fits. `source` names the budget (`--max-memory`, `free on the device`).
+/// Collective: how many ranks use each rank's GPU (index = rank; 1 on the CPU).
+pub fn gather_gpu_sharing(world: &SimpleCommunicator, mine: usize) -> Vec<usize> {
+    let mut all = vec![0u64; world.size() as usize];
+    world.all_gather_into(&(mine as u64), &mut all[..]);
+    all.into_iter().map(|n| n as usize).collect()
+}
+
+/// The decode mode for `arg`: under `auto` redundant where it fits every rank and no GPU is
+/// shared, else pipeline where that fits every rank; an error with the numbers where the mode
+/// asked for (or, under `auto`, neither) fits. `source` names the budget (`--max-memory`,
+/// `free on the device`). `gpu_sharing[r]`: the ranks that use rank r's GPU (1 on the CPU).
+/// Ranks that share a GPU decode pipelined under `auto`: redundant decode would keep a copy of
+/// the whole model on that GPU for each of them, and compute every token once for each.
 pub fn choose(
     arg: DecodeArg,
     ranks: &[RankMemory],
     source: &str,
     split: &LayerSplit,
     capacity: usize,
+    gpu_sharing: &[usize],
 ) -> Result<DecodePlan> {
+    let shared_gpu = gpu_sharing
+        .iter()
+        .enumerate()
+        .find(|(_, &n)| n > 1)
+        .map(|(rank, &n)| (rank, n));
     let misfit = |need: fn(&RankMemory) -> MemoryNeed| ranks.iter().position(|r| !r.fits(need(r)));
     let redundant_misfit = misfit(|r| r.redundant);
     let pipeline_misfit = misfit(|r| r.pipeline);
@@ -115,6 +131,7 @@ pub fn choose(
     };
     let fits = fit_summary(ranks, source, redundant_misfit, pipeline_misfit);
     let mode = match (arg, redundant_misfit, pipeline_misfit) {
+        (DecodeArg::Auto, None, None) if shared_gpu.is_some() => DecodeMode::Pipeline,
         (DecodeArg::Redundant, None, _) | (DecodeArg::Auto, None, _) => DecodeMode::Redundant,
         (DecodeArg::Pipeline, _, None) | (DecodeArg::Auto, Some(_), None) => DecodeMode::Pipeline,
         (DecodeArg::Redundant, Some(rank), pipeline) => bail!(
@@ -135,6 +152,14 @@ pub fn choose(
         ),
     };
     let asked = match (arg, mode) {
+        (DecodeArg::Auto, DecodeMode::Pipeline) if redundant_misfit.is_none() => {
+            let (rank, n) = shared_gpu.unwrap_or((0, 1));
+            format!(
+                "auto: {n} ranks share rank {rank}'s GPU, where redundant decode would keep {n} copies of the model \
+                 and compute every token {n} times (and the prefill sync the KV cache among them); each rank's own \
+                 layers fit (--decode redundant keeps the copies)"
+            )
+        }
         (DecodeArg::Auto, DecodeMode::Redundant) => {
             "auto: the whole model and KV cache fit every rank".into()
         }
@@ -205,7 +230,7 @@ mod tests {
         let cfg = tiny();
         let split = LayerSplit::even(cfg.num_hidden_layers, 3).unwrap();
         let ranks = rank_memory(&cfg, 128, DType::F32, &split, &available);
-        (choose(arg, &ranks, "--max-memory", &split, 128), ranks)
+        (choose(arg, &ranks, "--max-memory", &split, 128, &[1; 3]), ranks)
     }
 
     #[test]
@@ -242,6 +267,28 @@ mod tests {
         let unknown = plan(DecodeArg::Auto, [None; 3]).0.unwrap();
         assert_eq!(unknown.mode, DecodeMode::Redundant);
         assert!(unknown.reason.contains("not checked"), "{}", unknown.reason);
+    }
+
+    #[test]
+    fn ranks_that_share_a_gpu_decode_pipelined_under_auto_and_as_asked_otherwise() {
+        let cfg = tiny();
+        let split = LayerSplit::even(cfg.num_hidden_layers, 3).unwrap();
+        let ranks = rank_memory(&cfg, 128, DType::F32, &split, &[None; 3]);
+        let with =
+            |arg, sharing: &[usize]| choose(arg, &ranks, "free on the device", &split, 128, sharing).unwrap();
+        let shared = with(DecodeArg::Auto, &[3, 3, 3]);
+        assert_eq!(shared.mode, DecodeMode::Pipeline);
+        assert!(
+            shared
+                .reason
+                .starts_with("auto: 3 ranks share rank 0's GPU, where redundant decode would keep 3 copies"),
+            "{}",
+            shared.reason
+        );
+        // two GPUs for three ranks: ranks 0 and 2 share one
+        assert_eq!(with(DecodeArg::Auto, &[2, 1, 2]).mode, DecodeMode::Pipeline);
+        assert_eq!(with(DecodeArg::Auto, &[1, 1, 1]).mode, DecodeMode::Redundant);
+        assert_eq!(with(DecodeArg::Redundant, &[3, 3, 3]).mode, DecodeMode::Redundant);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::memory_plan;
 use super::plan::JobPlan;
 use super::prefill_warmup::warm_up;
 use crate::cli::RunArgs;
-use crate::device::{device_name, select_device, select_dtype};
+use crate::device::{device_name, ranks_on_gpu_of, select_device, select_dtype, visible_gpus};
 use crate::model::{KvCache, Qwen3};
 use crate::schedule::DecodeMode;
 use crate::sync::SyncStrategy;
@@ -35,7 +35,9 @@ struct Placed {
     device: candle_core::Device,
     transport: TransportPlan,
     dtype: candle_core::DType,
-    budget: Option<(u64, &'static str)>,
+    budget: Option<(u64, String)>,
+    /// Ranks that use this rank's GPU (1 on the CPU).
+    gpu_sharing: usize,
 }
 
 /// Loads this rank's stage; every rank agrees that it worked (an error names the lowest
@@ -67,12 +69,22 @@ pub fn load_stage(
             settings,
         )?;
         let dtype = select_dtype(args.dtype, &device);
-        let budget = memory_plan::memory_budget(args.max_memory, &device)?;
+        // the ranks that use this rank's memory: those on its GPU, or on the CPU the node's
+        let gpu_sharing = match device.is_cuda() {
+            true => ranks_on_gpu_of(env.local_rank, env.local_size, visible_gpus()),
+            false => 1,
+        };
+        let memory_sharers = match device.is_cuda() {
+            true => gpu_sharing,
+            false => env.local_size,
+        };
+        let budget = memory_plan::memory_budget(args.max_memory, &device, memory_sharers)?;
         Ok(Placed {
             device,
             transport,
             dtype,
             budget,
+            gpu_sharing,
         })
     })();
     let Placed {
@@ -80,17 +92,22 @@ pub fn load_stage(
         transport,
         dtype,
         budget,
+        gpu_sharing,
     } = agree(&env.world, placed)?;
 
-    // 2. The decode mode: every rank's budget to every rank, the same choice on each.
+    // 2. The decode mode: every rank's budget and GPU sharing to every rank, the same choice
+    //    on each.
     let cfg = &plan.files.config;
     let split = plan.schedule.split();
-    let budgets = decode_mode::gather_budgets(&env.world, budget.map(|(bytes, _)| bytes));
-    let source = budget.map_or("free on the device", |(_, source)| source);
+    let budgets = decode_mode::gather_budgets(&env.world, budget.as_ref().map(|(bytes, _)| *bytes));
+    let sharing = decode_mode::gather_gpu_sharing(&env.world, gpu_sharing);
+    let source = budget
+        .as_ref()
+        .map_or("free on the device", |(_, source)| source.as_str());
     let ranks = decode_mode::rank_memory(cfg, plan.capacity, dtype, split, &budgets);
     let decode = agree(
         &env.world,
-        decode_mode::choose(args.decode, &ranks, source, split, plan.capacity),
+        decode_mode::choose(args.decode, &ranks, source, split, plan.capacity, &sharing),
     )?;
 
     // 3. This rank's layers and KV cache: its own layers' only, when decode is pipelined.

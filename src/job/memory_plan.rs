@@ -49,13 +49,30 @@ impl MemoryNeed {
     }
 }
 
-/// Memory this rank may use: `--max-memory` if given, else what the device has free (on the
-/// CPU, the kernel's MemAvailable); `None` when neither is known.
-pub fn memory_budget(max_memory: Option<u64>, device: &Device) -> Result<Option<(u64, &'static str)>> {
+/// Memory this rank may use: `--max-memory` if given, else its share of what the device has
+/// free (on the CPU, the kernel's MemAvailable) among the `sharers` ranks that use the same
+/// memory (the ranks on its GPU; on the CPU, the node's ranks); `None` when neither is known.
+/// The second field names where the figure comes from.
+pub fn memory_budget(
+    max_memory: Option<u64>,
+    device: &Device,
+    sharers: usize,
+) -> Result<Option<(u64, String)>> {
     if let Some(limit) = max_memory {
-        return Ok(Some((limit, "--max-memory")));
+        return Ok(Some((limit, "--max-memory".into())));
     }
-    Ok(free_memory(device)?.map(|free| (free, "free on the device")))
+    Ok(free_memory(device)?.map(|free| share_of_free(free, sharers)))
+}
+
+/// `free` split among `sharers` ranks, and the words for it.
+fn share_of_free(free: u64, sharers: usize) -> (u64, String) {
+    match sharers {
+        0 | 1 => (free, "free on the device".into()),
+        n => (
+            free / n as u64,
+            format!("its share of the device's free memory, which {n} ranks use"),
+        ),
+    }
 }
 
 fn free_memory(device: &Device) -> Result<Option<u64>> {
@@ -99,6 +116,14 @@ pub fn gib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_that_share_a_device_share_its_free_memory() {
+        assert_eq!(share_of_free(90, 1), (90, "free on the device".to_string()));
+        let (bytes, source) = share_of_free(90, 3);
+        assert_eq!(bytes, 30);
+        assert_eq!(source, "its share of the device's free memory, which 3 ranks use");
+    }
 
     #[test]
     fn qwen3_8b_needs_its_parameter_count_in_bf16() {
