@@ -104,6 +104,8 @@ def load_folder(folder):
             "transport": t.meta.get("transport"),
             "prompt_tokens": int(t.meta.get("prompt_tokens", 0)),
             "ttft_s": t.summary.get("ttft_s", np.nan),
+            # the chunk cost model's prefill time for the run's chunks (traces before it: none)
+            "predicted_ttft_s": float(t.meta.get("predicted_ttft_s", np.nan)),
             "prefill_tokens_per_s": t.summary.get("prefill_tokens_per_s", np.nan),
             "decode_tokens_per_s": t.summary.get("decode_tokens_per_s", np.nan),
             "max_exposed_sync_s": t.per_rank["exposed_sync_s"].max() if len(t.per_rank) else np.nan,
