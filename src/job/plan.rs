@@ -16,7 +16,9 @@ use crate::generate::SamplingParams;
 use crate::model::source::{ModelFiles, ModelSource};
 use crate::model::Qwen3Config;
 use crate::prompt::prompt_ids;
-use crate::schedule::{plan_chunks, ChunkPlan, DeviceRates, HopCost, JobCost, LayerSplit, Schedule};
+use crate::schedule::{
+    chunks_of_lengths, plan_chunks, Chunk, ChunkPlan, DeviceRates, HopCost, JobCost, LayerSplit, Schedule,
+};
 use crate::tokenize::TextTokenizer;
 use crate::trace::spans::SpanLog;
 use crate::trace::TraceFile;
@@ -170,6 +172,9 @@ pub fn prepare(
         predicted,
         reason: chunk_reason,
     } = chunks;
+    // 4. Rank 0's chunks on every rank: the choice depends on the build (the device class), and
+    //    ranks of different builds must still run one schedule.
+    let chunks = rank_zero_chunks(world, chunks);
     Ok(JobPlan {
         start_time,
         source,
@@ -197,6 +202,17 @@ impl JobPlan {
         }
         self
     }
+}
+
+/// Collective: rank 0's chunks, broadcast (their lengths) to every rank.
+fn rank_zero_chunks(world: &SimpleCommunicator, mine: Vec<Chunk>) -> Vec<Chunk> {
+    let root = world.process_at_rank(0);
+    let mut lengths: Vec<u64> = mine.iter().map(|c| c.len() as u64).collect();
+    let mut count = lengths.len() as u64;
+    root.broadcast_into(&mut count);
+    lengths.resize(count as usize, 0);
+    root.broadcast_into(&mut lengths[..]);
+    chunks_of_lengths(&lengths)
 }
 
 /// The cost model the chunk choice uses: the device class every rank computes on (a GPU where

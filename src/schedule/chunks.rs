@@ -36,6 +36,24 @@ pub fn split_prompt(prompt_len: usize, chunk_size: usize) -> Vec<Chunk> {
         .collect()
 }
 
+/// Chunks of the given lengths, in order from position 0 (e.g. a trace's `chunk_lengths`).
+pub fn chunks_of_lengths(lengths: &[u64]) -> Vec<Chunk> {
+    let mut start = 0;
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(index, &len)| {
+            let chunk = Chunk {
+                index,
+                start,
+                end: start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)),
+            };
+            start = chunk.end;
+            chunk
+        })
+        .collect()
+}
+
 /// `--chunking`: how the prompt is cut into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +171,14 @@ mod tests {
         let balanced = split_prompt_balanced(16384, 16, 1e15);
         assert_eq!(balanced, split_prompt(16384, 1024));
         assert_eq!(split_prompt_balanced(3, 8, 10.0).len(), 3);
+    }
+
+    #[test]
+    fn chunks_of_their_own_lengths_are_the_chunks() {
+        for chunks in [split_prompt(100, 7), split_prompt_balanced(16384, 16, 11_000.0)] {
+            let lengths: Vec<u64> = chunks.iter().map(|c| c.len() as u64).collect();
+            assert_eq!(chunks_of_lengths(&lengths), chunks);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod ring;
 
 pub use chunk_choice::{plan_chunks, ChunkPlan};
 pub use chunk_cost::{DeviceRates, HopCost, JobCost};
-pub use chunks::{split_prompt, split_prompt_balanced, Chunk, Chunking};
+pub use chunks::{chunks_of_lengths, split_prompt, split_prompt_balanced, Chunk, Chunking};
 pub use decode::{decode_step_program, DecodeArg, DecodeMode, DecodeOp};
 pub use layer_split::LayerSplit;
 pub use pipeline::{KvBlock, KvSyncCall, Schedule, StageOp};

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use super::read::TraceView;
 use super::spans::SpanKind;
 use crate::model::Qwen3Config;
-use crate::schedule::{predict_prefill, DeviceRates, HopCost, JobCost, LayerSplit};
+use crate::schedule::{chunks_of_lengths, predict_prefill, DeviceRates, HopCost, JobCost, LayerSplit};
 
 /// One decoder layer of one chunk, as a trace measured it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,18 +64,13 @@ pub fn layer_spans(trace: &TraceView) -> Result<Vec<LayerSpan>> {
     if trace.chunk_lengths.is_empty() {
         bail!("{shown}: no `chunk_lengths` attribute");
     }
-    let mut starts = Vec::with_capacity(trace.chunk_lengths.len());
-    let mut position = 0usize;
-    for &len in &trace.chunk_lengths {
-        starts.push(position);
-        position += len as usize;
-    }
+    let chunks = chunks_of_lengths(&trace.chunk_lengths);
     let mut spans = Vec::new();
     for rank_spans in &trace.spans {
         for span in rank_spans.iter().filter(|s| s.kind == SpanKind::LayerCompute) {
             let chunk = usize::try_from(span.chunk)
                 .ok()
-                .filter(|&c| c < starts.len())
+                .filter(|&c| c < chunks.len())
                 .with_context(|| {
                     format!(
                         "{shown}: a LayerCompute span of chunk {}, outside the chunks",
@@ -83,8 +78,8 @@ pub fn layer_spans(trace: &TraceView) -> Result<Vec<LayerSpan>> {
                     )
                 })?;
             spans.push(LayerSpan {
-                len: trace.chunk_lengths[chunk] as usize,
-                start: starts[chunk],
+                len: chunks[chunk].len(),
+                start: chunks[chunk].start,
                 seconds: (span.t_end_ns - span.t_start_ns) as f64 * 1e-9,
             });
         }
@@ -290,21 +285,7 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         let counts: Vec<usize> = trace.layer_split.iter().map(|&c| c as usize).collect();
         let split = LayerSplit::from_counts(&counts, cfg.num_hidden_layers, counts.len())
             .with_context(|| format!("{}: layer_split", trace.path.display()))?;
-        let mut start = 0;
-        let chunks: Vec<crate::schedule::Chunk> = trace
-            .chunk_lengths
-            .iter()
-            .enumerate()
-            .map(|(index, &len)| {
-                let chunk = crate::schedule::Chunk {
-                    index,
-                    start,
-                    end: start + len as usize,
-                };
-                start = chunk.end;
-                chunk
-            })
-            .collect();
+        let chunks = chunks_of_lengths(&trace.chunk_lengths);
         let predicted = predict_prefill(&chunks, &split, &cost);
         let measured = trace.ttft_s.map_or("?".into(), |t| format!("{:.1} ms", t * 1e3));
         out.push_str(&format!(
