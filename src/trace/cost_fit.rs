@@ -274,7 +274,10 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
             100.0 * full / products.max(f64::MIN_POSITIVE)
         ));
     }
-    out.push_str("TTFT measured against predicted (the fit, the class's memory rate, the trace's hidden-state path):\n");
+    out.push_str(
+        "TTFT measured against predicted (the fit, the class's memory rate, the trace's hidden-state path), and \
+         how much longer its layers ran than the fit (on several ranks: the KV sync beside them):\n",
+    );
     for trace in traces.iter().chain(predicted) {
         let hop = match (on_gpu, trace.hidden_transport.as_deref()) {
             (false, _) => HopCost::CPU,
@@ -288,12 +291,17 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         let chunks = chunks_of_lengths(&trace.chunk_lengths);
         let predicted = predict_prefill(&chunks, &split, &cost);
         let measured = trace.ttft_s.map_or("?".into(), |t| format!("{:.1} ms", t * 1e3));
+        let layers = layer_spans(trace)?;
+        let (ran, fitted) = layers.iter().fold((0.0, 0.0), |(m, f), s| {
+            (m + s.seconds, f + coefficients.layer_s(s))
+        });
         out.push_str(&format!(
-            "  {}: {} ranks, {} chunks: measured {measured}, predicted {:.1} ms\n",
+            "  {}: {} ranks, {} chunks: measured {measured}, predicted {:.1} ms; layers {:+.1} %\n",
             trace.path.display(),
             split.ranks(),
             chunks.len(),
-            predicted.ttft_s * 1e3
+            predicted.ttft_s * 1e3,
+            100.0 * (ran / fitted - 1.0)
         ));
     }
     Ok(out)
