@@ -147,7 +147,8 @@ def handoffs(trace):
     (`recv_start_s`, `recv_end_s`), and the hop's `latency_s` = `recv_end_s` − `sender_done_s`:
     the copy off the sender's GPU and the message (host path: the copy onto the receiver's GPU
     is queued after the receive, so it delays the receiver's first layer instead), or one
-    copy-engine push into the receiver's GPU memory and an 8-byte message (ipc). Only where the receiver was already
+    copy-engine push into the receiver's GPU memory and an 8-byte message (ipc), or a copy into
+    the sender's GPU buffer, MPI from GPU memory to GPU memory and the message (device). Only where the receiver was already
     waiting when the sender finished; NaN where it came later (its wait then says nothing).
     The two ends are on two ranks' clocks, whose common origin is a barrier: their skew (µs on
     an idle node, up to ms with more ranks than cores) is in every latency."""

@@ -80,6 +80,7 @@ if [[ "$phases" == *" check "* ]]; then
   done
   QWEN3_MPI_WEIGHT_LOAD=staged run s-3ranks-ipc-staged-load mpirun 3 "${p[@]}" --transport ipc
   for n in 2 3; do run "s-${n}ranks-ipc-hidden-ipc" mpirun $n "${p[@]}" --transport ipc --hidden-transport ipc; done
+  for n in 2 3; do run "s-${n}ranks-device-hidden-device" $cudampi $n "${p[@]}" --transport device --hidden-transport device; done
   { echo; echo "## Generated ids across 1, 2 and 3 ranks sharing the GPU"
     python3 $gc/summarize.py ids "$out/runs/s-1rank.json" "$out"/runs/s-[23]ranks-*.json; } >> "$md" 2>&1 || status=1
 fi

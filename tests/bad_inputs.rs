@@ -61,6 +61,12 @@ fn unknown_flags_values_and_missing_cuda_are_named() {
         1,
         "--hidden-transport ipc needs GPUs",
     );
+    assert_job_fails(
+        2,
+        &["--hidden-transport", "device"],
+        1,
+        "--hidden-transport device needs GPUs",
+    );
     assert_job_fails(2, &["--hidden-transport", "telepathy"], 2, "telepathy");
     assert_job_fails(2, &["--chunking", "zigzag"], 2, "zigzag");
     if !cfg!(feature = "cuda") {

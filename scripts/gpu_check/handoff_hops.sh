@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hidden-state hand-offs (issue 19): 8 MiB hops between ranks sharing the GPU, through host
 # memory and through CUDA IPC, same call. The 0.6B-shaped checkpoint (hidden 1024, bf16) with
-# 4,096-token chunks makes each hop 8 MiB; 2 and 3 ranks, RUNS runs each (3), the generated
+# 4,096-token chunks makes each hop 8 MiB; 2 and 3 ranks, RUNS runs each (3) of host, ipc and
+# device (MPI on GPU memory, the CUDA-aware Open MPI of machine.sh), the generated
 # ids of every run against one rank's, the hop latencies from the traces (qwen3_traces.handoffs).
 # With --decode pipeline (no background weight load, no KV sync): the hand-off is the same, and
 # that mode never showed the multi-rank stall (results/gpu-check/2026-12-01-session4.md).
@@ -12,9 +13,9 @@ out=${1:?give an output folder}; mkdir -p "$out"
 source scripts/gpu_check/machine.sh
 [ -d /tmp/model ] || python3 scripts/gpu_check/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --reference /tmp/ref > "$out/checkpoint.log" 2>&1
 tokens=${TOKENS:-16384}; chunk=${CHUNK:-4096}
-job() { # job NAME RANKS ARGS...: one run, its JSON report and trace
+job() { # job NAME RANKS ARGS...: one run, its JSON report and trace (LAUNCHER: $cudampi for device)
   local name=$1 n=$2; shift 2
-  RUST_LOG=warn timeout 60 mpirun -n "$n" "$bin" --model /tmp/model --synthetic-prompt "$tokens" --chunk-size "$chunk" \
+  RUST_LOG=warn timeout 60 ${LAUNCHER:-mpirun} -n "$n" "$bin" --model /tmp/model --synthetic-prompt "$tokens" --chunk-size "$chunk" \
     --max-new-tokens 8 --decode pipeline --timeout 30 --json --trace "$out/$name.h5" "$@" > "$out/$name.json" 2> "$out/$name.err" ||
     echo "$name failed: $(grep -m1 -iE 'error|panic' "$out/$name.err" | cut -c1-250)"
 }
@@ -23,6 +24,8 @@ for n in 2 3; do
   for i in $(seq 1 "${RUNS:-3}"); do
     job "n$n-host-$i" "$n" --transport ipc --hidden-transport host
     job "n$n-ipc-$i" "$n" --transport ipc --hidden-transport ipc
+    # MPI from GPU memory to GPU memory: the CUDA-aware Open MPI built for the machine
+    LAUNCHER=$cudampi job "n$n-device-$i" "$n" --transport ipc --hidden-transport device
   done
 done
 python3 - "$out" <<'PY'

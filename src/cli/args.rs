@@ -190,7 +190,8 @@ pub struct RunArgs {
     pub transport: TransportArg,
 
     /// What moves a chunk's hidden state to the next stage (rank 0 says on a GPU which one runs
-    /// and why). `host` is the default until the IPC path has been checked and timed on GPUs.
+    /// and why). `host` is the default until the IPC and device paths have been checked and
+    /// timed on GPUs.
     #[arg(long, value_enum, value_name = "HOW", default_value = "host")]
     pub hidden_transport: HiddenArg,
 

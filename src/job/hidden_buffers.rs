@@ -2,13 +2,16 @@
 //! buffer per chunk each way (none out of the last rank, none into rank 0), page-locked on a
 //! GPU, so the copies to and from the device run at full speed and no pinning happens inside
 //! prefill. On the IPC path (`--hidden-transport`): each rank's GPU buffer for the whole
-//! prompt, mapped by the rank before it, and an 8-byte message per chunk each way.
+//! prompt, mapped by the rank before it, and an 8-byte message per chunk each way. On the
+//! device path: each rank's GPU buffers for the whole prompt, incoming and outgoing, which MPI
+//! moves between, and the same 8-byte messages.
 
 use anyhow::Result;
 use candle_core::DType;
 use mpi::topology::SimpleCommunicator;
 
 use crate::schedule::Schedule;
+use crate::transport::hidden_device::HiddenDevice;
 use crate::transport::hidden_ipc::HiddenIpc;
 use crate::transport::hidden_out::HostBuffer;
 use crate::transport::{HiddenPath, HiddenPlan};
@@ -16,8 +19,10 @@ use crate::transport::{HiddenPath, HiddenPlan};
 pub struct HiddenBuffers {
     pub(super) outgoing: Vec<HostBuffer>,
     pub(super) incoming: Vec<HostBuffer>,
-    /// The IPC path's GPU buffers; `None`: the host path.
+    /// The IPC path's GPU buffers; `None`: another path.
     pub(super) ipc: Option<HiddenIpc>,
+    /// The device path's GPU buffers; `None`: another path.
+    pub(super) device: Option<HiddenDevice>,
 }
 
 /// Bytes of the message that announces a hidden state pushed to the next rank's GPU.
@@ -38,22 +43,33 @@ impl HiddenBuffers {
         use mpi::traits::Communicator as _;
         let (rank, ranks) = (pipe.rank() as usize, pipe.size() as usize);
         let row_bytes = hidden_size * dtype.size_in_bytes();
+        let notes = |wanted: bool| match wanted {
+            true => schedule
+                .chunks()
+                .iter()
+                .map(|_| HostBuffer::plain(NOTE_BYTES))
+                .collect(),
+            false => Vec::new(),
+        };
+        let positions = schedule.chunks().last().map_or(0, |c| c.end);
+        if plan.path == HiddenPath::Device {
+            let device = HiddenDevice::open(pipe, positions, hidden_size, dtype, device)
+                .map_err(|e| e.context("--hidden-transport device"))?;
+            return Ok(Self {
+                outgoing: notes(rank + 1 < ranks),
+                incoming: notes(rank > 0),
+                ipc: None,
+                device: Some(device),
+            });
+        }
         if plan.path == HiddenPath::Ipc {
-            let positions = schedule.chunks().last().map_or(0, |c| c.end);
             match HiddenIpc::open(pipe, positions, hidden_size, dtype, device) {
                 Ok(ipc) => {
-                    let notes = |wanted: bool| match wanted {
-                        true => schedule
-                            .chunks()
-                            .iter()
-                            .map(|_| HostBuffer::plain(NOTE_BYTES))
-                            .collect(),
-                        false => Vec::new(),
-                    };
                     return Ok(Self {
                         outgoing: notes(rank + 1 < ranks),
                         incoming: notes(rank > 0),
                         ipc: Some(ipc),
+                        device: None,
                     });
                 }
                 Err(error) if plan.host_fallback => {
@@ -91,14 +107,16 @@ impl HiddenBuffers {
             outgoing: per_chunk(rank + 1 < ranks)?,
             incoming: per_chunk(rank > 0)?,
             ipc: None,
+            device: None,
         })
     }
 
     /// The path the hidden states take.
     pub fn path(&self) -> HiddenPath {
-        match self.ipc {
-            Some(_) => HiddenPath::Ipc,
-            None => HiddenPath::Host,
+        match (&self.ipc, &self.device) {
+            (Some(_), _) => HiddenPath::Ipc,
+            (None, Some(_)) => HiddenPath::Device,
+            (None, None) => HiddenPath::Host,
         }
     }
 

@@ -225,6 +225,7 @@ fn job_cost(args: &RunArgs, cfg: &Qwen3Config) -> JobCost {
         (false, _) => (DeviceRates::CPU, HopCost::CPU),
         (true, HiddenArg::Host) => (DeviceRates::GPU, HopCost::GPU_HOST),
         (true, HiddenArg::Ipc | HiddenArg::Auto) => (DeviceRates::GPU, HopCost::GPU_IPC),
+        (true, HiddenArg::Device) => (DeviceRates::GPU, HopCost::GPU_MPI),
     };
     JobCost::new(cfg, rates, hop, dtype.size_in_bytes())
 }

@@ -25,9 +25,11 @@ use crate::sync::KvSyncWorker;
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
+use crate::transport::hidden_device::HiddenDevice;
 use crate::transport::hidden_ipc::HiddenIpc;
 use crate::transport::hidden_out::{HostBuffer, StagedHidden};
 use crate::transport::host_bytes::tensor_from_bytes;
+use crate::transport::mpi_raw::RawRequest;
 
 /// Where one rank's prefill time went.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -69,8 +71,10 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
         outgoing,
         incoming,
         ipc,
+        device,
     } = buffers;
     let ipc = ipc.as_ref();
+    let device = device.as_ref();
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
@@ -81,6 +85,9 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             staged: VecDeque::new(),
             sends: Vec::new(),
             ipc,
+            device,
+            data_sends: Vec::new(),
+            data_recvs: Vec::new(),
         };
         let mut recvs: Vec<Option<Request<'_, [u8], &LocalScope<'_>>>> = Vec::new();
         if ctx.rank > 0 {
@@ -91,6 +98,15 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
                     buffer.as_mut_slice(),
                     index as i32,
                 )));
+            }
+            // the device path: each chunk's bytes straight into its rows of this rank's buffer
+            if let Some(device) = device {
+                for chunk in ctx.schedule.chunks() {
+                    match device.receive(chunk.start, chunk.len(), ctx.rank - 1, chunk.index) {
+                        Ok(request) => loop_state.data_recvs.push(Some(request)),
+                        Err(error) => ctx.abort.fail(&error),
+                    }
+                }
             }
         }
         let mut checked_step = None;
@@ -120,7 +136,16 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             ));
             send.wait();
         }
-        if loop_state.ipc.is_some() && ctx.rank > 0 {
+        for (chunk, mut send) in loop_state.data_sends.drain(..) {
+            let _wait = ctx.watchdog.waiting_for(format!(
+                "send of chunk {chunk}'s hidden state (GPU memory) to rank {}",
+                ctx.rank + 1
+            ));
+            if let Err(error) = send.wait() {
+                ctx.abort.fail(&error);
+            }
+        }
+        if (loop_state.ipc.is_some() || loop_state.device.is_some()) && ctx.rank > 0 {
             // this stage's reads of its GPU buffer are done before the next run's pushes into
             // it (which follow the world barrier at its start); rank 0 has no such buffer
             if let Err(error) = ctx.model.device().synchronize() {
@@ -172,6 +197,12 @@ struct LoopState<'a, 's> {
     /// The IPC path: hidden states pushed into the next rank's GPU memory, and this rank's own
     /// (the host buffers are then the 8-byte messages that announce them).
     ipc: Option<&'a HiddenIpc>,
+    /// The device path: hidden states sent by MPI from this rank's GPU buffer into the next
+    /// rank's (the host buffers are the messages, as with IPC), with their requests
+    /// (chunk, request) and this rank's receives (index = chunk).
+    device: Option<&'a HiddenDevice>,
+    data_sends: Vec<(usize, RawRequest)>,
+    data_recvs: Vec<Option<RawRequest>>,
 }
 
 impl LoopState<'_, '_> {
@@ -226,6 +257,12 @@ fn post_staged_sends<'a, 's>(
             ..SpanAt::NONE
         };
         let _range = SpanRange::open(SpanKind::Send, at);
+        if let Some(device) = state.device {
+            // the bytes from GPU memory first, then the message that announces them
+            let positions = ctx.schedule.chunks()[chunk];
+            let data = device.send(positions.start, positions.len(), to, chunk)?;
+            state.data_sends.push((chunk, data));
+        }
         let next = ctx.pipe.process_at_rank(to as i32);
         tracing::debug!("posting the send of chunk {chunk}'s hidden state to rank {to}");
         state
@@ -300,6 +337,30 @@ fn run_op<'a, 's>(
                     std::hint::spin_loop();
                 }
             };
+            if state.device.is_some() {
+                // the message has come: the bytes are on their way into this rank's rows
+                let mut data = state
+                    .data_recvs
+                    .get_mut(chunk.index)
+                    .and_then(Option::take)
+                    .ok_or_else(|| anyhow::anyhow!("chunk {}'s bytes received twice", chunk.index))?;
+                let _wait = ctx.watchdog.waiting_for(format!(
+                    "hidden state of chunk {} (GPU memory) from rank {from} (step {step})",
+                    chunk.index
+                ));
+                // as above: an error ends the job here, with the request still pending
+                loop {
+                    match data.test() {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(error) => ctx.abort.fail(&error),
+                    }
+                    if let Err(error) = post_staged_sends(ctx, scope, state, false) {
+                        ctx.abort.fail(&error);
+                    }
+                    std::hint::spin_loop();
+                }
+            }
             tracing::debug!("received chunk {}'s hidden state from rank {from}", chunk.index);
             state.times.recv_wait_s += started.elapsed().as_secs_f64();
             let shape = (chunk.len(), model.config().hidden_size);
@@ -312,22 +373,24 @@ fn run_op<'a, 's>(
                     ..at(chunk.index)
                 },
             );
-            state.hidden = Some(match state.ipc {
-                // the previous rank's copy into this rank's buffer passed before it sent this
-                Some(ipc) => {
-                    let announced = <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes);
-                    if announced != Some(payload as u64) {
-                        anyhow::bail!(
-                            "rank {from} announced chunk {} as {announced:?} bytes, not {payload}",
-                            chunk.index
-                        );
-                    }
-                    ipc.incoming(chunk.start, chunk.len())?
+            if state.ipc.is_some() || state.device.is_some() {
+                let announced = <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes);
+                if announced != Some(payload as u64) {
+                    anyhow::bail!(
+                        "rank {from} announced chunk {} as {announced:?} bytes, not {payload}",
+                        chunk.index
+                    );
                 }
+            }
+            state.hidden = Some(match (state.ipc, state.device) {
+                // the previous rank's copy into this rank's buffer passed before it sent this
+                (Some(ipc), _) => ipc.incoming(chunk.start, chunk.len())?,
+                // MPI has written the rows (the receive above has finished)
+                (None, Some(device)) => device.incoming(chunk.start, chunk.len())?,
                 // From page-locked memory the copy to the GPU is asynchronous. The buffer is
                 // next written by the following prefill run's receive, after this run's KV sync
                 // has finished, which waits for the layers queued behind this copy.
-                None => tensor_from_bytes(bytes, model.dtype(), shape, model.device())?,
+                (None, None) => tensor_from_bytes(bytes, model.dtype(), shape, model.device())?,
             });
         }
         StageOp::ComputeLayer { layer, chunk } => {
@@ -352,9 +415,10 @@ fn run_op<'a, 's>(
                 .get_mut(chunk.index)
                 .and_then(Option::take)
                 .ok_or_else(|| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
-            let staged = match state.ipc {
-                Some(ipc) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
-                None => StagedHidden::stage(&hidden, buffer)?,
+            let staged = match (state.ipc, state.device) {
+                (Some(ipc), _) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
+                (None, Some(device)) => StagedHidden::stage_on_gpu(&hidden, chunk.start, device, buffer)?,
+                (None, None) => StagedHidden::stage(&hidden, buffer)?,
             };
             state.staged.push_back((chunk.index, to, step, staged));
         }

@@ -104,6 +104,13 @@ impl HopCost {
         latency_s: 30e-6,
         bytes_per_s: 50e9,
     };
+    /// GPU to GPU by a CUDA-aware MPI (`--hidden-transport device`): assumed, an InfiniBand
+    /// HDR link's rate (unmeasured).
+    pub const GPU_MPI: Self = Self {
+        name: "device",
+        latency_s: 50e-6,
+        bytes_per_s: 20e9,
+    };
     /// Between CPU ranks (MPI through shared memory).
     pub const CPU: Self = Self {
         name: "mpi",

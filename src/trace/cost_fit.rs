@@ -282,6 +282,7 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         let hop = match (on_gpu, trace.hidden_transport.as_deref()) {
             (false, _) => HopCost::CPU,
             (true, Some("ipc")) => HopCost::GPU_IPC,
+            (true, Some("device")) => HopCost::GPU_MPI,
             (true, _) => HopCost::GPU_HOST,
         };
         let cost = JobCost::new(&cfg, rates, hop, if on_gpu { 2 } else { 4 });

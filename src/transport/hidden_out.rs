@@ -111,26 +111,49 @@ impl<'a> StagedHidden<'a> {
             let _ = (hidden, start, note);
             match *ipc {}
         }
+        // SAFETY: the staged value keeps `hidden` alive until `copied` has passed; a chunk's
+        // rows are written once per prefill run.
         #[cfg(feature = "cuda")]
-        self::push_to_gpu(hidden, start, ipc, note)
+        self::copy_on_gpu(hidden, note, |hidden, stream| unsafe {
+            ipc.push(hidden, start, stream)
+        })
+    }
+
+    /// Starts copying `hidden` into rows `[start, …)` of this rank's outgoing GPU buffer, for
+    /// MPI to send from there once the copy has passed; `note` as in [`Self::push`].
+    pub fn stage_on_gpu(
+        hidden: &Tensor,
+        start: usize,
+        device: &super::hidden_device::HiddenDevice,
+        note: &'a mut HostBuffer,
+    ) -> Result<Self> {
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (hidden, start, note);
+            match *device {}
+        }
+        // SAFETY: as in `push`; the rows are sent once per run, after this copy.
+        #[cfg(feature = "cuda")]
+        self::copy_on_gpu(hidden, note, |hidden, stream| unsafe {
+            device.stage(hidden, start, stream)
+        })
     }
 }
 
+/// Queues `copy` of `hidden` (made contiguous) on its stream, then the event the send waits
+/// for; `note` becomes the 8-byte message of the hidden state's byte count.
 #[cfg(feature = "cuda")]
-fn push_to_gpu<'a>(
+fn copy_on_gpu<'a>(
     hidden: &Tensor,
-    start: usize,
-    ipc: &super::hidden_ipc::HiddenIpc,
     note: &'a mut HostBuffer,
+    copy: impl FnOnce(&Tensor, &candle_core::cuda_backend::cudarc::driver::CudaStream) -> Result<usize>,
 ) -> Result<StagedHidden<'a>> {
     if note.as_slice().len() != 8 {
         bail!("a hidden-state message of {} bytes, not 8", note.as_slice().len());
     }
     let hidden = hidden.contiguous()?;
     let stream = hidden.device().as_cuda_device()?.cuda_stream();
-    // SAFETY: the staged value keeps `hidden` alive until `copied` has passed; a chunk's rows
-    // are written once per prefill run.
-    let len = unsafe { ipc.push(&hidden, start, &stream)? };
+    let len = copy(&hidden, &stream)?;
     let copied = Some(stream.record_event(None)?);
     note.as_mut_slice().copy_from_slice(&(len as u64).to_le_bytes());
     Ok(StagedHidden {

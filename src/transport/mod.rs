@@ -34,6 +34,51 @@ pub mod hidden_ipc {
         }
     }
 }
+#[cfg(feature = "cuda")]
+pub mod hidden_device;
+/// Without CUDA there is no GPU-to-GPU path: as with `hidden_ipc`, the type has no value.
+#[cfg(not(feature = "cuda"))]
+pub mod hidden_device {
+    use super::mpi_raw::RawRequest;
+
+    pub enum HiddenDevice {}
+
+    impl HiddenDevice {
+        pub fn open(
+            _comm: &mpi::topology::SimpleCommunicator,
+            _positions: usize,
+            _hidden: usize,
+            _dtype: candle_core::DType,
+            _device: &candle_core::Device,
+        ) -> anyhow::Result<Self> {
+            anyhow::bail!("this build has no CUDA")
+        }
+
+        pub fn send(
+            &self,
+            _start: usize,
+            _len: usize,
+            _to: usize,
+            _chunk: usize,
+        ) -> anyhow::Result<RawRequest> {
+            match *self {}
+        }
+
+        pub fn receive(
+            &self,
+            _start: usize,
+            _len: usize,
+            _from: usize,
+            _chunk: usize,
+        ) -> anyhow::Result<RawRequest> {
+            match *self {}
+        }
+
+        pub fn incoming(&self, _start: usize, _len: usize) -> anyhow::Result<candle_core::Tensor> {
+            match *self {}
+        }
+    }
+}
 pub mod hidden_out;
 pub mod hidden_plan;
 pub mod host_bytes;

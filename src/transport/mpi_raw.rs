@@ -1,6 +1,6 @@
-//! The thin unsafe layer under the KV sync: MPI calls on raw addresses (device memory with a
-//! CUDA-aware MPI, or any memory the caller vouches for), which the mpi crate's slice-based API
-//! cannot express, plus the two constants from `mpi_shim.c`.
+//! The thin unsafe layer under the KV sync and the GPU-to-GPU hidden states: MPI calls on raw
+//! addresses (device memory with a CUDA-aware MPI, or any memory the caller vouches for), which
+//! the mpi crate's slice-based API cannot express, plus the two constants from `mpi_shim.c`.
 
 use std::os::raw::{c_int, c_void};
 
@@ -144,6 +144,109 @@ pub unsafe fn sendrecv(
         ffi::RSMPI_STATUS_IGNORE,
     );
     check(code, "MPI_Sendrecv")
+}
+
+/// A non-blocking send or receive on a raw address (`isend` / `irecv`), finished by
+/// [`RawRequest::test`] or [`RawRequest::wait`]. Dropped while pending (only on the way to
+/// ending the job), it is left to MPI, never waited for: its memory must outlive the process's
+/// MPI, as the job's buffers do.
+pub struct RawRequest {
+    request: ffi::MPI_Request,
+    done: bool,
+}
+
+// SAFETY: an MPI request handle is a plain value; with MPI_THREAD_MULTIPLE any thread may test it.
+unsafe impl Send for RawRequest {}
+
+impl RawRequest {
+    /// Whether it has finished (never blocks).
+    pub fn test(&mut self) -> Result<bool> {
+        if !self.done {
+            let mut flag: c_int = 0;
+            // SAFETY: `request` is a live request of this value (done is false).
+            let code = unsafe { ffi::MPI_Test(&mut self.request, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+            check(code, "MPI_Test")?;
+            self.done = flag != 0;
+        }
+        Ok(self.done)
+    }
+
+    /// Blocks until it has finished.
+    pub fn wait(&mut self) -> Result<()> {
+        if !self.done {
+            // SAFETY: as in `test`.
+            let code = unsafe { ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE) };
+            check(code, "MPI_Wait")?;
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawRequest {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!("an MPI request on a raw address was dropped before it finished");
+        }
+    }
+}
+
+/// `MPI_Isend` of `bytes` bytes at `address` to `dest` with `tag`.
+///
+/// # Safety
+/// `address` must hold `bytes` readable bytes (device memory only with a CUDA-aware MPI) until
+/// the request has finished.
+pub unsafe fn isend(
+    comm: &SimpleCommunicator,
+    address: *const c_void,
+    bytes: usize,
+    dest: usize,
+    tag: c_int,
+) -> Result<RawRequest> {
+    let mut request = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
+    let code = ffi::MPI_Isend(
+        address,
+        c_int::try_from(bytes)?,
+        u8::equivalent_datatype().as_raw(),
+        c_int::try_from(dest)?,
+        tag,
+        comm.as_raw(),
+        request.as_mut_ptr(),
+    );
+    check(code, "MPI_Isend")?;
+    Ok(RawRequest {
+        request: request.assume_init(),
+        done: false,
+    })
+}
+
+/// `MPI_Irecv` of `bytes` bytes into `address` from `source` with `tag`.
+///
+/// # Safety
+/// `address` must hold `bytes` writable bytes (device memory only with a CUDA-aware MPI) that
+/// nothing else touches until the request has finished.
+pub unsafe fn irecv(
+    comm: &SimpleCommunicator,
+    address: *mut c_void,
+    bytes: usize,
+    source: usize,
+    tag: c_int,
+) -> Result<RawRequest> {
+    let mut request = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
+    let code = ffi::MPI_Irecv(
+        address,
+        c_int::try_from(bytes)?,
+        u8::equivalent_datatype().as_raw(),
+        c_int::try_from(source)?,
+        tag,
+        comm.as_raw(),
+        request.as_mut_ptr(),
+    );
+    check(code, "MPI_Irecv")?;
+    Ok(RawRequest {
+        request: request.assume_init(),
+        done: false,
+    })
 }
 
 #[cfg(test)]
