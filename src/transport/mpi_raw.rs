@@ -203,20 +203,10 @@ pub unsafe fn isend(
     dest: usize,
     tag: c_int,
 ) -> Result<RawRequest> {
-    let mut request = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
-    let code = ffi::MPI_Isend(
-        address,
-        c_int::try_from(bytes)?,
-        u8::equivalent_datatype().as_raw(),
-        c_int::try_from(dest)?,
-        tag,
-        comm.as_raw(),
-        request.as_mut_ptr(),
-    );
-    check(code, "MPI_Isend")?;
-    Ok(RawRequest {
-        request: request.assume_init(),
-        done: false,
+    let (count, peer) = (c_int::try_from(bytes)?, c_int::try_from(dest)?);
+    let byte = u8::equivalent_datatype();
+    start("MPI_Isend", |request| {
+        ffi::MPI_Isend(address, count, byte.as_raw(), peer, tag, comm.as_raw(), request)
     })
 }
 
@@ -232,19 +222,20 @@ pub unsafe fn irecv(
     source: usize,
     tag: c_int,
 ) -> Result<RawRequest> {
+    let (count, peer) = (c_int::try_from(bytes)?, c_int::try_from(source)?);
+    let byte = u8::equivalent_datatype();
+    start("MPI_Irecv", |request| {
+        ffi::MPI_Irecv(address, count, byte.as_raw(), peer, tag, comm.as_raw(), request)
+    })
+}
+
+/// A request that `call` starts (writing its handle), or the error it returned.
+unsafe fn start(what: &str, call: impl FnOnce(*mut ffi::MPI_Request) -> c_int) -> Result<RawRequest> {
     let mut request = std::mem::MaybeUninit::<ffi::MPI_Request>::uninit();
-    let code = ffi::MPI_Irecv(
-        address,
-        c_int::try_from(bytes)?,
-        u8::equivalent_datatype().as_raw(),
-        c_int::try_from(source)?,
-        tag,
-        comm.as_raw(),
-        request.as_mut_ptr(),
-    );
-    check(code, "MPI_Irecv")?;
+    check(call(request.as_mut_ptr()), what)?;
     Ok(RawRequest {
-        request: request.assume_init(),
+        // SAFETY: the call succeeded, so it wrote the handle
+        request: unsafe { request.assume_init() },
         done: false,
     })
 }
