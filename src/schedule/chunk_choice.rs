@@ -75,7 +75,7 @@ pub fn plan_chunks(
             let (size, chunks, predicted) = evaluate(size);
             let (best_size, _, best) = best();
             let reason = format!(
-                "--chunk-size {size}: {}, predicted prefill {} ({model}: {best_size} tokens, {})",
+                "--chunk-size {size}: {}, predicted prefill {} (the {model} would take {best_size} tokens: {})",
                 count(chunks.len(), "chunk"),
                 ms(predicted.ttft_s),
                 ms(best.ttft_s)
