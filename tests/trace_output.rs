@@ -602,6 +602,28 @@ fn fit_cost_fits_one_rank_traces_and_predicts_a_pipelined_run() {
         };
         assert!(positive(ms("measured")) && positive(ms("predicted")), "{line}");
     }
+    // one device class at a time: a copy that says it ran on a GPU is refused beside the others
+    let gpu_copy = trace("c16-gpu");
+    std::fs::copy(trace("c16"), &gpu_copy).unwrap();
+    {
+        let f = hdf5::File::append(&gpu_copy).unwrap();
+        f.delete_attr("device").unwrap();
+        f.new_attr::<hdf5::types::VarLenUnicode>()
+            .create("device")
+            .unwrap()
+            .write_scalar(
+                &"Cuda { gpu_id: 0 }"
+                    .parse::<hdf5::types::VarLenUnicode>()
+                    .unwrap(),
+            )
+            .unwrap();
+    }
+    let (code, _, stderr) = run_cli(&["trace", "fit-cost", &trace("c64"), &gpu_copy]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("c16-gpu.h5 ran on different devices (cpu and Cuda { gpu_id: 0 })"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run_cli(&["trace", "fit-cost", "/nonexistent.h5"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("/nonexistent.h5"), "{stderr}");

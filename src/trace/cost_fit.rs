@@ -212,7 +212,21 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
             first.path.display()
         );
     }
-    let on_gpu = first.dtype.as_deref() != Some("f32");
+    let on_gpu = |trace: &TraceView| trace.device.as_deref().is_some_and(|d| d != "cpu");
+    let on_gpu = match traces
+        .iter()
+        .chain(predicted)
+        .find(|t| on_gpu(t) != on_gpu(first))
+    {
+        Some(other) => bail!(
+            "{} and {} ran on different devices ({} and {}): fit traces of one device class at a time",
+            first.path.display(),
+            other.path.display(),
+            first.device.as_deref().unwrap_or("unknown"),
+            other.device.as_deref().unwrap_or("unknown")
+        ),
+        None => on_gpu(first),
+    };
     let mut spans = Vec::new();
     for trace in traces.iter().chain(predicted) {
         if trace.model_config.as_ref() != Some(&cfg) {
@@ -285,7 +299,11 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
             (true, Some("device")) => HopCost::GPU_MPI,
             (true, _) => HopCost::GPU_HOST,
         };
-        let cost = JobCost::new(&cfg, rates, hop, if on_gpu { 2 } else { 4 });
+        let dtype_bytes = match trace.dtype.as_deref() {
+            Some("f32") => 4,
+            _ => 2,
+        };
+        let cost = JobCost::new(&cfg, rates, hop, dtype_bytes);
         let counts: Vec<usize> = trace.layer_split.iter().map(|&c| c as usize).collect();
         let split = LayerSplit::from_counts(&counts, cfg.num_hidden_layers, counts.len())
             .with_context(|| format!("{}: layer_split", trace.path.display()))?;

@@ -28,6 +28,8 @@ pub struct TraceView {
     pub hidden_transport: Option<String>,
     /// `bf16`, `f32`, …
     pub dtype: Option<String>,
+    /// Rank 0's device: `cpu`, `Cuda { gpu_id: 0 }`, …
+    pub device: Option<String>,
     /// The model's config as the job read it (`model_config`).
     pub model_config: Option<Qwen3Config>,
     /// Decoder layers per rank.
@@ -117,6 +119,7 @@ impl TraceView {
             decode_mode: text("decode_mode"),
             hidden_transport: text("hidden_transport"),
             dtype: text("dtype"),
+            device: text("device"),
             model_config: text("model_config").and_then(|json| serde_json::from_str(&json).ok()),
             layer_split: ints("layer_split"),
             chunk_lengths: ints("chunk_lengths"),
