@@ -1,4 +1,5 @@
-//! Figures as people read them: one unit per kind (milliseconds, binary sizes), counted nouns.
+//! Figures as people read them: one unit per kind (milliseconds, binary sizes, FLOP/s), counted
+//! nouns.
 
 /// "1 rank", "3 ranks".
 pub fn count(n: usize, noun: &str) -> String {
@@ -33,6 +34,14 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A rate of work: "665.0 TFLOP/s", "15.1 GFLOP/s".
+pub fn flops(per_s: f64) -> String {
+    match per_s {
+        f if f >= 1e12 => format!("{:.1} TFLOP/s", f / 1e12),
+        f => format!("{:.1} GFLOP/s", f / 1e9),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +56,7 @@ mod tests {
         assert_eq!(ms(0.5161), "516 ms");
         assert_eq!(count(1, "rank"), "1 rank");
         assert_eq!(count(2, "chunk"), "2 chunks");
+        assert_eq!(flops(665e12), "665.0 TFLOP/s");
+        assert_eq!(flops(15.1e9), "15.1 GFLOP/s");
     }
 }

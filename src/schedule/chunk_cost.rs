@@ -20,7 +20,8 @@
 //!
 //! The rates ([`DeviceRates`]) are fitted on measured traces; each says where from.
 
-use crate::model::Qwen3Config;
+use crate::model::weight_names::stage_parameter_count;
+use crate::model::{Qwen3Config, StageParts};
 
 /// A device class's rates.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,6 +80,41 @@ impl DeviceRates {
         memory_bytes_per_s: 10e9,
         fixed_s: 20e-6,
     };
+}
+
+impl DeviceRates {
+    /// Fill rows for a model `hidden` wide.
+    pub fn fill_rows_at(&self, hidden: usize) -> f64 {
+        match self.fill_scales_with_width {
+            true => self.fill_rows * 4096.0 / hidden as f64,
+            false => self.fill_rows,
+        }
+    }
+
+    /// The `fill_rows` figure (at the 4,096 width) of `rows` seen on a model `hidden` wide.
+    pub fn fill_rows_from(&self, rows: f64, hidden: usize) -> f64 {
+        match self.fill_scales_with_width {
+            true => rows * hidden as f64 / 4096.0,
+            false => rows,
+        }
+    }
+}
+
+/// FLOPs of a dense decoder layer's matrix products a token (two per weight: q/k/v, o, MLP).
+pub fn dense_layer_flops_per_token(cfg: &Qwen3Config) -> f64 {
+    2.0 * (attention_params(cfg) + 3.0 * (cfg.hidden_size * cfg.intermediate_size) as f64)
+}
+
+/// FLOPs of causal attention a (query, key) pair: QKᵀ and PV over every query head.
+pub fn attention_flops_per_pair(cfg: &Qwen3Config) -> f64 {
+    4.0 * (cfg.num_attention_heads * cfg.head_dim) as f64
+}
+
+/// Weights of the q, k, v and o projections.
+fn attention_params(cfg: &Qwen3Config) -> f64 {
+    let q_width = cfg.num_attention_heads * cfg.head_dim;
+    let kv_width = cfg.num_key_value_heads * cfg.head_dim;
+    (cfg.hidden_size * (2 * q_width + 2 * kv_width)) as f64
 }
 
 /// A hidden state's hop from one stage to the next: `latency + bytes / bandwidth`.
@@ -145,43 +181,41 @@ pub struct LayerCost {
 impl LayerCost {
     /// Decoder layer `layer` of `cfg` at `rates`, weights of `dtype_bytes` each.
     pub fn new(cfg: &Qwen3Config, layer: usize, rates: &DeviceRates, dtype_bytes: usize) -> Self {
-        let hidden = cfg.hidden_size as f64;
-        let q_width = (cfg.num_attention_heads * cfg.head_dim) as f64;
-        let kv_width = (cfg.num_key_value_heads * cfg.head_dim) as f64;
-        let attention_params = hidden * (2.0 * q_width + 2.0 * kv_width);
-        let per_token = |params: f64| 2.0 * params / rates.product_flops;
-        let dense = |params: f64| Products {
-            per_token_s: per_token(params),
-            rows_share: 1.0,
-        };
-        let (groups, params) = match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
+        let per_token = |flops: f64| flops / rates.product_flops;
+        let groups = match cfg.moe.as_ref().filter(|moe| moe.is_sparse(layer)) {
             Some(moe) => {
+                let hidden = cfg.hidden_size as f64;
                 let expert = 3.0 * hidden * moe.moe_intermediate_size as f64;
                 let router = hidden * moe.num_experts as f64;
                 let k = moe.num_experts_per_tok as f64;
-                let experts = Products {
-                    per_token_s: per_token(k * expert),
-                    rows_share: k / moe.num_experts as f64,
-                };
-                (
-                    vec![dense(attention_params + router), experts],
-                    attention_params + router + moe.num_experts as f64 * expert,
-                )
+                vec![
+                    Products {
+                        per_token_s: per_token(2.0 * (attention_params(cfg) + router)),
+                        rows_share: 1.0,
+                    },
+                    Products {
+                        per_token_s: per_token(2.0 * k * expert),
+                        rows_share: k / moe.num_experts as f64,
+                    },
+                ]
             }
-            None => {
-                let mlp = 3.0 * hidden * cfg.intermediate_size as f64;
-                (vec![dense(attention_params + mlp)], attention_params + mlp)
-            }
+            None => vec![Products {
+                per_token_s: per_token(dense_layer_flops_per_token(cfg)),
+                rows_share: 1.0,
+            }],
         };
+        // every weight of the layer, each expert included, read once a chunk
+        let no_parts = StageParts {
+            embed: false,
+            head: false,
+        };
+        let weights = stage_parameter_count(cfg, layer..layer + 1, no_parts) as f64;
         Self {
             fixed_s: rates.fixed_s,
-            fill_rows: match rates.fill_scales_with_width {
-                true => rates.fill_rows * 4096.0 / hidden,
-                false => rates.fill_rows,
-            },
+            fill_rows: rates.fill_rows_at(cfg.hidden_size),
             groups,
-            weights_s: params * dtype_bytes as f64 / rates.memory_bytes_per_s,
-            per_pair_s: 4.0 * q_width / rates.attention_flops,
+            weights_s: weights * dtype_bytes as f64 / rates.memory_bytes_per_s,
+            per_pair_s: attention_flops_per_pair(cfg) / rates.attention_flops,
         }
     }
 

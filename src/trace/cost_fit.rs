@@ -16,7 +16,9 @@ use anyhow::{bail, Context, Result};
 use super::read::TraceView;
 use super::spans::SpanKind;
 use crate::model::Qwen3Config;
+use crate::schedule::chunk_cost::{attention_flops_per_pair, dense_layer_flops_per_token};
 use crate::schedule::{chunks_of_lengths, predict_prefill, DeviceRates, HopCost, JobCost, LayerSplit};
+use crate::units::flops;
 
 /// One decoder layer of one chunk, as a trace measured it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,10 +174,6 @@ fn least_squares(rows: &[[f64; 4]], columns: &[usize]) -> Option<Vec<f64>> {
 
 /// The device class's rates with the fitted ones in their place, for `cfg`'s shape.
 pub fn fitted_rates(fit: &Coefficients, cfg: &Qwen3Config, class: DeviceRates) -> DeviceRates {
-    let hidden = cfg.hidden_size as f64;
-    let q_width = (cfg.num_attention_heads * cfg.head_dim) as f64;
-    let kv_width = (cfg.num_key_value_heads * cfg.head_dim) as f64;
-    let params = hidden * (2.0 * q_width + 2.0 * kv_width + 3.0 * cfg.intermediate_size as f64);
     // a cost the fit held at zero is an infinite rate
     let rate = |fitted_s: f64, work: f64| {
         if fitted_s > 0.0 {
@@ -186,12 +184,9 @@ pub fn fitted_rates(fit: &Coefficients, cfg: &Qwen3Config, class: DeviceRates) -
     };
     DeviceRates {
         name: "rates fitted on the traces given",
-        product_flops: rate(fit.per_token_s, 2.0 * params),
-        fill_rows: match class.fill_scales_with_width {
-            true => fit.fill_rows() * hidden / 4096.0,
-            false => fit.fill_rows(),
-        },
-        attention_flops: rate(fit.per_pair_s, 4.0 * q_width),
+        product_flops: rate(fit.per_token_s, dense_layer_flops_per_token(cfg)),
+        fill_rows: class.fill_rows_from(fit.fill_rows(), cfg.hidden_size),
+        attention_flops: rate(fit.per_pair_s, attention_flops_per_pair(cfg)),
         fixed_s: fit.fixed_s,
         ..class
     }
@@ -324,14 +319,6 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         ));
     }
     Ok(out)
-}
-
-/// "665.0 TFLOP/s", "15.1 GFLOP/s".
-fn flops(per_s: f64) -> String {
-    match per_s {
-        f if f >= 1e12 => format!("{:.1} TFLOP/s", f / 1e12),
-        f => format!("{:.1} GFLOP/s", f / 1e9),
-    }
 }
 
 #[cfg(test)]
