@@ -64,19 +64,22 @@ pub fn stage_parts(rank: usize, last: usize) -> StageParts {
     }
 }
 
-/// Collective: every rank's budget (`--max-memory`, else its device's free memory) to every
-/// rank.
-pub fn gather_budgets(world: &SimpleCommunicator, mine: Option<u64>) -> Vec<Option<u64>> {
-    let mut all = vec![0u64; world.size() as usize];
-    world.all_gather_into(&mine.unwrap_or(u64::MAX), &mut all[..]);
-    all.into_iter().map(|b| (b != u64::MAX).then_some(b)).collect()
-}
-
-/// Collective: how many ranks use each rank's GPU (index = rank; 1 on the CPU).
-pub fn gather_gpu_sharing(world: &SimpleCommunicator, mine: usize) -> Vec<usize> {
-    let mut all = vec![0u64; world.size() as usize];
-    world.all_gather_into(&(mine as u64), &mut all[..]);
-    all.into_iter().map(|n| n as usize).collect()
+/// Collective, one all-gather: every rank's budget (`--max-memory`, else its share of its
+/// device's free memory; `None`: unknown) and how many ranks use its GPU (1 on the CPU), to
+/// every rank (index = rank).
+pub fn gather_budgets(
+    world: &SimpleCommunicator,
+    budget: Option<u64>,
+    gpu_sharing: usize,
+) -> (Vec<Option<u64>>, Vec<usize>) {
+    let mut all = vec![0u64; 2 * world.size() as usize];
+    world.all_gather_into(
+        &[budget.unwrap_or(u64::MAX), gpu_sharing as u64][..],
+        &mut all[..],
+    );
+    all.chunks(2)
+        .map(|pair| ((pair[0] != u64::MAX).then_some(pair[0]), pair[1] as usize))
+        .unzip()
 }
 
 /// The decode mode for `arg`: under `auto` redundant where it fits every rank and no GPU is

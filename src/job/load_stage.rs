@@ -70,13 +70,12 @@ pub fn load_stage(
         )?;
         let dtype = select_dtype(args.dtype, &device);
         // the ranks that use this rank's memory: those on its GPU, or on the CPU the node's
-        let gpu_sharing = match device.is_cuda() {
-            true => ranks_on_gpu_of(env.local_rank, env.local_size, visible_gpus()),
-            false => 1,
-        };
-        let memory_sharers = match device.is_cuda() {
-            true => gpu_sharing,
-            false => env.local_size,
+        let (gpu_sharing, memory_sharers) = match device.is_cuda() {
+            true => {
+                let on_gpu = ranks_on_gpu_of(env.local_rank, env.local_size, visible_gpus());
+                (on_gpu, on_gpu)
+            }
+            false => (1, env.local_size),
         };
         let budget = memory_plan::memory_budget(args.max_memory, &device, memory_sharers)?;
         Ok(Placed {
@@ -99,8 +98,8 @@ pub fn load_stage(
     //    on each.
     let cfg = &plan.files.config;
     let split = plan.schedule.split();
-    let budgets = decode_mode::gather_budgets(&env.world, budget.as_ref().map(|(bytes, _)| *bytes));
-    let sharing = decode_mode::gather_gpu_sharing(&env.world, gpu_sharing);
+    let (budgets, sharing) =
+        decode_mode::gather_budgets(&env.world, budget.as_ref().map(|(bytes, _)| *bytes), gpu_sharing);
     let source = budget
         .as_ref()
         .map_or("free on the device", |(_, source)| source.as_str());
