@@ -19,10 +19,17 @@ use crate::transport::{HiddenPath, HiddenPlan};
 pub struct HiddenBuffers {
     pub(super) outgoing: Vec<HostBuffer>,
     pub(super) incoming: Vec<HostBuffer>,
-    /// The IPC path's GPU buffers; `None`: another path.
-    pub(super) ipc: Option<HiddenIpc>,
-    /// The device path's GPU buffers; `None`: another path.
-    pub(super) device: Option<HiddenDevice>,
+    /// The GPU buffers of the IPC or device path (the host buffers are then the messages
+    /// that announce each hidden state); `None`: the host path.
+    pub(super) gpu: Option<GpuRows>,
+}
+
+/// Hidden states that go GPU to GPU.
+pub enum GpuRows {
+    /// Pushed into the next rank's buffer through CUDA IPC.
+    Ipc(HiddenIpc),
+    /// Sent by MPI from this rank's GPU buffer into the next rank's.
+    Device(HiddenDevice),
 }
 
 /// Bytes of the message that announces a hidden state pushed to the next rank's GPU.
@@ -58,8 +65,7 @@ impl HiddenBuffers {
             return Ok(Self {
                 outgoing: notes(rank + 1 < ranks),
                 incoming: notes(rank > 0),
-                ipc: None,
-                device: Some(device),
+                gpu: Some(GpuRows::Device(device)),
             });
         }
         if plan.path == HiddenPath::Ipc {
@@ -68,8 +74,7 @@ impl HiddenBuffers {
                     return Ok(Self {
                         outgoing: notes(rank + 1 < ranks),
                         incoming: notes(rank > 0),
-                        ipc: Some(ipc),
-                        device: None,
+                        gpu: Some(GpuRows::Ipc(ipc)),
                     });
                 }
                 Err(error) if plan.host_fallback => {
@@ -106,25 +111,24 @@ impl HiddenBuffers {
         Ok(Self {
             outgoing: per_chunk(rank + 1 < ranks)?,
             incoming: per_chunk(rank > 0)?,
-            ipc: None,
-            device: None,
+            gpu: None,
         })
     }
 
     /// The path the hidden states take.
     pub fn path(&self) -> HiddenPath {
-        match (&self.ipc, &self.device) {
-            (Some(_), _) => HiddenPath::Ipc,
-            (None, Some(_)) => HiddenPath::Device,
-            (None, None) => HiddenPath::Host,
+        match &self.gpu {
+            Some(GpuRows::Ipc(_)) => HiddenPath::Ipc,
+            Some(GpuRows::Device(_)) => HiddenPath::Device,
+            None => HiddenPath::Host,
         }
     }
 
     /// Unmaps the next rank's buffer (every copy into it has passed: its messages went out).
     pub fn close(self) -> Result<()> {
-        match self.ipc {
-            Some(ipc) => ipc.close(),
-            None => Ok(()),
+        match self.gpu {
+            Some(GpuRows::Ipc(ipc)) => ipc.close(),
+            Some(GpuRows::Device(_)) | None => Ok(()),
         }
     }
 }

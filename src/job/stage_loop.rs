@@ -13,7 +13,7 @@ use mpi::traits::*;
 
 use super::failure::JobAbort;
 use super::fault::{Fault, Phase};
-use super::hidden_buffers::HiddenBuffers;
+use super::hidden_buffers::{GpuRows, HiddenBuffers};
 use super::layer_spans::LayerPartSpans;
 use super::progress::Progress;
 use crate::abort::watchdog::Watchdog;
@@ -25,8 +25,6 @@ use crate::sync::KvSyncWorker;
 use crate::trace::device_spans::DeviceSpans;
 use crate::trace::nvtx::SpanRange;
 use crate::trace::spans::{SpanAt, SpanKind, SpanLog, SpanThread};
-use crate::transport::hidden_device::HiddenDevice;
-use crate::transport::hidden_ipc::HiddenIpc;
 use crate::transport::hidden_out::{HostBuffer, StagedHidden};
 use crate::transport::host_bytes::tensor_from_bytes;
 use crate::transport::mpi_raw::RawRequest;
@@ -70,11 +68,9 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
     let HiddenBuffers {
         outgoing,
         incoming,
-        ipc,
-        device,
+        gpu,
     } = buffers;
-    let ipc = ipc.as_ref();
-    let device = device.as_ref();
+    let gpu = gpu.as_ref();
     mpi::request::scope(|scope| {
         let mut loop_state = LoopState {
             hidden: None,
@@ -84,8 +80,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
             out_buffers: outgoing.iter_mut().map(Some).collect(),
             staged: VecDeque::new(),
             sends: Vec::new(),
-            ipc,
-            device,
+            gpu,
             data_sends: Vec::new(),
             data_recvs: Vec::new(),
         };
@@ -100,7 +95,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
                 )));
             }
             // the device path: each chunk's bytes straight into its rows of this rank's buffer
-            if let Some(device) = device {
+            if let Some(GpuRows::Device(device)) = gpu {
                 for chunk in ctx.schedule.chunks() {
                     match device.receive(chunk.start, chunk.len(), ctx.rank - 1, chunk.index) {
                         Ok(request) => loop_state.data_recvs.push(Some(request)),
@@ -145,7 +140,7 @@ pub fn run_stage(ctx: &StageContext, buffers: &mut HiddenBuffers) -> (Option<Ten
                 ctx.abort.fail(&error);
             }
         }
-        if (loop_state.ipc.is_some() || loop_state.device.is_some()) && ctx.rank > 0 {
+        if loop_state.gpu.is_some() && ctx.rank > 0 {
             // this stage's reads of its GPU buffer are done before the next run's pushes into
             // it (which follow the world barrier at its start); rank 0 has no such buffer
             if let Err(error) = ctx.model.device().synchronize() {
@@ -194,13 +189,11 @@ struct LoopState<'a, 's> {
     /// Hidden states on their way to host memory: (chunk, destination rank, step, staging).
     staged: VecDeque<(usize, usize, usize, StagedHidden<'a>)>,
     sends: Vec<(usize, Request<'a, [u8], &'s LocalScope<'a>>)>,
-    /// The IPC path: hidden states pushed into the next rank's GPU memory, and this rank's own
-    /// (the host buffers are then the 8-byte messages that announce them).
-    ipc: Option<&'a HiddenIpc>,
-    /// The device path: hidden states sent by MPI from this rank's GPU buffer into the next
-    /// rank's (the host buffers are the messages, as with IPC), with their requests
-    /// (chunk, request) and this rank's receives (index = chunk).
-    device: Option<&'a HiddenDevice>,
+    /// The IPC or device path's GPU buffers (the host buffers are then the 8-byte messages
+    /// that announce each hidden state); `None`: the host path.
+    gpu: Option<&'a GpuRows>,
+    /// The device path: its sends of GPU memory (chunk, request) and this rank's receives
+    /// (index = chunk).
     data_sends: Vec<(usize, RawRequest)>,
     data_recvs: Vec<Option<RawRequest>>,
 }
@@ -257,7 +250,7 @@ fn post_staged_sends<'a, 's>(
             ..SpanAt::NONE
         };
         let _range = SpanRange::open(SpanKind::Send, at);
-        if let Some(device) = state.device {
+        if let Some(GpuRows::Device(device)) = state.gpu {
             // the bytes from GPU memory first, then the message that announces them
             let positions = ctx.schedule.chunks()[chunk];
             let data = device.send(positions.start, positions.len(), to, chunk)?;
@@ -337,7 +330,7 @@ fn run_op<'a, 's>(
                     std::hint::spin_loop();
                 }
             };
-            if state.device.is_some() {
+            if let Some(GpuRows::Device(_)) = state.gpu {
                 // the message has come: the bytes are on their way into this rank's rows
                 let mut data = state
                     .data_recvs
@@ -373,7 +366,7 @@ fn run_op<'a, 's>(
                     ..at(chunk.index)
                 },
             );
-            if state.ipc.is_some() || state.device.is_some() {
+            if state.gpu.is_some() {
                 let announced = <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes);
                 if announced != Some(payload as u64) {
                     anyhow::bail!(
@@ -382,15 +375,15 @@ fn run_op<'a, 's>(
                     );
                 }
             }
-            state.hidden = Some(match (state.ipc, state.device) {
+            state.hidden = Some(match state.gpu {
                 // the previous rank's copy into this rank's buffer passed before it sent this
-                (Some(ipc), _) => ipc.incoming(chunk.start, chunk.len())?,
+                Some(GpuRows::Ipc(ipc)) => ipc.incoming(chunk.start, chunk.len())?,
                 // MPI has written the rows (the receive above has finished)
-                (None, Some(device)) => device.incoming(chunk.start, chunk.len())?,
+                Some(GpuRows::Device(device)) => device.incoming(chunk.start, chunk.len())?,
                 // From page-locked memory the copy to the GPU is asynchronous. The buffer is
                 // next written by the following prefill run's receive, after this run's KV sync
                 // has finished, which waits for the layers queued behind this copy.
-                (None, None) => tensor_from_bytes(bytes, model.dtype(), shape, model.device())?,
+                None => tensor_from_bytes(bytes, model.dtype(), shape, model.device())?,
             });
         }
         StageOp::ComputeLayer { layer, chunk } => {
@@ -415,10 +408,12 @@ fn run_op<'a, 's>(
                 .get_mut(chunk.index)
                 .and_then(Option::take)
                 .ok_or_else(|| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
-            let staged = match (state.ipc, state.device) {
-                (Some(ipc), _) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
-                (None, Some(device)) => StagedHidden::stage_on_gpu(&hidden, chunk.start, device, buffer)?,
-                (None, None) => StagedHidden::stage(&hidden, buffer)?,
+            let staged = match state.gpu {
+                Some(GpuRows::Ipc(ipc)) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
+                Some(GpuRows::Device(device)) => {
+                    StagedHidden::stage_on_gpu(&hidden, chunk.start, device, buffer)?
+                }
+                None => StagedHidden::stage(&hidden, buffer)?,
             };
             state.staged.push_back((chunk.index, to, step, staged));
         }

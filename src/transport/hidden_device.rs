@@ -82,63 +82,58 @@ impl HiddenDevice {
     /// `hidden` must stay alive until `stream` has passed the copy, and those rows must not be
     /// in a send meanwhile (each chunk's rows are written and sent once per prefill run).
     pub unsafe fn stage(&self, hidden: &Tensor, start: usize, stream: &CudaStream) -> Result<usize> {
-        let Some(outgoing) = &self.outgoing else {
-            bail!("the last rank sends no hidden state");
-        };
         let bytes = hidden.elem_count() * hidden.dtype().size_in_bytes();
-        self.check_rows(&outgoing.buffer, start, bytes)?;
-        let src = queued_address(hidden, stream)?;
-        copy_async(
-            outgoing.address + (start * self.row_bytes) as u64,
-            src,
-            bytes,
-            stream,
-        )?;
+        let dst = self.outgoing_rows()?.address_of(start, bytes, self.row_bytes)?;
+        copy_async(dst, queued_address(hidden, stream)?, bytes, stream)?;
         Ok(bytes)
     }
 
     /// Sends rows `[start, start + len)` of the outgoing buffer to rank `to` (once their copy
     /// has passed), tagged `chunk`.
     pub fn send(&self, start: usize, len: usize, to: usize, chunk: usize) -> Result<RawRequest> {
-        let Some(outgoing) = &self.outgoing else {
-            bail!("the last rank sends no hidden state");
-        };
         let bytes = len * self.row_bytes;
-        self.check_rows(&outgoing.buffer, start, bytes)?;
-        let address = (outgoing.address + (start * self.row_bytes) as u64) as *const std::ffi::c_void;
+        let address = self.outgoing_rows()?.address_of(start, bytes, self.row_bytes)?;
         // SAFETY: the rows lie inside the buffer (checked), which this value keeps alive; the
         // caller waits for the request before the rows are written again.
-        unsafe { isend(&self.comm, address, bytes, to, chunk_tag(chunk)?) }
+        unsafe { isend(&self.comm, address as *const _, bytes, to, chunk_tag(chunk)?) }
     }
 
     /// Receives rows `[start, start + len)` of the incoming buffer from rank `from`, tagged
     /// `chunk`.
     pub fn receive(&self, start: usize, len: usize, from: usize, chunk: usize) -> Result<RawRequest> {
-        let Some(incoming) = &self.incoming else {
-            bail!("rank 0 receives no hidden state");
-        };
         let bytes = len * self.row_bytes;
-        self.check_rows(&incoming.buffer, start, bytes)?;
-        let address = (incoming.address + (start * self.row_bytes) as u64) as *mut std::ffi::c_void;
+        let address = self.incoming_rows()?.address_of(start, bytes, self.row_bytes)?;
         // SAFETY: as in `send`; nothing reads the rows before the request has finished.
-        unsafe { irecv(&self.comm, address, bytes, from, chunk_tag(chunk)?) }
+        unsafe { irecv(&self.comm, address as *mut _, bytes, from, chunk_tag(chunk)?) }
     }
 
     /// Rows `[start, start + len)` of the incoming buffer: a chunk's hidden state once its
     /// receive has finished.
     pub fn incoming(&self, start: usize, len: usize) -> Result<Tensor> {
-        match &self.incoming {
-            Some(rows) => Ok(rows.buffer.narrow(0, start, len)?),
-            None => bail!("rank 0 receives no hidden state"),
-        }
+        Ok(self.incoming_rows()?.buffer.narrow(0, start, len)?)
     }
 
-    fn check_rows(&self, buffer: &Tensor, start: usize, bytes: usize) -> Result<()> {
-        let capacity = buffer.elem_count() * buffer.dtype().size_in_bytes();
-        if start * self.row_bytes + bytes > capacity {
+    fn outgoing_rows(&self) -> Result<&Rows> {
+        self.outgoing
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the last rank sends no hidden state"))
+    }
+
+    fn incoming_rows(&self) -> Result<&Rows> {
+        self.incoming
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("rank 0 receives no hidden state"))
+    }
+}
+
+impl Rows {
+    /// The address of `bytes` from row `start`, checked to lie inside the buffer.
+    fn address_of(&self, start: usize, bytes: usize, row_bytes: usize) -> Result<u64> {
+        let capacity = self.buffer.elem_count() * self.buffer.dtype().size_in_bytes();
+        if start * row_bytes + bytes > capacity {
             bail!("a hidden state of {bytes} bytes at row {start} overruns its buffer of {capacity} bytes");
         }
-        Ok(())
+        Ok(self.address + (start * row_bytes) as u64)
     }
 }
 
