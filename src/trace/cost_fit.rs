@@ -222,7 +222,8 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         ),
         None => on_gpu(first),
     };
-    let mut spans = Vec::new();
+    // each trace's layer spans, read once: the fitted ones' for the fit, every one's for its line
+    let mut read = Vec::new();
     for trace in traces.iter().chain(predicted) {
         if trace.model_config.as_ref() != Some(&cfg) {
             bail!(
@@ -231,10 +232,12 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
                 first.path.display()
             );
         }
+        read.push((trace, layer_spans(trace)?));
     }
-    for trace in traces {
-        spans.extend(layer_spans(trace)?);
-    }
+    let spans: Vec<LayerSpan> = read[..traces.len()]
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect();
     let coefficients = fit(&spans)?;
     let class = match on_gpu {
         true => DeviceRates::GPU,
@@ -287,7 +290,7 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         "TTFT measured against predicted (the fit, the class's memory rate, the trace's hidden-state path), and \
          how much longer its layers ran than the fit (on several ranks: the KV sync beside them):\n",
     );
-    for trace in traces.iter().chain(predicted) {
+    for (trace, layers) in &read {
         let hop = match (on_gpu, trace.hidden_transport.as_deref()) {
             (false, _) => HopCost::CPU,
             (true, Some("ipc")) => HopCost::GPU_IPC,
@@ -305,7 +308,6 @@ pub fn fit_report(traces: &[TraceView], predicted: &[TraceView]) -> Result<Strin
         let chunks = chunks_of_lengths(&trace.chunk_lengths);
         let predicted = predict_prefill(&chunks, &split, &cost);
         let measured = trace.ttft_s.map_or("?".into(), |t| format!("{:.1} ms", t * 1e3));
-        let layers = layer_spans(trace)?;
         let (ran, fitted) = layers.iter().fold((0.0, 0.0), |(m, f), s| {
             (m + s.seconds, f + coefficients.layer_s(s))
         });
