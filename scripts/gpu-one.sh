@@ -6,6 +6,7 @@
 #                  and reference; the teacher-forced decode check for 2, 4, 5 and 8 query heads
 #                  per KV head; generated ids across 1, 2 and 3 ranks sharing the GPU for every
 #                  transport that can share one (ipc, host, device)
+#          ids     only the check's generated ids across 1, 2 and 3 ranks (its checkpoint made)
 #          attn    prefill attention alone: `qwen3-mpi bench-attention` (cuDNN through our shim,
 #                  our flash kernel) beside PyTorch's cuDNN and FlashAttention-2 backends
 #        MODES (auto kernel reference), GROUPINGS (4 5 8): what the check phase covers;
@@ -34,9 +35,11 @@ run() { # name launcher ranks args...   (MODEL= the checkpoint; BIN_OVERRIDE= an
   echo "- $name: $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}") s wall; layers: $(grep -m1 -o 'layers: .*' "$out/logs/$name.err")" >> "$md"
 }
 
-if [[ "$phases" == *" check "* ]]; then
+if [[ "$phases" == *" check "* || "$phases" == *" ids "* ]]; then
   python3 $gc/make_checkpoint.py --out /tmp/model --tokenizer src/model/tiny --reference /tmp/ref > "$out/logs/checkpoint.log" 2>&1 ||
     { tail -5 "$out/logs/checkpoint.log"; echo "checkpoint failed" | tee -a "$md"; exit 1; }
+fi
+if [[ "$phases" == *" check "* ]]; then
   # 1. logits vs transformers, three ways of running the layer
   for mode in ${MODES:-auto kernel reference}; do
     for i in 0 1 2 3; do
@@ -66,6 +69,8 @@ if [[ "$phases" == *" check "* ]]; then
     { echo; echo "## Decode with $g query heads per KV head vs transformers (8 layers, $(( 8 * g )) heads)"
       python3 $gc/decode_check.py verify /tmp/model-g$g /tmp/ref/long.txt "$out"/runs/d-g$g-*.json; } >> "$md" 2>&1 || status=1
   done
+fi
+if [[ "$phases" == *" check "* || "$phases" == *" ids "* ]]; then
   # 3. generated ids across ranks sharing the GPU, every transport that can share one
   #    (--decode redundant: under auto, ranks sharing a GPU decode pipelined, with no KV sync)
   p=(--prompt-file /tmp/ref/prompt-1.txt --max-new-tokens 16 --chunk-size 5)
@@ -78,8 +83,8 @@ if [[ "$phases" == *" check "* ]]; then
     run "s-${n}ranks-device" $cudampi $n "${p[@]}" --transport device
     run "s-${n}ranks-ring-host" mpirun $n "${p[@]}" --transport host --sync ring
   done
-  QWEN3_MPI_WEIGHT_LOAD=staged run s-3ranks-ipc-staged-load mpirun 3 "${p[@]}" --transport ipc
-  for n in 2 3; do run "s-${n}ranks-ipc-hidden-ipc" mpirun $n "${p[@]}" --transport ipc --hidden-transport ipc; done
+  # hidden states: auto (ipc on one node) in the runs above, host here
+  for n in 2 3; do run "s-${n}ranks-ipc-hidden-host" mpirun $n "${p[@]}" --transport ipc --hidden-transport host; done
   for n in 2 3; do run "s-${n}ranks-device-hidden-device" $cudampi $n "${p[@]}" --transport device --hidden-transport device; done
   { echo; echo "## Generated ids across 1, 2 and 3 ranks sharing the GPU"
     python3 $gc/summarize.py ids "$out/runs/s-1rank.json" "$out"/runs/s-[23]ranks-*.json; } >> "$md" 2>&1 || status=1

@@ -16,6 +16,18 @@ fn main() -> ExitCode {
         Ok(Action::Run(args)) => args,
         Ok(Action::BenchComm(args)) => return bench_comm(&args),
         Ok(Action::BenchAttention(args)) => return bench_attention(&args),
+        Ok(Action::Predict(args)) => {
+            return match qwen3_mpi::cli::predict::predict_table(&args) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    qwen3_mpi::eprint_line!("qwen3-mpi: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Action::Trace(command)) => {
             return match run_trace_tool(&command) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,28 @@ for n in 2 3; do
     LAUNCHER=$cudampi job "n$n-device-$i" "$n" --transport ipc --hidden-transport device
   done
 done
+# The same under CUDA MPS, where the machine has its daemon: the ranks' kernels and copies then
+# run side by side on the one GPU instead of taking turns by time slice, so a hop's latency is
+# the path's own, nearer what it is between two GPUs (the daemon is stopped before the table).
+if command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    for n in 2 3; do
+      for i in $(seq 1 "${RUNS:-3}"); do
+        job "n$n-mps-ipc-$i" "$n" --transport ipc --hidden-transport ipc
+        job "n$n-mps-host-$i" "$n" --transport ipc --hidden-transport host
+      done
+    done
+    echo quit | nvidia-cuda-mps-control; trap - EXIT
+  else
+    echo "handoff_hops: nvidia-cuda-mps-control -d failed: no runs under MPS"
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+else
+  echo "handoff_hops: no nvidia-cuda-mps-control on this machine: no runs under MPS"
+fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 sys.path.insert(0, "results")

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The multi-rank stall (results/gpu-check/2026-12-01-session4.md), one device call: which
-# run-time switch makes it go away, each against the default in the same call, then where the
-# threads of a stalled job are. 3 ranks share the GPU, --transport ipc unless said.
-#   switches  default; CUDA_MODULE_LOADING=EAGER (no lazy kernel loading, whose first launch of a
-#             kernel can wait for the whole context); QWEN3_MPI_WEIGHT_LOAD=after (no weight load
-#             beside the prefill); QWEN3_MPI_WEIGHT_LOAD=staged (the load through page-locked
-#             buffers on its own stream); --warmup (every kernel loaded before the load starts);
-#             --decode pipeline (neither the load nor the KV sync); every flag left to its
-#             default (ranks sharing the GPU decode pipelined under auto);
-#             --transport host; RUNS runs each (4), WATCHDOG s (6)
+# The multi-rank stall (results/gpu-check/2026-12-01-session4.md, -session6.md), one device
+# call: the run-time switches against each other in the same call, then where the threads of a
+# stalled job are. 3 ranks share the GPU, --transport ipc and --decode redundant unless said.
+#   switches  default (the weight load beside the prefill staged through page-locked buffers on
+#             its own stream, the default since session 6, when it stalled 0 runs of 3 and
+#             candle's plain upload 3 of 3); QWEN3_MPI_WEIGHT_LOAD=during (that plain upload:
+#             the control, which should stall); QWEN3_MPI_WEIGHT_LOAD=after (no load beside the
+#             prefill); --decode pipeline (neither the load nor the KV sync); every flag left to
+#             its default (ranks sharing the GPU decode pipelined under auto); --transport host;
+#             --transport host --sync ring; RUNS runs each (4), WATCHDOG s (6)
 #   dump      scripts/gpu_check/stall_dump.sh: threads, system calls, stacks of a stalled job
 #   coldjit   candle's PTX compiled on an empty JIT cache: one rank, then 3 ranks sharing the GPU
 #             (each starts at another module), each rank's "GPU kernels loaded" line
@@ -27,13 +27,12 @@ if [[ $parts == *" switches "* ]]; then
   # auto, and the stall was seen with the background load and the KV sync of redundant decode
   r="--decode redundant"
   ARGS="--transport ipc $r" v default
-  CUDA_MODULE_LOADING=EAGER ARGS="--transport ipc $r" v eager-loading
+  QWEN3_MPI_WEIGHT_LOAD=during ARGS="--transport ipc $r" v load-during
   QWEN3_MPI_WEIGHT_LOAD=after ARGS="--transport ipc $r" v load-after
-  QWEN3_MPI_WEIGHT_LOAD=staged ARGS="--transport ipc $r" v load-staged
-  ARGS="--transport ipc --warmup $r" v warmup
   ARGS="--transport ipc --decode pipeline" v decode-pipeline
   ARGS="" v auto-defaults
   ARGS="--transport host $r" v host
+  ARGS="--transport host --sync ring $r" v host-ring
 fi
 if [[ $parts == *" coldjit "* ]]; then
   for n in 1 3; do

@@ -6,6 +6,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::bench::attention::AttentionBenchArgs;
 use crate::bench::comm::CommBenchArgs;
+use crate::cli::predict::PredictArgs;
 use crate::device::{DTypeArg, DeviceArg};
 use crate::schedule::{Chunking, DecodeArg};
 use crate::sync::SyncStrategy;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Time prefill attention alone on one GPU (no MPI): cuDNN's fused attention, our kernel
     /// and the unfused path, each checked against an f32 reference.
     BenchAttention(AttentionBenchArgs),
+    /// The prefill the chunk cost model predicts for a model's config and rank counts, without
+    /// running it (no MPI, no GPU): the chunks the job would take, TTFT, speed-up.
+    Predict(PredictArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +83,7 @@ pub enum Action {
     Trace(TraceCommand),
     BenchComm(CommBenchArgs),
     BenchAttention(AttentionBenchArgs),
+    Predict(PredictArgs),
 }
 
 impl Cli {
@@ -100,6 +105,7 @@ impl Cli {
             Some(Command::Trace(command)) => Action::Trace(command),
             Some(Command::BenchComm(args)) => Action::BenchComm(args),
             Some(Command::BenchAttention(args)) => Action::BenchAttention(args),
+            Some(Command::Predict(args)) => Action::Predict(args),
             None => Action::Run(self.run),
         }
     }
@@ -190,9 +196,8 @@ pub struct RunArgs {
     pub transport: TransportArg,
 
     /// What moves a chunk's hidden state to the next stage (rank 0 says on a GPU which one runs
-    /// and why). `host` is the default until the IPC and device paths have been checked and
-    /// timed on GPUs.
-    #[arg(long, value_enum, value_name = "HOW", default_value = "host")]
+    /// and why; on the CPU it is always MPI between host buffers).
+    #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
     pub hidden_transport: HiddenArg,
 
     /// Seconds any rank may wait in one MPI call before the job is aborted.

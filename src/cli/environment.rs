@@ -9,20 +9,23 @@ use anyhow::{bail, Result};
 use crate::job::fault::{Fault, FAULT_ENV};
 use crate::transport::TransportSettings;
 
-/// `QWEN3_MPI_WEIGHT_LOAD=during|staged|after`: with redundant decode, the layers a rank does
-/// not own load in the background during its prefill (the default), the same on a GPU through
-/// page-locked staging buffers on a stream of their own (`model::staged_upload`), or only after
-/// the prefill, so that the first prefill runs alone on the device (a clean first-run timing,
-/// and the switch that tells whether a slow or stalled first prefill comes from the load beside it).
+/// `QWEN3_MPI_WEIGHT_LOAD=staged|during|after`: with redundant decode, the layers a rank does
+/// not own load in the background during its prefill, on a GPU through page-locked staging
+/// buffers on a stream of their own (`model::staged_upload`; the default), through candle's
+/// plain upload on the compute stream (`during`: the load before 2026-12-01, whose copies sit
+/// between the prefill's kernels; with ranks sharing one H200 it stalled 3 runs of 3 where
+/// `staged` stalled none, `results/gpu-check/2026-12-01-session6.md`), or only after the
+/// prefill, so that the first prefill runs alone on the device (a clean first-run timing).
+/// On the CPU `staged` and `during` are the same load.
 pub const WEIGHT_LOAD_ENV: &str = "QWEN3_MPI_WEIGHT_LOAD";
 
 /// When the layers a rank does not own load (`QWEN3_MPI_WEIGHT_LOAD`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightLoad {
-    /// In the background, during the first prefill.
-    #[default]
+    /// In the background, during the first prefill, through candle's upload.
     DuringPrefill,
     /// In the background, on a GPU through staging buffers on a stream of their own.
+    #[default]
     StagedDuringPrefill,
     /// After the first prefill.
     AfterPrefill,
@@ -49,10 +52,10 @@ impl Environment {
             transport: TransportSettings::parse(get)?,
             fault: get(FAULT_ENV).map(|text| Fault::parse(&text)).transpose()?,
             weight_load: match get(WEIGHT_LOAD_ENV).as_deref() {
-                None | Some("during") => WeightLoad::DuringPrefill,
-                Some("staged") => WeightLoad::StagedDuringPrefill,
+                Some("during") => WeightLoad::DuringPrefill,
+                None | Some("staged") => WeightLoad::StagedDuringPrefill,
                 Some("after") => WeightLoad::AfterPrefill,
-                Some(other) => bail!("{WEIGHT_LOAD_ENV}={other}: expected during, staged or after"),
+                Some(other) => bail!("{WEIGHT_LOAD_ENV}={other}: expected staged, during or after"),
             },
         })
     }
@@ -82,10 +85,10 @@ mod tests {
             .starts_with("QWEN3_MPI_WEIGHT_LOAD=later"));
         let after = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "after".to_string()));
         assert_eq!(after.unwrap().weight_load, WeightLoad::AfterPrefill);
-        let staged = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "staged".to_string()));
-        assert_eq!(staged.unwrap().weight_load, WeightLoad::StagedDuringPrefill);
+        let during = Environment::parse(&|name| (name == WEIGHT_LOAD_ENV).then(|| "during".to_string()));
+        assert_eq!(during.unwrap().weight_load, WeightLoad::DuringPrefill);
         let none = Environment::parse(&|_| None).unwrap();
         assert!(none.fault.is_none());
-        assert_eq!(none.weight_load, WeightLoad::DuringPrefill);
+        assert_eq!(none.weight_load, WeightLoad::StagedDuringPrefill);
     }
 }

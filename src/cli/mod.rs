@@ -3,6 +3,7 @@
 pub mod args;
 pub mod environment;
 pub mod logging;
+pub mod predict;
 pub mod trace_tool;
 
 pub use args::{Action, Cli, Command, RunArgs, TraceCommand};

@@ -8,6 +8,20 @@ use crate::schedule::{Chunking, DecodeMode};
 use crate::units::{bytes, count, ms};
 
 impl JobReport {
+    /// The chunk cost model's prediction beside the TTFT, and why a single prefill on a GPU can
+    /// take far longer: its first run pays one-time costs (kernels loaded, library plans made)
+    /// that the model, made of warm runs, leaves out.
+    fn prediction_note(&self) -> String {
+        let predicted = ms(self.predicted_ttft_s);
+        let first_on_gpu = self.device != "cpu" && self.ttft_runs_s.len() <= 1;
+        match first_on_gpu && self.ttft_s > 2.0 * self.predicted_ttft_s {
+            true => format!(
+                "the chunk cost model predicted {predicted} for a warm run; this first one includes one-time start-up costs, --prefill-runs 2 times a warm one"
+            ),
+            false => format!("the chunk cost model predicted {predicted}"),
+        }
+    }
+
     /// The human-readable summary (after the generated text).
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -36,11 +50,11 @@ impl JobReport {
         );
         let _ = writeln!(
             out,
-            "prompt {}, generated {} | TTFT {} (the chunk cost model predicted {}) | prefill {:.1} tokens/s | decode {:.1} tokens/s ({} per token, median)",
+            "prompt {}, generated {} | TTFT {} ({}) | prefill {:.1} tokens/s | decode {:.1} tokens/s ({} per token, median)",
             count(self.prompt_tokens, "token"),
             self.new_tokens,
             ms(self.ttft_s),
-            ms(self.predicted_ttft_s),
+            self.prediction_note(),
             self.prefill_tokens_per_s,
             self.decode_tokens_per_s,
             ms(self.decode_ms_per_token_median / 1e3),

@@ -462,6 +462,18 @@ pub mod shapes {
         }
     }
 
+    /// Qwen3-0.6B's shape (`scripts/gpu_check/make_checkpoint.py` makes its random checkpoints).
+    pub fn qwen3_0_6b() -> Qwen3Config {
+        Qwen3Config {
+            hidden_size: 1024,
+            intermediate_size: 3072,
+            num_hidden_layers: 28,
+            num_attention_heads: 16,
+            tie_word_embeddings: true,
+            ..qwen3_8b()
+        }
+    }
+
     /// Qwen3-30B-A3B's `config.json`, as the fields read.
     pub fn qwen3_30b_a3b() -> Qwen3Config {
         Qwen3Config {

@@ -70,50 +70,48 @@ pub fn plan_chunks(
         "cost model for the {}, hidden states over {}",
         cost.rates.name, cost.hop.name
     );
-    match given {
+    let why = |chunks: &[Chunk], predicted: &PrefillPrediction| match ranks {
+        1 => format!("one rank, no pipeline: the prompt whole, up to {MAX_CHUNK} tokens a chunk"),
+        _ if *range.end() < MIN_CHUNK => {
+            format!("the longest that give each of the {ranks} stages two chunks (a short prompt)")
+        }
+        _ => format!(
+            "the fastest of {}..{} tokens by the {model}, overlap {:.2}x of the ideal {:.2}x",
+            range.start(),
+            range.end(),
+            predicted.overlap(),
+            super::pipeline::ideal_speedup(ranks, chunks.len())
+        ),
+    };
+    let (size, chunks, predicted, reason) = match given {
         Some(size) => {
             let (size, chunks, predicted) = evaluate(size);
-            let (best_size, _, best) = best();
+            let (best_size, best_chunks, best) = best();
             let reason = format!(
-                "--chunk-size {size}: {}, predicted prefill {} (the {model} would take {best_size} tokens: {})",
+                "--chunk-size {size}: {}, predicted prefill {} by the {model} (without it: {best_size} tokens a chunk, predicted {}, {})",
                 count(chunks.len(), "chunk"),
                 ms(predicted.ttft_s),
-                ms(best.ttft_s)
+                ms(best.ttft_s),
+                why(&best_chunks, &best)
             );
-            ChunkPlan {
-                size,
-                chunks,
-                predicted,
-                reason,
-            }
+            (size, chunks, predicted, reason)
         }
         None => {
             let (size, chunks, predicted) = best();
-            let why = match ranks {
-                1 => format!("one rank, no pipeline: the prompt whole, up to {MAX_CHUNK} tokens a chunk"),
-                _ if *range.end() < MIN_CHUNK => {
-                    format!("the longest that give each of the {ranks} stages two chunks (a short prompt)")
-                }
-                _ => format!(
-                    "the fastest of {}..{} tokens by the {model}, overlap {:.2}x of the ideal {:.2}x",
-                    range.start(),
-                    range.end(),
-                    predicted.overlap(),
-                    super::pipeline::ideal_speedup(ranks, chunks.len())
-                ),
-            };
             let reason = format!(
-                "{} of {size} tokens, predicted prefill {} ({why}; --chunk-size sets it)",
+                "{} of {size} tokens, predicted prefill {} ({}; --chunk-size sets it)",
                 count(chunks.len(), "chunk"),
-                ms(predicted.ttft_s)
+                ms(predicted.ttft_s),
+                why(&chunks, &predicted)
             );
-            ChunkPlan {
-                size,
-                chunks,
-                predicted,
-                reason,
-            }
+            (size, chunks, predicted, reason)
         }
+    };
+    ChunkPlan {
+        size,
+        chunks,
+        predicted,
+        reason,
     }
 }
 

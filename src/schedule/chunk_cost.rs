@@ -5,8 +5,9 @@
 //! One layer, one chunk:
 //!
 //! ```text
-//! t(n, s) = fixed + max(products(n), weights / bandwidth) + per_pair · (n·s + n(n+1)/2)
+//! t(n, s) = max(floor, fixed + max(products(n), weights / bandwidth) + attention(n, s))
 //! products(n) = per_token · n · (1 + (fill_rows / rows)^1.5)      rows = n (dense)
+//! attention(n, s) = per_pair · (n·s + n(n+1)/2) · max(1, attention_fill / (n · query heads))
 //! ```
 //!
 //! - the matrix products (q/k/v, o, the MLP) cost `per_token` a position at full efficiency,
@@ -15,8 +16,12 @@
 //!   routed to it, `n · k / experts` on average.
 //! - they read every weight of the layer once per chunk, so no chunk is faster than streaming
 //!   the layer's weights from memory.
-//! - causal attention over the cache costs `per_pair` per (query, key) pair.
-//! - `fixed`: launches and small kernels, per layer and chunk.
+//! - causal attention over the cache costs `per_pair` per (query, key) pair, and more on few
+//!   queries: its blocks (a tile of queries of one head each) then leave multiprocessors idle,
+//!   so below `attention_fill` query rows × heads its time stops shrinking with the queries.
+//! - `fixed`: small kernels, per layer and chunk.
+//! - `floor`: no layer runs faster than the host issues its kernels (a GPU waits for them when
+//!   each is short); on long chunks the host runs ahead and this costs nothing.
 //!
 //! The rates ([`DeviceRates`]) are fitted on measured traces; each says where from.
 
@@ -39,6 +44,11 @@ pub struct DeviceRates {
     pub fill_scales_with_width: bool,
     /// FLOP/s of causal attention (4 · query heads · head_dim FLOPs per pair).
     pub attention_flops: f64,
+    /// Query rows × query heads at which causal attention runs at `attention_flops`; fewer
+    /// run it slower in proportion (0: never).
+    pub attention_fill: f64,
+    /// Seconds below which no layer of one chunk runs (0: none).
+    pub floor_s: f64,
     /// Bytes/s at which weights stream from memory.
     pub memory_bytes_per_s: f64,
     /// Seconds per layer and chunk that do not scale with its length.
@@ -46,20 +56,27 @@ pub struct DeviceRates {
 }
 
 impl DeviceRates {
-    /// One H200, Qwen3-8B shape, bf16, fitted on the traces of `results/bench/2026-12-01-h200-session2`
-    /// (per-layer times of one-chunk prefills of 1K, 4K and 16K tokens: 0.620, 2.677 and
-    /// 14.12 ms) and `2026-12-01-h200` (two chunks of 8K: 6.11 and 8.39 ms): products 5.81e-7 s
-    /// a token (665 TFLOP/s), attention 3.43e-11 s a pair (478 TFLOP/s). Fill rows: 1K-row
-    /// chunks ran within 1 % of full speed (so at most ~60 rows); on the build before the
-    /// fused layer, 256-row chunks ran at 68 % (`2026-11-26-h200x4`, 1gpu-1024) — 64 is the
-    /// figure between, to be refit by `scripts/gpu_check/chunk_cost.sh`. Memory: the card's
-    /// measured copy rate, 4.1 TB/s.
+    /// One H200, bf16. Products and attention: Qwen3-8B shape, fitted on the traces of
+    /// `results/bench/2026-12-01-h200-session2` (per-layer times of one-chunk prefills of 1K,
+    /// 4K and 16K tokens: 0.620, 2.677 and 14.12 ms) and `2026-12-01-h200` (two chunks of 8K:
+    /// 6.11 and 8.39 ms): products 5.81e-7 s a token (665 TFLOP/s), attention 3.43e-11 s a pair
+    /// (478 TFLOP/s). Fill rows: 1K-row chunks ran within 1 % of full speed (so at most ~60
+    /// rows); on the build before the fused layer, 256-row chunks ran at 68 %
+    /// (`2026-11-26-h200x4`, 1gpu-1024) — 64 is the figure between, to be refit on the 8B
+    /// shape by `scripts/gpu_check/chunk_cost.sh`. Floor and attention fill: the 0.6B shape
+    /// (hidden 1024, 16 query heads), 16K tokens in chunks of 128 and 1,024
+    /// (`results/bench/2026-12-01-h200-session6`): 128-token chunks' layers take 0.11–0.12 ms
+    /// near position 0 whatever their work, and their attention costs 5.6x a long chunk's per
+    /// pair (128 × 16 = 2,048 query rows × heads; 1,024-token chunks run at full speed).
+    /// Memory: the card's measured copy rate, 4.1 TB/s.
     pub const GPU: Self = Self {
         name: "GPU (rates fitted on an H200)",
         product_flops: 665e12,
         fill_rows: 64.0,
         fill_scales_with_width: true,
         attention_flops: 478e12,
+        attention_fill: 11500.0,
+        floor_s: 115e-6,
         memory_bytes_per_s: 4.1e12,
         fixed_s: 5e-6,
     };
@@ -77,6 +94,8 @@ impl DeviceRates {
         fill_rows: 12.0,
         fill_scales_with_width: false,
         attention_flops: 12e9,
+        attention_fill: 0.0,
+        floor_s: 0.0,
         memory_bytes_per_s: 10e9,
         fixed_s: 20e-6,
     };
@@ -134,7 +153,9 @@ impl HopCost {
         bytes_per_s: 2.2e9,
     };
     /// CUDA IPC into the next GPU's memory on a copy engine: assumed (the target of issue 19,
-    /// ≤ 0.5 ms per 8 MiB) until `scripts/gpu_check/handoff_hops.sh` measures it.
+    /// ≤ 0.5 ms per 8 MiB) until `scripts/gpu_check/handoff_hops.sh` measures it between two
+    /// GPUs. With 2–3 ranks sharing one H200 an 8 MiB hop took 0.63–0.81 ms (median per run,
+    /// 2026-12-01 session 6), the ranks' contexts taking turns on the one GPU.
     pub const GPU_IPC: Self = Self {
         name: "ipc",
         latency_s: 30e-6,
@@ -176,6 +197,10 @@ pub struct LayerCost {
     /// Streaming the layer's weights once.
     weights_s: f64,
     per_pair_s: f64,
+    /// Query rows below which attention runs slower in proportion (the rates' fill over this
+    /// model's query heads).
+    attention_fill_rows: f64,
+    floor_s: f64,
 }
 
 impl LayerCost {
@@ -216,6 +241,8 @@ impl LayerCost {
             groups,
             weights_s: weights * dtype_bytes as f64 / rates.memory_bytes_per_s,
             per_pair_s: attention_flops_per_pair(cfg) / rates.attention_flops,
+            attention_fill_rows: rates.attention_fill / cfg.num_attention_heads.max(1) as f64,
+            floor_s: rates.floor_s,
         }
     }
 
@@ -234,7 +261,9 @@ impl LayerCost {
             })
             .sum();
         let pairs = n * start as f64 + n * (n + 1.0) / 2.0;
-        self.fixed_s + products.max(self.weights_s) + self.per_pair_s * pairs
+        let attention_slowdown = (self.attention_fill_rows / n).max(1.0);
+        let work = self.fixed_s + products.max(self.weights_s) + self.per_pair_s * pairs * attention_slowdown;
+        work.max(self.floor_s)
     }
 
     /// The position at which a token's attention costs as much as its matrix products (at
@@ -294,7 +323,9 @@ impl JobCost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::shapes::{qwen3_30b_a3b as qwen3_30b_a3b_config, qwen3_8b as qwen3_8b_config};
+    use crate::model::config::shapes::{
+        qwen3_0_6b as qwen3_0_6b_config, qwen3_30b_a3b as qwen3_30b_a3b_config, qwen3_8b as qwen3_8b_config,
+    };
 
     /// The H200 traces the GPU rates were fitted on (Qwen3-8B shape, per-layer median, ms):
     /// (chunk length, start, measured).
@@ -314,6 +345,37 @@ mod tests {
             assert!(
                 (predicted / measured - 1.0).abs() < 0.06,
                 "{len} at {start}: predicted {predicted:.3} ms, measured {measured:.3} ms"
+            );
+        }
+    }
+
+    /// This session's H200 run of the 0.6B shape (`results/bench/2026-12-01-h200-session6`,
+    /// `trace fit-cost` of `scripts/gpu_check/chunk_cost.sh`): 16K tokens in chunks of each
+    /// length, mean ms a layer over every chunk of the prompt.
+    const H200_06B_LAYER_MS: [(usize, f64); 6] = [
+        (128, 0.173),
+        (256, 0.206),
+        (512, 0.178),
+        (1024, 0.223),
+        (2048, 0.390),
+        (4096, 0.759),
+    ];
+
+    /// Within 30 % on every length (the products and attention rates come from the 8B shape;
+    /// 256-token chunks, which ran slower than 512-token ones there, are the worst at −28 %),
+    /// within 10 % from 1,024 tokens. Without the floor and attention's slowdown on few queries
+    /// the model put 128-token chunks at a third of their time.
+    #[test]
+    fn gpu_rates_follow_the_small_models_short_chunks() {
+        let cost = LayerCost::new(&qwen3_0_6b_config(), 0, &DeviceRates::GPU, 2);
+        for (len, measured) in H200_06B_LAYER_MS {
+            let starts = (0..16384).step_by(len);
+            let predicted =
+                starts.clone().map(|s| cost.chunk_s(len, s)).sum::<f64>() * 1e3 / starts.count() as f64;
+            let tolerance = if len >= 1024 { 0.1 } else { 0.3 };
+            assert!(
+                (predicted / measured - 1.0).abs() < tolerance,
+                "{len}: predicted {predicted:.3} ms, measured {measured:.3} ms"
             );
         }
     }
