@@ -4,6 +4,7 @@
 # `qwen3-mpi trace fit-cost` (products' speed by chunk length, attention, fixed cost). The
 # 8B shape first (what DeviceRates::GPU was fitted on), then the 0.6B shape (hidden 1024: is
 # the fill rows' scaling with the width, 4096 / hidden, right?).
+# The traces and logs end up in OUTDIR/chunk-cost-traces.tar.xz (the device returns 8 files).
 #   scripts/gpu_check/chunk_cost.sh OUTDIR     env: SHAPES ("8b 0.6b"), CHUNKS, TOKENS (16384)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
@@ -29,3 +30,5 @@ for shape in ${SHAPES:-8b 0.6b}; do
   echo "## $shape shape, $tokens tokens, one rank ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"
   [ ${#traces[@]} -gt 0 ] && "$bin" trace fit-cost "${traces[@]}"
 done
+# one file for the traces and logs, however many runs there were
+(cd "$out" && ls *-chunk*.h5 > /dev/null 2>&1 && tar -cJf chunk-cost-traces.tar.xz *-chunk*.h5 *-chunk*.err && rm -f *-chunk*.h5 *-chunk*.err)

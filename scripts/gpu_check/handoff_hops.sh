@@ -6,6 +6,7 @@
 # ids of every run against one rank's, the hop latencies from the traces (qwen3_traces.handoffs).
 # With --decode pipeline (no background weight load, no KV sync): the hand-off is the same, and
 # that mode never showed the multi-rank stall (results/gpu-check/2026-12-01-session4.md).
+# The runs' traces, reports and logs end up in OUTDIR/hops-runs.tar.xz (the device returns 8 files).
 #   scripts/gpu_check/handoff_hops.sh OUTDIR     env: RUNS (3), TOKENS (16384), CHUNK (4096)
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
@@ -73,3 +74,5 @@ for path in sorted(out.glob("n*.h5")):
     same = one is not None and r["generated_ids"] == one["generated_ids"]
     print(f"| {path.stem} | {r.get('hidden_transport')} | {'yes' if same else 'NO'} | {len(hops)} | {stats} | {r['ttft_s']:.4f} |")
 PY
+# only what this script wrote (one, n*-*: traces, reports, logs)
+(cd "$out" && tar -cJf hops-runs.tar.xz one.* n[23]-* && rm -f one.* n[23]-*)
