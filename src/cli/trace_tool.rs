@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use super::args::TraceCommand;
-use crate::trace::cost_fit::fit_report;
+use crate::trace::cost_report::fit_report;
 use crate::trace::perfetto::perfetto_json;
 use crate::trace::read::TraceView;
 use crate::trace::summary_table::{summary_csv, summary_table};

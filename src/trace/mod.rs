@@ -1,6 +1,7 @@
 //! The HDF5 file every job writes.
 
 pub mod cost_fit;
+pub mod cost_report;
 pub mod device_spans;
 pub mod file;
 pub mod nvtx;
