@@ -106,6 +106,9 @@ fn spans_cover_every_layer_and_chunk_once_on_its_owner_and_never_overlap_per_thr
     let hosts: Vec<hdf5::types::VarLenUnicode> = file.attr("hostnames").unwrap().read_raw().unwrap();
     assert_eq!(hosts.len(), 3);
     assert!(hosts.iter().all(|h| !h.is_empty()));
+    // CPU ranks share no GPU
+    let per_gpu: u64 = file.attr("ranks_per_gpu").unwrap().read_scalar().unwrap();
+    assert_eq!((per_gpu, report["ranks_per_gpu"].as_u64()), (1, Some(1)));
 
     let mut computed = HashSet::new();
     let mut first_layer = 0;

@@ -19,6 +19,8 @@ pub struct DecodePlan {
     pub mode: DecodeMode,
     /// One line: what was asked for, what each mode needs per rank and whether it fits.
     pub reason: String,
+    /// The most ranks that use one GPU (1 on the CPU, or with a GPU for each rank).
+    pub ranks_per_gpu: usize,
 }
 
 /// One rank's memory: what each mode needs there, and what it may use (`None`: unknown, not
@@ -175,6 +177,7 @@ pub fn choose(
     Ok(DecodePlan {
         mode,
         reason: format!("{asked}; {fits}"),
+        ranks_per_gpu: gpu_sharing.iter().copied().max().unwrap_or(1).max(1),
     })
 }
 
@@ -288,9 +291,15 @@ mod tests {
             "{}",
             shared.reason
         );
+        assert_eq!(shared.ranks_per_gpu, 3);
         // two GPUs for three ranks: ranks 0 and 2 share one
-        assert_eq!(with(DecodeArg::Auto, &[2, 1, 2]).mode, DecodeMode::Pipeline);
-        assert_eq!(with(DecodeArg::Auto, &[1, 1, 1]).mode, DecodeMode::Redundant);
+        let two_gpus = with(DecodeArg::Auto, &[2, 1, 2]);
+        assert_eq!((two_gpus.mode, two_gpus.ranks_per_gpu), (DecodeMode::Pipeline, 2));
+        let own_gpus = with(DecodeArg::Auto, &[1, 1, 1]);
+        assert_eq!(
+            (own_gpus.mode, own_gpus.ranks_per_gpu),
+            (DecodeMode::Redundant, 1)
+        );
         assert_eq!(with(DecodeArg::Redundant, &[3, 3, 3]).mode, DecodeMode::Redundant);
     }
 

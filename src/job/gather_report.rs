@@ -92,6 +92,7 @@ impl JobResults<'_> {
             layer_split: plan.schedule.split().counts(),
             decode_mode: decode.mode,
             decode_mode_reason: decode.reason,
+            ranks_per_gpu: decode.ranks_per_gpu,
             sync: match prefill.transport {
                 Some(_) => args.sync.name().into(),
                 None => "none".into(),

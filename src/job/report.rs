@@ -89,6 +89,8 @@ pub struct JobReport {
     /// `redundant` or `pipeline` (what `--decode` resolved to), and why.
     pub decode_mode: DecodeMode,
     pub decode_mode_reason: String,
+    /// The most ranks that share one GPU (1: a GPU for each rank, or the CPU).
+    pub ranks_per_gpu: usize,
     /// The KV sync strategy and transport; `none` with pipelined decode (no KV sync).
     pub sync: String,
     pub transport: String,

@@ -8,17 +8,25 @@ use crate::schedule::{Chunking, DecodeMode};
 use crate::units::{bytes, count, ms};
 
 impl JobReport {
-    /// The chunk cost model's prediction beside the TTFT, and why a single prefill on a GPU can
-    /// take far longer: its first run pays one-time costs (kernels loaded, library plans made)
-    /// that the model, made of warm runs, leaves out.
+    /// The chunk cost model's prediction beside the TTFT, and why a prefill on a GPU can take
+    /// far longer: its first run pays one-time costs (kernels loaded, library plans made) that
+    /// the model, made of warm runs, leaves out, and ranks that share a GPU take turns on it,
+    /// where the model gives each rank a GPU of its own.
     fn prediction_note(&self) -> String {
         let predicted = ms(self.predicted_ttft_s);
         let first_on_gpu = self.device != "cpu" && self.ttft_runs_s.len() <= 1;
-        match first_on_gpu && self.ttft_s > 2.0 * self.predicted_ttft_s {
+        let note = match first_on_gpu && self.ttft_s > 2.0 * self.predicted_ttft_s {
             true => format!(
                 "the chunk cost model predicted {predicted} for a warm run; this first one includes one-time start-up costs, --prefill-runs 2 times a warm one"
             ),
             false => format!("the chunk cost model predicted {predicted}"),
+        };
+        match self.ranks_per_gpu > 1 {
+            true => format!(
+                "{note}; the model gives each rank a GPU of its own, and {} share one here",
+                self.ranks_per_gpu
+            ),
+            false => note,
         }
     }
 
@@ -133,12 +141,19 @@ impl JobReport {
         }
         format!(
             "pipeline: {} through {} stages overlapped {:.2}x (the ranks' compute summed over TTFT) \
-             against the ideal R·C/(C+R−1) = {:.2}x: {:.0} % efficiency",
+             against the ideal R·C/(C+R−1) = {:.2}x: {:.0} % efficiency{}",
             count(self.chunks, "chunk"),
             self.ranks,
             self.pipeline_overlap,
             self.pipeline_ideal,
-            self.pipeline_efficiency * 100.0
+            self.pipeline_efficiency * 100.0,
+            match self.ranks_per_gpu > 1 {
+                true => format!(
+                    " ({} ranks take turns on one GPU here, so their compute cannot overlap)",
+                    self.ranks_per_gpu
+                ),
+                false => String::new(),
+            }
         )
     }
 

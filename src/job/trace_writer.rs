@@ -44,6 +44,7 @@ pub fn write_job_trace(
     trace.attr_str("start_time", &report.start_time)?;
     trace.attr_str_array("hostnames", &report.hostnames)?;
     trace.attr_str_array("device_names", &report.devices)?;
+    trace.attr_u64("ranks_per_gpu", report.ranks_per_gpu as u64)?;
     trace.attr_f64("ttft_s", report.ttft_s)?;
     trace.attr_f64("prefill_s", report.prefill_s)?;
     trace.attr_f64("decode_s", report.decode_s)?;
