@@ -151,25 +151,39 @@ def handoffs(trace):
     the sender's GPU buffer, MPI from GPU memory to GPU memory and the message (device). Only where the receiver was already
     waiting when the sender finished; NaN where it came later (its wait then says nothing).
     The two ends are on two ranks' clocks, whose common origin is a barrier: their skew (µs on
-    an idle node, up to ms with more ranks than cores) is in every latency."""
+    an idle node, up to ms with more ranks than cores) is in every latency.
+
+    The latency splits into `copy_s` (the sender's `HiddenCopy` span on the GPU, from the
+    layer's end to the copy's: NaN in traces without it, and on the CPU), `post_s` (from the
+    copy's end, or the layer's, to the sender posting its `Send`: when its compute thread saw
+    the copy had passed) and `message_s` (from the post to the receiver's end of wait)."""
     ev = trace.events
-    cols = ["chunk", "from", "to", "bytes", "sender_done_s", "recv_start_s", "recv_end_s", "latency_s"]
+    cols = ["chunk", "from", "to", "bytes", "sender_done_s", "recv_start_s", "recv_end_s", "latency_s",
+            "copy_s", "post_s", "message_s"]
     if not len(ev):
         return pd.DataFrame(columns=cols)
     layers = ev[ev["kind"] == "LayerCompute"]
     gpu = layers[layers["thread"] == "GpuStream"]
     layers = gpu if len(gpu) else layers[layers["thread"] == "Compute"]
     done = layers.groupby(["rank", "chunk"])["t_end_ns"].max()
+    copied = ev[ev["kind"] == "HiddenCopy"].groupby(["rank", "chunk"])["t_end_ns"].max()
+    posted = ev[(ev["kind"] == "Send") & (ev["thread"] == "Compute")].groupby(["rank", "chunk"])["t_start_ns"].min()
     rows = []
     for r in ev[(ev["kind"] == "Recv") & (ev["thread"] == "Compute")].itertuples():
         sent = done.get((r.peer, r.chunk))
         if sent is None:
             continue
         waiting = r.t_start_ns <= sent
+        copy_end = copied.get((r.peer, r.chunk), np.nan)
+        post = posted.get((r.peer, r.chunk), np.nan)
+        after_copy = sent if np.isnan(copy_end) else copy_end
         rows.append({
             "chunk": r.chunk, "from": r.peer, "to": r.rank, "bytes": r.bytes,
             "sender_done_s": sent / 1e9, "recv_start_s": r.t_start_ns / 1e9, "recv_end_s": r.t_end_ns / 1e9,
             "latency_s": (r.t_end_ns - sent) / 1e9 if waiting else np.nan,
+            "copy_s": (copy_end - sent) / 1e9 if waiting else np.nan,
+            "post_s": (post - after_copy) / 1e9 if waiting else np.nan,
+            "message_s": (r.t_end_ns - post) / 1e9 if waiting else np.nan,
         })
     return pd.DataFrame(rows, columns=cols)
 

@@ -62,17 +62,18 @@ def report(name):
     except Exception:
         return None
 one = report("one")
-print("| run | hidden transport | ids equal one rank | hops | 8 MiB hop latency median / max ms | TTFT s |")
-print("|---|---|---|---|---|---|")
+print("| run | hidden transport | ids equal one rank | hops | 8 MiB hop latency median / max ms | of which: copy on the GPU / until the send is posted / message, median ms | TTFT s |")
+print("|---|---|---|---|---|---|---|")
 for path in sorted(out.glob("n*.h5")):
     r = report(path.stem)
     if r is None:
-        print(f"| {path.stem} | - | failed | | | |"); continue
+        print(f"| {path.stem} | - | failed | | | | |"); continue
     hops = q.handoffs(q.load(path)).dropna(subset=["latency_s"])
     lat = hops["latency_s"] * 1e3
     stats = f"{lat.median():.3f} / {lat.max():.3f}" if len(lat) else "no waiting receiver"
+    parts = " / ".join(f"{hops[c].median() * 1e3:.3f}" for c in ("copy_s", "post_s", "message_s")) if len(lat) else ""
     same = one is not None and r["generated_ids"] == one["generated_ids"]
-    print(f"| {path.stem} | {r.get('hidden_transport')} | {'yes' if same else 'NO'} | {len(hops)} | {stats} | {r['ttft_s']:.4f} |")
+    print(f"| {path.stem} | {r.get('hidden_transport')} | {'yes' if same else 'NO'} | {len(hops)} | {stats} | {parts} | {r['ttft_s']:.4f} |")
 PY
 # only what this script wrote (one, n*-*: traces, reports, logs)
 (cd "$out" && tar -cJf hops-runs.tar.xz one.* n[23]-* && rm -f one.* n[23]-*)

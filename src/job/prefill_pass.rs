@@ -25,12 +25,13 @@ use crate::transport::progress::{poll_interval, MpiProgress};
 use crate::transport::{MpiEnv, SharedComm};
 
 /// Spans of one prefill run (dropped from the trace when another run follows).
-pub const PREFILL_SPANS: [SpanKind; 11] = [
+pub const PREFILL_SPANS: [SpanKind; 12] = [
     SpanKind::Embed,
     SpanKind::LayerCompute,
     SpanKind::KvSync,
     SpanKind::Send,
     SpanKind::Recv,
+    SpanKind::HiddenCopy,
     SpanKind::Wait,
     SpanKind::LmHead,
     SpanKind::Gemm,

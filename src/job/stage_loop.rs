@@ -408,6 +408,13 @@ fn run_op<'a, 's>(
                 .get_mut(chunk.index)
                 .and_then(Option::take)
                 .ok_or_else(|| anyhow::anyhow!("chunk {} sent twice", chunk.index))?;
+            // on a GPU the copy is timed on the GPU track (where a hop's time goes: the copy,
+            // then the send posted once this thread sees it has passed)
+            let mark = model
+                .device()
+                .is_cuda()
+                .then(|| ctx.device_spans.begin())
+                .transpose()?;
             let staged = match state.gpu {
                 Some(GpuRows::Ipc(ipc)) => StagedHidden::push(&hidden, chunk.start, ipc, buffer)?,
                 Some(GpuRows::Device(device)) => {
@@ -415,6 +422,14 @@ fn run_op<'a, 's>(
                 }
                 None => StagedHidden::stage(&hidden, buffer)?,
             };
+            if let Some(mark) = mark {
+                let copy_at = SpanAt {
+                    peer: to as i32,
+                    bytes: staged.payload_bytes as u64,
+                    ..at(chunk.index)
+                };
+                record_compute(mark, SpanKind::HiddenCopy, copy_at)?;
+            }
             state.staged.push_back((chunk.index, to, step, staged));
         }
         StageOp::Logits { chunk } => {

@@ -97,7 +97,11 @@ fn color(kind: SpanKind) -> [u8; 3] {
         SpanKind::Embed | SpanKind::LayerCompute | SpanKind::LmHead | SpanKind::DecodeStep => [118, 185, 0],
         SpanKind::Gemm | SpanKind::Attention | SpanKind::Elementwise | SpanKind::Moe => [178, 223, 138],
         SpanKind::KvSync => [230, 126, 34],
-        SpanKind::Send | SpanKind::Recv | SpanKind::DecodeSend | SpanKind::DecodeRecv => [52, 152, 219],
+        SpanKind::Send
+        | SpanKind::Recv
+        | SpanKind::DecodeSend
+        | SpanKind::DecodeRecv
+        | SpanKind::HiddenCopy => [52, 152, 219],
         SpanKind::Wait | SpanKind::DecodeWait => [149, 165, 166],
         SpanKind::WeightLoad | SpanKind::KernelLoad => [155, 89, 182],
     }

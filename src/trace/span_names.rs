@@ -23,6 +23,7 @@ pub fn kind_name(kind: SpanKind) -> &'static str {
         SpanKind::DecodeRecv => "decode-recv",
         SpanKind::DecodeWait => "decode-wait",
         SpanKind::KernelLoad => "kernel-load",
+        SpanKind::HiddenCopy => "hidden-copy",
     }
 }
 
@@ -37,6 +38,7 @@ pub fn span_name(kind: SpanKind, at: &SpanAt) -> String {
     match kind {
         SpanKind::Send => format!("send chunk {} to rank {}", at.chunk, at.peer),
         SpanKind::Recv => format!("recv chunk {} from rank {}", at.chunk, at.peer),
+        SpanKind::HiddenCopy => format!("copy chunk {} for rank {}", at.chunk, at.peer),
         SpanKind::Wait if at.peer >= 0 => format!("wait for the first token from rank {}", at.peer),
         SpanKind::Wait => "wait for the KV sync to finish".into(),
         SpanKind::LayerCompute => of("layer").replacen("layer layer", "layer", 1),

@@ -36,6 +36,10 @@ pub enum SpanKind {
     /// Setup: loading the GPU kernel modules (candle's PTX compiled by the driver, ours as
     /// machine code), beside this rank's weight load.
     KernelLoad = 16,
+    /// A GPU's copy of one chunk's hidden state on its way to the next rank (GPU track): to
+    /// page-locked host memory (`host`), into the next rank's GPU memory (`ipc`), or into this
+    /// rank's outgoing GPU buffer (`device`). Its `Send` is posted once it has passed.
+    HiddenCopy = 17,
 }
 
 impl SpanKind {
@@ -268,6 +272,7 @@ pub fn span_from_row(r: &[i64]) -> Option<Span> {
         DecodeRecv,
         DecodeWait,
         KernelLoad,
+        HiddenCopy,
     ]
     .get(usize::try_from(r[0]).ok()?)
     .copied()?;
