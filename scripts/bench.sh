@@ -45,6 +45,8 @@ ab="${AB_LENGTH:-16384}"
 run "ab-$ab-op-spans" mpirun 1 --synthetic-prompt "$ab" --op-spans
 QWEN3_MPI_ATTENTION=kernel run "ab-$ab-kernel" mpirun 1 --synthetic-prompt "$ab"
 run "ab-$ab-chunk8192" mpirun 1 --synthetic-prompt "$ab" --chunk-size 8192
+# the layer's four products through cuBLASLt (its heuristic, 32 MiB workspace) at every length
+for n in ${lengths//,/ }; do QWEN3_MPI_DENSE_GEMM=lt run "ab-$n-dense-lt" mpirun 1 --synthetic-prompt "$n"; done
 QWEN3_MPI_DECODE_GRAPH=0 run "ab-1024-decode-no-graph" mpirun 1 --synthetic-prompt 1024
 # the decode step's kernels queued one after the other instead of overlapped
 for n in 1024 "$ab"; do QWEN3_MPI_DECODE_OVERLAP=0 run "ab-$n-decode-no-overlap" mpirun 1 --synthetic-prompt "$n"; done

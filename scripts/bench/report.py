@@ -45,6 +45,17 @@ def trace_logits(path):
         return f["output/prefill_logits"][:]
 
 
+def logits_error(out, name, n):
+    """Run `name`'s last-position logits against transformers' at prompt length n."""
+    ref = os.path.join(out, f"runs/hf-logits-{n}.safetensors")
+    mine = trace_logits(os.path.join(out, f"traces/{name}.h5")) if os.path.exists(ref) else None
+    if mine is None:
+        return "n/a"
+    theirs = safetensors_f32(ref)
+    rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
+    return f"{rel:.2e} / {'same' if mine.argmax() == theirs.argmax() else 'DIFFERENT'}"
+
+
 def peak_memory(out):
     """Peak memory.used (MiB) per GPU within each run's time window."""
     windows, samples = {}, []
@@ -136,13 +147,7 @@ def main(out):
         ceiling = hf["card"]["matmul_bf16_tflops"] * 1e12 if hf else float("nan")
         mfu = flops(n, hf) / ours / ceiling if hf else float("nan")
         hf_mfu = flops(n, hf) / h["ttft_s"] / ceiling if h else float("nan")
-        err = "n/a"
-        ref = os.path.join(out, f"runs/hf-logits-{n}.safetensors")
-        mine = trace_logits(os.path.join(out, f"traces/{name}.h5")) if os.path.exists(ref) else None
-        if mine is not None:
-            theirs = safetensors_f32(ref)
-            rel = np.abs(mine - theirs).max() / np.abs(theirs).max()
-            err = f"{rel:.2e} / {'same' if mine.argmax() == theirs.argmax() else 'DIFFERENT'}"
+        err = logits_error(out, name, n)
         peak = max(peaks.get(name, {0: 0}).values() or [0])
         print(f"| {gpu} | {n} | {h['ttft_s']:.3f} | {ours:.3f} | {h['ttft_s']/ours:.2f}x | {n/ours:.0f} | {mfu:.1%} | {hf_mfu:.1%} "
               f"| {r['chunks']} | {peak} | {h['peak_gib']:.1f} | {err} |" if h else
@@ -183,8 +188,8 @@ def main(out):
     ab = sorted((k for k in runs if k.startswith("ab-")), key=lambda k: (int(k.split("-")[1]), k))
     if ab:
         print("\n## One GPU, side by side in this call (issue 14)\n")
-        print("| card | run | tokens | prefill attention | decode path | TTFT s | vs this build's 1-GPU run | decode ms/token | peak GPU MiB |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| card | run | tokens | prefill attention | decode path | TTFT s | vs this build's 1-GPU run | decode ms/token | peak GPU MiB | logits rel err / top-1 vs transformers |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in ab:
             r, n = runs[name], int(name.split("-")[1])
             ttft = warm_ttft(r)
@@ -192,7 +197,7 @@ def main(out):
             dec = r.get("decode_ms_per_token_median") or float("nan")
             peak = max(peaks.get(name, {0: 0}).values() or [0])
             print(f"| {gpu} | {name} | {n} | {r.get('prefill_attention', 'previous build')} | {r.get('decode_path', 'previous build')} "
-                  f"| {ttft:.3f} | {base / ttft if base else float('nan'):.2f}x | {dec:.2f} | {peak} |")
+                  f"| {ttft:.3f} | {base / ttft if base else float('nan'):.2f}x | {dec:.2f} | {peak} | {logits_error(out, name, n)} |")
         for name in ab:
             shares = layer_part_shares(os.path.join(out, f"traces/{name}.h5"))
             if shares:

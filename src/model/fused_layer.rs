@@ -12,6 +12,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::decoder_layer::{DecoderLayer, FeedForward};
+use super::dense_gemm::product;
 use super::kv_cache::KvCache;
 use super::layer_ops::{add_matmul, qk_norm_rope_cache, residual_rms_norm, swiglu};
 use super::layer_plan::PrefillAttention;
@@ -45,7 +46,7 @@ pub fn forward<F: FeedForward>(
     enter(LayerPart::Elementwise)?;
     let (_, normed) = residual_rms_norm(x, None, layer.input_layernorm.weight(), norm_eps)?; // (L, hidden)
     enter(LayerPart::Gemm)?;
-    let qkv = attn.qkv(&normed)?; // (L, (H + 2·KVH)·D)
+    let qkv = product(&normed, attn.qkv_weight())?; // (L, (H + 2·KVH)·D)
     drop(normed);
 
     // 2. q/k norms and RoPE; the chunk's K and V into the cache
@@ -65,7 +66,7 @@ pub fn forward<F: FeedForward>(
 
     // 4. Output projection; residual add and the MLP's RMSNorm in one kernel
     enter(LayerPart::Gemm)?;
-    let o = attn.output(&out.reshape((len, heads * head_dim))?)?; // (L, hidden)
+    let o = product(&out.reshape((len, heads * head_dim))?, attn.o_weight())?; // (L, hidden)
     drop(out);
     enter(LayerPart::Elementwise)?;
     let post = &layer.post_attention_layernorm;
@@ -86,7 +87,7 @@ pub fn dense_mlp_into(mlp: &Mlp, x: &Tensor, normed: Tensor, probe: Option<&dyn 
         probe.map_or(Ok(()), |p| p.enter(Some(part)))
     };
     enter(LayerPart::Gemm)?;
-    let gate_up = mlp.gate_up(&normed)?; // (L, 2·I)
+    let gate_up = product(&normed, mlp.gate_up_weight())?; // (L, 2·I)
     drop(normed);
     enter(LayerPart::Elementwise)?;
     let act = swiglu(&gate_up)?; // (L, I)

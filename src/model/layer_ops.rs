@@ -251,6 +251,9 @@ pub fn add_matmul(acc: &Tensor, a: &Tensor, w: &Tensor) -> Result<()> {
             w.shape()
         );
     }
+    if super::dense_gemm::DenseGemm::chosen()? == super::dense_gemm::DenseGemm::Lt {
+        return super::dense_gemm::add_product_lt(acc, a, w);
+    }
     let data_type = match acc.dtype() {
         candle_core::DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
         candle_core::DType::F16 => sys::cudaDataType::CUDA_R_16F,

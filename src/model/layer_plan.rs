@@ -176,11 +176,16 @@ pub fn choose(cfg: &Qwen3Config, dtype: DType, device: &Device) -> Result<LayerP
             Err(why) => (flash.0, format!("{}: {why}", flash.1)),
         },
     };
+    // which library runs the layer's products (`QWEN3_MPI_DENSE_GEMM`; a bad value ends setup)
+    #[cfg(feature = "cuda")]
+    let products = super::dense_gemm::DenseGemm::chosen()?.name();
+    #[cfg(not(feature = "cuda"))]
+    let products = "cuBLAS";
     Ok(LayerPlan {
         fused: true,
         prefill,
         decode,
-        reason: format!("fused layer; prefill attention: {why}; decode: {decode:?}"),
+        reason: format!("fused layer; products: {products}; prefill attention: {why}; decode: {decode:?}"),
         fallback,
     })
 }

@@ -11,6 +11,8 @@ pub mod decode_split;
 pub mod decode_step;
 pub mod decoder_layer;
 #[cfg(feature = "cuda")]
+pub mod dense_gemm;
+#[cfg(feature = "cuda")]
 pub mod flash_attention;
 #[cfg(feature = "cuda")]
 pub mod flash_decode;
