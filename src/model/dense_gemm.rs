@@ -1,7 +1,8 @@
 //! The fused layer's dense matrix products on a GPU, `out (L, N) = a (L, K) · w (N, K)ᵀ`, and
-//! the same added into a residual: candle's cuBLAS call, or cuBLASLt through cudarc's
-//! `CudaBlasLT` (the heuristic's first algorithm with NVIDIA's workspace size, 32 MiB on
-//! Hopper: what PyTorch runs for a bf16 linear layer).
+//! the same added into a residual: cuBLAS (candle's call for the plain product, one
+//! `cublasGemmEx` with β = 1 for the residual one), or cuBLASLt through cudarc's `CudaBlasLT`
+//! (the heuristic's first algorithm with NVIDIA's workspace size, 32 MiB on Hopper: what
+//! PyTorch runs for a bf16 linear layer).
 //!
 //! `QWEN3_MPI_DENSE_GEMM` picks the library (read once): `blas` (default) or `lt`.
 
@@ -62,13 +63,63 @@ pub fn product(a: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(wrap(&device, slice, (rows, n)))
 }
 
-/// acc (L, N) += a (L, K) · w (N, K)ᵀ through cuBLASLt (β = 1), in place.
-pub fn add_product_lt(acc: &Tensor, a: &Tensor, w: &Tensor) -> Result<()> {
+/// acc += a · wᵀ in one product (β = 1): a residual add folded into the matrix product (one
+/// rounding of the sum instead of two). `acc` must be a tensor nothing else reads (it is
+/// updated in place). acc: (L, N); a: (L, K); w: (N, K), a Linear weight.
+pub fn add_product(acc: &Tensor, a: &Tensor, w: &Tensor) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys};
     let device = cuda_device(acc, "residual matrix product")?;
-    lt_product(&device, address(acc)?, a, w, 1.0)
+    let ((rows, n), (a_rows, k), (w_rows, w_cols)) = (acc.dims2()?, a.dims2()?, w.dims2()?);
+    if a_rows != rows || w_rows != n || w_cols != k || a.dtype() != acc.dtype() || w.dtype() != acc.dtype() {
+        bail!(
+            "residual matrix product: {:?} += {:?} x {:?}ᵀ does not fit",
+            acc.shape(),
+            a.shape(),
+            w.shape()
+        );
+    }
+    if DenseGemm::chosen()? == DenseGemm::Lt {
+        return lt_product(&device, address(acc)?, a, w, 1.0);
+    }
+    let data_type = match acc.dtype() {
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        other => bail!("residual matrix product takes bf16 or f16, not {other:?}"),
+    };
+    let (alpha, beta) = (1f32, 1f32);
+    let blas = device.cublas_handle();
+    let (acc_at, a_at, w_at) = (address(acc)?, address(a)?, address(w)?);
+    // Row-major (L, N) = (L, K)·(N, K)ᵀ is column-major (N, L) = (K, N)ᵀ·(K, L).
+    // SAFETY: the three buffers hold the shapes checked above; the handle runs on the device's
+    // stream (candle set it), the stream our other work is on.
+    unsafe {
+        gemm_ex(
+            *blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            rows as i32,
+            k as i32,
+            (&alpha as *const f32).cast(),
+            w_at as *const std::ffi::c_void,
+            data_type,
+            k as i32,
+            a_at as *const std::ffi::c_void,
+            data_type,
+            k as i32,
+            (&beta as *const f32).cast(),
+            acc_at as *mut std::ffi::c_void,
+            data_type,
+            n as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("residual matrix product: cuBLAS {e:?}")))?;
+    Ok(())
 }
 
-/// out (L, N) = a · wᵀ + β · out, the shapes checked by the caller.
+/// out (L, N) = a · wᵀ + β · out through cuBLASLt, the shapes checked by the caller.
 fn lt_product(device: &CudaDevice, out_at: u64, a: &Tensor, w: &Tensor, beta: f32) -> Result<()> {
     let ((rows, k), (n, _)) = (a.dims2()?, w.dims2()?);
     let stream = device.cuda_stream();

@@ -12,9 +12,9 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use super::decoder_layer::{DecoderLayer, FeedForward};
-use super::dense_gemm::product;
+use super::dense_gemm::{add_product, product};
 use super::kv_cache::KvCache;
-use super::layer_ops::{add_matmul, qk_norm_rope_cache, residual_rms_norm, swiglu};
+use super::layer_ops::{qk_norm_rope_cache, residual_rms_norm, swiglu};
 use super::layer_plan::PrefillAttention;
 use super::layer_probe::{LayerPart, LayerProbe};
 use super::mlp::Mlp;
@@ -93,7 +93,7 @@ pub fn dense_mlp_into(mlp: &Mlp, x: &Tensor, normed: Tensor, probe: Option<&dyn 
     let act = swiglu(&gate_up)?; // (L, I)
     drop(gate_up);
     enter(LayerPart::Gemm)?;
-    add_matmul(x, &act, mlp.down_weight())?; // x += act · W_downᵀ: (L, hidden)
+    add_product(x, &act, mlp.down_weight())?; // x += act · W_downᵀ: (L, hidden)
     Ok(())
 }
 

@@ -132,7 +132,7 @@ impl SparseMoe {
     }
 
     /// The fused GPU layer's MoE block: x += MoE(normed), in place (`x` must be a tensor
-    /// nothing else reads, as [`super::layer_ops::add_matmul`]'s). One small copy to the host:
+    /// nothing else reads, as [`super::dense_gemm::add_product`]'s). One small copy to the host:
     /// each expert's row count, the grouped products' sizes. x, normed: (L, hidden)
     #[cfg(feature = "cuda")]
     pub fn add_fused(&self, x: &Tensor, normed: &Tensor) -> Result<()> {
