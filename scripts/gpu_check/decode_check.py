@@ -28,7 +28,9 @@ def write_prompt(out, tokens):
 
 def verify(model_dir, prompt_path, runs):
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    # straight onto the GPU: a 30B-A3B checkpoint in /dev/shm plus a host copy would not fit the host
+    model = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                             device_map="cuda").eval()
     prompt = tok(open(prompt_path).read())["input_ids"]
     print(f"prompt: {len(prompt)} tokens")
     print("| run | generated tokens | top-1 agrees with transformers | worst step: transformers' margin (logit top-1 − ours) |")

@@ -36,15 +36,17 @@ pub enum KernelModule {
     LayerOps,
     DecodeOps,
     MoeOps,
+    DecodePersistent,
 }
 
 impl KernelModule {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Attention,
         Self::DecodeAttention,
         Self::LayerOps,
         Self::DecodeOps,
         Self::MoeOps,
+        Self::DecodePersistent,
     ];
 
     fn file(self) -> &'static str {
@@ -54,6 +56,7 @@ impl KernelModule {
             Self::LayerOps => "src/model/kernels/layer_ops.cu",
             Self::DecodeOps => "src/model/kernels/decode_ops.cu",
             Self::MoeOps => "src/model/kernels/moe_ops.cu",
+            Self::DecodePersistent => "src/model/kernels/decode_persistent.cu",
         }
     }
 
@@ -64,6 +67,7 @@ impl KernelModule {
             Self::LayerOps => (cubin::LAYER_OPS, ptx::LAYER_OPS),
             Self::DecodeOps => (cubin::DECODE_OPS, ptx::DECODE_OPS),
             Self::MoeOps => (cubin::MOE_OPS, ptx::MOE_OPS),
+            Self::DecodePersistent => (cubin::DECODE_PERSISTENT, ptx::DECODE_PERSISTENT),
         }
     }
 }
