@@ -105,10 +105,6 @@ fn build_kernels() {
             "src/model/kernels/elementwise.cuh",
             "src/model/kernels/overlap.cuh",
             "src/model/kernels/decode_step_attention.cuh",
-            "src/model/kernels/decode_gemv.cuh",
-            "src/model/kernels/qk_norm_rope.cuh",
-            "src/model/kernels/moe_route.cuh",
-            "src/model/kernels/moe_decode.cuh",
         ])
         .arg("-std=c++17")
         .arg("-O3")
@@ -153,13 +149,12 @@ fn build_kernels() {
 
 /// Our CUDA kernels, one module each.
 #[cfg(feature = "cuda")]
-const KERNEL_FILES: [&str; 6] = [
+const KERNEL_FILES: [&str; 5] = [
     "src/model/kernels/attention.cu",
     "src/model/kernels/decode_attention.cu",
     "src/model/kernels/layer_ops.cu",
     "src/model/kernels/decode_ops.cu",
     "src/model/kernels/moe_ops.cu",
-    "src/model/kernels/decode_persistent.cu",
 ];
 
 #[cfg(not(feature = "cuda"))]

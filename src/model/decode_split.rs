@@ -5,24 +5,18 @@
 /// Keys one attention block takes per iteration (`TILE_KEYS` in
 /// `kernels/decode_step_attention.cuh`).
 pub const KEYS_PER_ITER: usize = 32;
-/// The fewest keys a block takes (four tiles): on a short cache, fewer and longer ranges keep the
-/// tiles' loads in flight and leave the merge (one block of each KV head reads every range's
-/// partials, a latency chain) few ranges to read. Qwen3-30B-A3B's 4 KV heads at 1K context had 35
-/// one-tile ranges a head, and the attention took 17 µs a layer for 2 MB of cache.
-pub const MIN_SPLIT_KEYS: usize = 4 * KEYS_PER_ITER;
 /// Output rows one matrix-vector block takes at a time (`ROWS_PER_BLOCK` there).
 pub const GEMV_ROWS_PER_BLOCK: usize = 16;
 
 /// (keys per block, blocks along the keys) for the attention of one token over `keys` cache
 /// positions and `kv_heads` KV heads, aiming at `resident_blocks` blocks in all (what the GPU
-/// holds at once), with at least [`MIN_SPLIT_KEYS`] keys a block. Every block but the last gets
-/// a whole number of iterations.
+/// holds at once). Every block but the last gets a whole number of iterations.
 pub fn key_splits(keys: usize, kv_heads: usize, resident_blocks: usize) -> (usize, usize) {
     let per_head = max_splits(kv_heads, resident_blocks);
     let split_keys = keys
         .div_ceil(per_head)
         .next_multiple_of(KEYS_PER_ITER)
-        .max(MIN_SPLIT_KEYS);
+        .max(KEYS_PER_ITER);
     (split_keys, keys.div_ceil(split_keys).max(1))
 }
 
@@ -66,17 +60,6 @@ mod tests {
         // 16K keys over 8 KV heads on 132 SMs x 3 blocks: at least 90 % of them busy
         let (_, splits) = key_splits(16384, 8, 396);
         assert!(splits * 8 * 10 >= 396 * 9, "{splits} splits per head");
-    }
-
-    #[test]
-    fn a_short_cache_gets_ranges_of_four_tiles() {
-        // 1K context (+65 new tokens) over 4 KV heads (Qwen3-30B-A3B) on 132 SMs x 3 blocks
-        let (split_keys, splits) = key_splits(1089, 4, 396);
-        assert_eq!((split_keys, splits), (128, 9));
-        // one block a multiprocessor (the persistent step): the same ranges
-        assert_eq!(key_splits(1089, 8, 132), (128, 9));
-        // a cache shorter than one range: one block a head
-        assert_eq!(key_splits(100, 8, 396), (128, 1));
     }
 
     #[test]

@@ -35,7 +35,6 @@ use candle_core::{DType, Tensor};
 use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
-use super::decode_persistent::{self, DecodeKernel, LayerTable, PersistentKernel, PersistentStep, StepTable};
 use super::decode_split::{gemv_grid, key_splits, max_splits};
 use super::decoder_layer::Layer;
 use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, wrap};
@@ -169,9 +168,6 @@ pub struct DecodeStep {
     /// range of a head resets it.
     _ranges_done: CudaSlice<i32>,
     ranges_done_at: u64,
-    /// The whole step as one persistent kernel, where `QWEN3_MPI_DECODE_KERNEL=persistent`
-    /// asks for it (`decode_persistent.rs`); else the chain of kernels above.
-    persistent: Option<PersistentStep>,
     /// Handles that keep every tensor whose address the step holds alive.
     _held: Vec<Tensor>,
 }
@@ -302,23 +298,6 @@ impl DecodeStep {
             max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1)
                 * sms;
         let (split_keys, splits) = key_splits(capacity, kv_heads, attention_resident);
-        let persistent = match decode_persistent::requested()? {
-            DecodeKernel::Chain => None,
-            DecodeKernel::Persistent => {
-                // the largest phase's shared memory: the attention's tiles or a product's input
-                let moe_act = cfg
-                    .moe
-                    .as_ref()
-                    .map_or(0, |m| m.num_experts_per_tok * m.moe_intermediate_size);
-                let widest = hidden.max(heads * HEAD_DIM).max(inter).max(moe_act);
-                let shared = (ATTN_SHARED_BYTES as usize).max(widest * dtype.size_in_bytes());
-                Some(PersistentKernel::load(
-                    &device, suffix, group, sms, capacity, kv_heads, shared,
-                )?)
-            }
-        };
-        // the partials of the widest split of the two paths
-        let part_splits = splits.max(persistent.as_ref().map_or(0, |p| p.splits));
         // [token, position, keys]
         let step_inputs = stream.alloc_zeros::<i32>(3).context("decode step: its inputs")?;
         let step_inputs_at = step_inputs.device_ptr(&stream).0;
@@ -331,7 +310,7 @@ impl DecodeStep {
             let (slice, at) = alloc(&device, dtype, len)?;
             Ok(Buffer { _slice: slice, at })
         };
-        let mut step = Self {
+        Ok(Self {
             layers,
             embed: parts.embed.map(address).transpose()?,
             head,
@@ -370,92 +349,13 @@ impl DecodeStep {
             q: buffer(dtype, heads * HEAD_DIM)?,
             attn: buffer(dtype, heads * HEAD_DIM)?,
             gate_up_out: buffer(dtype, 2 * inter)?,
-            part_o: buffer(DType::F32, part_splits * heads * HEAD_DIM)?,
-            part_ml: buffer(DType::F32, part_splits * heads * 2)?,
+            part_o: buffer(DType::F32, splits * heads * HEAD_DIM)?,
+            part_ml: buffer(DType::F32, splits * heads * 2)?,
             _ranges_done: ranges_done,
             ranges_done_at,
             device,
-            persistent: None,
             _held: held,
-        };
-        if let Some(kernel) = persistent {
-            let (table, layer_tables) = step.persistent_tables(inter);
-            let persistent = kernel.with_table(&step.device, &table, &layer_tables)?;
-            tracing::info!(
-                "decode step: one persistent kernel of {} blocks ({}=persistent)",
-                persistent.blocks(),
-                "QWEN3_MPI_DECODE_KERNEL"
-            );
-            step.persistent = Some(persistent);
-        }
-        Ok(step)
-    }
-
-    /// The persistent step's view of this step: its buffers, sizes and every layer's weights.
-    fn persistent_tables(&self, inter: usize) -> (StepTable, Vec<LayerTable>) {
-        let ((experts, top_k, normalize, moe_inter), (moe_logits, moe_act, moe_route)) = self
-            .moe
-            .as_ref()
-            .map_or(((0, 0, false, 0), (0, 0, 0)), |m| m.shape_and_scratch());
-        let head = self.head.as_ref();
-        let table = StepTable {
-            embed: self.embed.unwrap_or(0),
-            token_at: self.token_at,
-            final_norm: head.map_or(0, |h| h.final_norm),
-            lm_head: head.map_or(0, |h| h.lm_head),
-            logits: head.map_or(0, |h| h.logits_out.at),
-            cos: self.cos,
-            sin: self.sin,
-            position_at: self.position_at,
-            x: self.x.at,
-            qkv_out: self.qkv_out.at,
-            q: self.q.at,
-            attn: self.attn.at,
-            gate_up_out: self.gate_up_out.at,
-            part_o: self.part_o.at,
-            part_ml: self.part_ml.at,
-            ranges_done: self.ranges_done_at,
-            moe_logits,
-            moe_act,
-            moe_route,
-            hidden: self.hidden,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            inter,
-            vocab: self.vocab,
-            experts,
-            top_k,
-            normalize,
-            moe_inter,
-            eps: self.eps,
-            scale_log2: self.scale_log2,
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                let (gate_up, down, router) = match &l.mlp {
-                    MlpAddresses::Dense { gate_up, down } => (*gate_up, *down, 0),
-                    MlpAddresses::Sparse(experts) => {
-                        let (router, gate_up, down) = experts.addresses();
-                        (gate_up, down, router)
-                    }
-                };
-                LayerTable {
-                    qkv: l.qkv,
-                    o: l.o,
-                    input_norm: l.input_norm,
-                    post_norm: l.post_norm,
-                    q_norm: l.q_norm,
-                    k_norm: l.k_norm,
-                    kv: l.kv,
-                    gate_up,
-                    down,
-                    router,
-                }
-            })
-            .collect();
-        (table, layers)
+        })
     }
 
     /// Runs `input` (the token, where the step holds the embedding, else the previous stage's
@@ -569,12 +469,6 @@ impl DecodeStep {
 
     /// Queues the step: every kernel, after each of which `mark` sees its name.
     fn enqueue(&self, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
-        if let Some(persistent) = &self.persistent {
-            // SAFETY: the table names this step's buffers and the weights `_held` keeps alive;
-            // `run` wrote the step's inputs on the stream first.
-            unsafe { persistent.queue(&self.device)? };
-            return mark("persistent step");
-        }
         let (token_at, position_at) = (self.token_at, self.position_at);
         if let Some(embed) = self.embed {
             // SAFETY: embed (vocab, hidden) row *token_at < vocab (checked by `run`) into x (hidden).
@@ -791,12 +685,7 @@ impl DecodeStep {
 
 /// Blocks of `func` a multiprocessor holds at once with `threads` threads and `shared_bytes` of
 /// dynamic shared memory (raising the kernel's dynamic shared memory limit to that first).
-pub(super) fn max_blocks_per_sm(
-    func: &CudaFunction,
-    threads: u32,
-    shared_bytes: u32,
-    name: &str,
-) -> Result<usize> {
+fn max_blocks_per_sm(func: &CudaFunction, threads: u32, shared_bytes: u32, name: &str) -> Result<usize> {
     func.set_attribute(
         sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         shared_bytes as i32,

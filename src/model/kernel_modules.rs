@@ -36,17 +36,15 @@ pub enum KernelModule {
     LayerOps,
     DecodeOps,
     MoeOps,
-    DecodePersistent,
 }
 
 impl KernelModule {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 5] = [
         Self::Attention,
         Self::DecodeAttention,
         Self::LayerOps,
         Self::DecodeOps,
         Self::MoeOps,
-        Self::DecodePersistent,
     ];
 
     fn file(self) -> &'static str {
@@ -56,7 +54,6 @@ impl KernelModule {
             Self::LayerOps => "src/model/kernels/layer_ops.cu",
             Self::DecodeOps => "src/model/kernels/decode_ops.cu",
             Self::MoeOps => "src/model/kernels/moe_ops.cu",
-            Self::DecodePersistent => "src/model/kernels/decode_persistent.cu",
         }
     }
 
@@ -67,7 +64,6 @@ impl KernelModule {
             Self::LayerOps => (cubin::LAYER_OPS, ptx::LAYER_OPS),
             Self::DecodeOps => (cubin::DECODE_OPS, ptx::DECODE_OPS),
             Self::MoeOps => (cubin::MOE_OPS, ptx::MOE_OPS),
-            Self::DecodePersistent => (cubin::DECODE_PERSISTENT, ptx::DECODE_PERSISTENT),
         }
     }
 }

@@ -6,8 +6,6 @@ pub mod config;
 /// Prefill attention through cuDNN's flash attention, loaded at run time (`--features cudnn`).
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
-#[cfg(feature = "cuda")]
-mod decode_persistent;
 pub mod decode_split;
 #[cfg(feature = "cuda")]
 pub mod decode_step;

@@ -52,11 +52,6 @@ impl MoeLayer {
         held.extend([moe.router_weight().clone(), gate_up.clone(), down.clone()]);
         Ok(layer)
     }
-
-    /// (router, experts' gate/up, experts' down) addresses, for the persistent step's table.
-    pub fn addresses(&self) -> (u64, u64, u64) {
-        (self.router, self.gate_up, self.down)
-    }
 }
 
 /// A scratch buffer of the step and its address.
@@ -235,17 +230,8 @@ impl MoeStep {
         mark("moe down")
     }
 
-    /// The step's sparse-layer sizes and scratch buffers, for the persistent step's table:
-    /// (experts, k, normalise, intermediate size) and the (logits, act, route) addresses.
-    pub fn shape_and_scratch(&self) -> ((usize, usize, bool, usize), (u64, u64, u64)) {
-        (
-            (self.experts, self.top_k, self.normalize, self.inter),
-            (self.logits.at, self.act.at, self.route.at),
-        )
-    }
-
     /// Bytes of act, the k experts' SwiGLU outputs.
-    pub fn act_bytes(&self) -> usize {
+    fn act_bytes(&self) -> usize {
         self.top_k * self.inter * self.elem
     }
 

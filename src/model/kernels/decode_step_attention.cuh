@@ -23,7 +23,8 @@
 #pragma once
 
 constexpr int HEAD_DIM = 128;
-constexpr int ATTN_THREADS = 128;  // the kernel of decode_ops.cu
+constexpr int ATTN_THREADS = 128;
+constexpr int ATTN_WARPS = ATTN_THREADS / 32;
 constexpr int TILE_KEYS = 32;  // KEYS_PER_ITER in decode_split.rs
 constexpr int ATTN_STAGES = 4;
 static_assert(TILE_KEYS == 32, "a key a lane");
@@ -33,13 +34,13 @@ namespace {
 
 // Tile of keys [first, first + TILE_KEYS) into shared memory (rows past k_end zero-filled); K's
 // chunk c of row r is stored at chunk c ^ (r % 8) of the row.
-template <int THREADS, typename T>
+template <typename T>
 __device__ __forceinline__ void load_kv_tile(T* k_tile, T* v_tile, const T* k_base, const T* v_base,
                                              size_t pos_stride, int first, int k_end) {
     constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks a row
 #pragma unroll
-    for (int j = 0; j < TILE_KEYS * CHUNKS / THREADS; ++j) {
-        const int c = threadIdx.x + j * THREADS, row = c / CHUNKS, col = c % CHUNKS;
+    for (int j = 0; j < TILE_KEYS * CHUNKS / ATTN_THREADS; ++j) {
+        const int c = threadIdx.x + j * ATTN_THREADS, row = c / CHUNKS, col = c % CHUNKS;
         const bool valid = first + row < k_end;
         const size_t at = valid ? (size_t)(first + row) * pos_stride + col * 8 : 0;
         cp_async16(k_tile + row * HEAD_DIM + (col ^ (row & 7)) * 8, k_base + at, valid);  // swizzled
@@ -48,11 +49,10 @@ __device__ __forceinline__ void load_kv_tile(T* k_tile, T* v_tile, const T* k_ba
 }
 
 // Every range of KV head `hk` merged into out (H, D): block-wide, after every range is written.
-// Warp w of W reads ranges w, w + W, ...; lane l dims [4l, 4l + 4).
-template <typename T, int G, int THREADS>
+// Warp w reads ranges w, w + 4, ...; lane l dims [4l, 4l + 4).
+template <typename T, int G>
 __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __restrict__ out, float* smem, int used,
                              int hk, int H) {
-    constexpr int WARPS = THREADS / 32;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float m[G], l[G], acc[G][4];
 #pragma unroll
@@ -64,7 +64,7 @@ __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __res
     }
     // unrolled so that several ranges' loads are in flight at once
 #pragma unroll 4
-    for (int s = warp; s < used; s += WARPS) {
+    for (int s = warp; s < used; s += ATTN_WARPS) {
 #pragma unroll
         for (int g = 0; g < G; ++g) {
             const size_t row = (size_t)s * H + hk * G + g;
@@ -80,9 +80,9 @@ __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __res
             m[g] = m_new;
         }
     }
-    // smem: [WARPS][G][HEAD_DIM] sums, then [WARPS][G] (m, l)
+    // smem: [ATTN_WARPS][G][HEAD_DIM] sums, then [ATTN_WARPS][G] (m, l)
     float* warp_acc = smem;
-    float* warp_ml = smem + WARPS * G * HEAD_DIM;
+    float* warp_ml = smem + ATTN_WARPS * G * HEAD_DIM;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
 #pragma unroll
@@ -94,15 +94,14 @@ __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __res
     }
     __syncthreads();
     const int d = threadIdx.x;  // one dim a thread
-    if (d >= HEAD_DIM) return;
 #pragma unroll
     for (int g = 0; g < G; ++g) {
         float mb = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) mb = fmaxf(mb, warp_ml[(w * G + g) * 2]);
+        for (int w = 0; w < ATTN_WARPS; ++w) mb = fmaxf(mb, warp_ml[(w * G + g) * 2]);
         float lb = 0.f, ob = 0.f;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) {
+        for (int w = 0; w < ATTN_WARPS; ++w) {
             const float scale = exp2f(warp_ml[(w * G + g) * 2] - mb);  // 0 for a warp with no range
             lb += scale * warp_ml[(w * G + g) * 2 + 1];
             ob += scale * warp_acc[(w * G + g) * HEAD_DIM + d];
@@ -111,23 +110,22 @@ __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __res
     }
 }
 
-// Key range `split` of KV head `hk`, by a block of THREADS threads (128 in the kernel of
-// decode_ops.cu, 256 in the persistent step); the last range of the head to finish merges them.
-template <typename T, int G, int THREADS>
-__device__ void decode_attention_range(int hk, int split, const T* q, const T* __restrict__ kv, float* part_o,
-                                       float* part_ml, int* ranges_done, T* out, const int* keys_at,
-                                       int split_keys, int H, int KVH, float scale_log2) {
-    constexpr int WARPS = THREADS / 32;
-    constexpr int HEADS_PER_WARP = (G + WARPS - 1) / WARPS;
-    static_assert(WARPS * G * HEAD_DIM * 4 + WARPS * G * 8 <= ATTN_SMEM_BYTES, "the merge's sums fit the tiles' room");
+template <typename T, int G>
+__device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv, float* part_o, float* part_ml,
+                                 int* ranges_done, T* __restrict__ out, const int* keys_at, int split_keys, int H,
+                                 int KVH, float scale_log2) {
+    constexpr int HEADS_PER_WARP = (G + ATTN_WARPS - 1) / ATTN_WARPS;
     extern __shared__ __align__(16) unsigned char attn_smem[];
     __shared__ __align__(16) float q_s[G][HEAD_DIM];
-    __shared__ __align__(16) float p_s[WARPS][TILE_KEYS];
+    __shared__ __align__(16) float p_s[ATTN_WARPS][TILE_KEYS];
     __shared__ int is_last;
     T* k_tiles = reinterpret_cast<T*>(attn_smem);
     T* v_tiles = k_tiles + ATTN_STAGES * TILE_KEYS * HEAD_DIM;
 
+    allow_next_kernel_launch();
+    wait_for_previous_kernel();
     if (G * KVH != H) __trap();  // the launcher picks the kernel of H / KVH (decode_step.rs)
+    const int hk = blockIdx.x, split = blockIdx.y;
     const int n_keys = *keys_at;
     const int used = (n_keys + split_keys - 1) / split_keys;
     const int k_begin = split * split_keys, k_end = min(n_keys, k_begin + split_keys);
@@ -139,12 +137,12 @@ __device__ void decode_attention_range(int hk, int split, const T* q, const T* _
 
     for (int s = 0; s < ATTN_STAGES - 1; ++s) {
         if (s < tiles)
-            load_kv_tile<THREADS>(k_tiles + s * TILE_KEYS * HEAD_DIM, v_tiles + s * TILE_KEYS * HEAD_DIM, k_base, v_base,
+            load_kv_tile(k_tiles + s * TILE_KEYS * HEAD_DIM, v_tiles + s * TILE_KEYS * HEAD_DIM, k_base, v_base,
                          pos_stride, k_begin + s * TILE_KEYS, k_end);
         cp_async_commit();
     }
-    for (int i = threadIdx.x; i < G * HEAD_DIM; i += THREADS)
-        q_s[i / HEAD_DIM][i % HEAD_DIM] = to_f32(__ldcg(q + (size_t)hk * G * HEAD_DIM + i));
+    for (int i = threadIdx.x; i < G * HEAD_DIM; i += ATTN_THREADS)
+        q_s[i / HEAD_DIM][i % HEAD_DIM] = to_f32(q[(size_t)hk * G * HEAD_DIM + i]);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float m[HEADS_PER_WARP], l[HEADS_PER_WARP], o[HEADS_PER_WARP][4];
 #pragma unroll
@@ -161,7 +159,7 @@ __device__ void decode_attention_range(int hk, int split, const T* q, const T* _
         const int next = i + ATTN_STAGES - 1;
         if (next < tiles) {
             const int stage = next % ATTN_STAGES;
-            load_kv_tile<THREADS>(k_tiles + stage * TILE_KEYS * HEAD_DIM, v_tiles + stage * TILE_KEYS * HEAD_DIM, k_base,
+            load_kv_tile(k_tiles + stage * TILE_KEYS * HEAD_DIM, v_tiles + stage * TILE_KEYS * HEAD_DIM, k_base,
                          v_base, pos_stride, k_begin + next * TILE_KEYS, k_end);
         }
         cp_async_commit();
@@ -170,7 +168,7 @@ __device__ void decode_attention_range(int hk, int split, const T* q, const T* _
         const bool in_range = k_begin + i * TILE_KEYS + lane < k_end;
 #pragma unroll
         for (int hw = 0; hw < HEADS_PER_WARP; ++hw) {
-            const int g = warp + hw * WARPS;
+            const int g = warp + hw * ATTN_WARPS;
             if (g >= G) break;  // uniform over the warp
             // 1. the score of key `lane` (log2 units)
             const T* k_row = k_tile + lane * HEAD_DIM;
@@ -219,7 +217,7 @@ __device__ void decode_attention_range(int hk, int split, const T* q, const T* _
     // the range's output, one head a warp
 #pragma unroll
     for (int hw = 0; hw < HEADS_PER_WARP; ++hw) {
-        const int g = warp + hw * WARPS;
+        const int g = warp + hw * ATTN_WARPS;
         if (g >= G) break;
         const size_t row = (size_t)split * H + hk * G + g;
         *reinterpret_cast<float4*>(part_o + row * HEAD_DIM + lane * 4) = make_float4(o[hw][0], o[hw][1], o[hw][2], o[hw][3]);
@@ -232,19 +230,8 @@ __device__ void decode_attention_range(int hk, int split, const T* q, const T* _
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    merge_ranges<T, G, THREADS>(part_o, part_ml, out, reinterpret_cast<float*>(attn_smem), used, hk, H);
+    merge_ranges<T, G>(part_o, part_ml, out, reinterpret_cast<float*>(attn_smem), used, hk, H);
     if (threadIdx.x == 0) ranges_done[hk] = 0;  // for the next launch
-}
-
-// The kernel of decode_ops.cu: grid (KVH, splits), ATTN_THREADS threads.
-template <typename T, int G>
-__device__ void decode_attention(const T* q, const T* __restrict__ kv, float* part_o, float* part_ml,
-                                 int* ranges_done, T* out, const int* keys_at, int split_keys, int H, int KVH,
-                                 float scale_log2) {
-    allow_next_kernel_launch();
-    wait_for_previous_kernel();
-    decode_attention_range<T, G, ATTN_THREADS>(blockIdx.x, blockIdx.y, q, kv, part_o, part_ml, ranges_done, out,
-                                               keys_at, split_keys, H, KVH, scale_log2);
 }
 
 }  // namespace

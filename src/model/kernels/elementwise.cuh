@@ -33,13 +33,6 @@ template <typename T> __device__ __forceinline__ Vec8<T> load8_stream(const T* p
     return *reinterpret_cast<const Vec8<T>*>(&raw);
 }
 
-// A load from L2, past this SM's L1: for what other blocks of the same kernel may have written
-// (the activations of the persistent decode step, decode_persistent.cu, between its grid barriers).
-template <typename T> __device__ __forceinline__ Vec8<T> load8_l2(const T* p) {
-    const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(p));
-    return *reinterpret_cast<const Vec8<T>*>(&raw);
-}
-
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffff, x, off);
@@ -63,18 +56,18 @@ template <int THREADS> __device__ __forceinline__ float block_sum(float x, float
 // xin (K, shared memory) = T(norm_w * T(x * rsqrt(mean(x^2) + eps))), by a block of THREADS
 // threads, visible to all of them on return. K % 8 == 0.
 template <typename T, int THREADS>
-__device__ void rms_norm_to_shared(T* xin, const T* x, const T* __restrict__ norm_w, int K, float eps) {
+__device__ void rms_norm_to_shared(T* xin, const T* __restrict__ x, const T* __restrict__ norm_w, int K, float eps) {
     __shared__ float scratch[THREADS / 32];
     const int vecs = K / 8;
     float squares = 0.f;
     for (int v = threadIdx.x; v < vecs; v += THREADS) {
-        const Vec8<T> a = load8_l2(x + (size_t)v * 8);
+        const Vec8<T> a = load8(x + (size_t)v * 8);
 #pragma unroll
         for (int j = 0; j < 8; ++j) squares += to_f32(a.v[j]) * to_f32(a.v[j]);
     }
     const float inv_rms = rsqrtf(block_sum<THREADS>(squares, scratch) / K + eps);
     for (int v = threadIdx.x; v < vecs; v += THREADS) {
-        const Vec8<T> a = load8_l2(x + (size_t)v * 8), w = load8(norm_w + (size_t)v * 8);
+        const Vec8<T> a = load8(x + (size_t)v * 8), w = load8(norm_w + (size_t)v * 8);
         Vec8<T> o;
 #pragma unroll
         for (int j = 0; j < 8; ++j) o.v[j] = from_f32<T>(to_f32(w.v[j]) * round_to<T>(to_f32(a.v[j]) * inv_rms));
