@@ -11,7 +11,9 @@
 #                                            the experts' products padded (QWEN3_MPI_MOE_GEMM=padded)
 #   STAGE=ranks   ...                        generated ids of 2 ranks sharing the GPU (30B-A3B) and of
 #                                            3 ranks (a 16-layer model of the same shape: three whole
-#                                            30B-A3B copies do not fit one H200) against 1 rank
+#                                            30B-A3B copies do not fit one H200) against 1 rank, with
+#                                            pipelined decode (the default there) and redundant decode
+#                                            (the per-layer KV sync, both syncs)
 #   (no STAGE: all four, in order). Binary: target/cuda/release/qwen3-mpi or .carry/qwen3-mpi.xz.
 #   MODEL_ROOT: where checkpoints go (default /dev/shm when it has 80 GiB free, else /tmp).
 set -uo pipefail
@@ -82,6 +84,10 @@ if [[ $stage =~ all|ranks ]]; then
   run r-1 1 --model $model "${p[@]}"
   for tr in host auto; do run "r-2ranks-1gpu-$tr" 2 --model $model "${p[@]}" --transport $tr; done
   run r-2ranks-1gpu-ring 2 --model $model "${p[@]}" --sync ring --transport host
+  # ranks sharing a GPU decode pipelined by default, which syncs no KV cache: redundant decode
+  # runs the per-layer KV sync of the sparse layers too (2 x 57 GiB fits one H200)
+  run r-2ranks-1gpu-redundant-host 2 --model $model "${p[@]}" --decode redundant --transport host
+  run r-2ranks-1gpu-redundant-ring 2 --model $model "${p[@]}" --decode redundant --sync ring --transport ipc
   { echo; echo "## Generated ids: 2 ranks on one GPU against 1 (30B-A3B)"
     python3 scripts/gpu_check/summarize.py ids "$out/runs/r-1.json" "$out"/runs/r-2ranks-*.json; } >> "$md" 2>&1 || status=1
   # on a small disk the 30B-A3B checkpoint makes room for the 16-layer one (this is the last stage)
@@ -91,6 +97,8 @@ if [[ $stage =~ all|ranks ]]; then
   run s-1 1 --model $small "${p[@]}"
   for tr in host auto; do run "s-3ranks-1gpu-$tr" 3 --model $small "${p[@]}" --transport $tr; done
   run s-3ranks-1gpu-ring 3 --model $small "${p[@]}" --sync ring --layers 4,7,5 --transport host
+  run s-3ranks-1gpu-redundant-ipc 3 --model $small "${p[@]}" --decode redundant --transport ipc
+  run s-3ranks-1gpu-redundant-ring 3 --model $small "${p[@]}" --decode redundant --sync ring --layers 4,7,5 --transport host
   { echo; echo "## Generated ids: 3 ranks on one GPU against 1 (16 layers of 30B-A3B's shape)"
     python3 scripts/gpu_check/summarize.py ids "$out/runs/s-1.json" "$out"/runs/s-3ranks-*.json; } >> "$md" 2>&1 || status=1
 fi
