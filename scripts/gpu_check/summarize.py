@@ -18,8 +18,9 @@ def report(path):
 
 def ids(paths):
     base = report(paths[0])
-    print("| run | ranks | sync | transport | generated ids equal the 1-GPU run |")
-    print("|---|---|---|---|---|")
+    # decode: pipelined decode (ranks sharing a GPU, by default) syncs no KV cache: sync "none"
+    print("| run | ranks | decode | sync | transport | generated ids equal the 1-GPU run |")
+    print("|---|---|---|---|---|---|")
     bad = 0
     for p in paths[1:]:
         name = p.split('/')[-1][:-5]
@@ -27,12 +28,13 @@ def ids(paths):
             r = report(p)
         except (OSError, ValueError, IndexError, SystemExit) as e:
             # a failed run is a row of its own; the runs after it are still compared
-            print(f"| {name} | | | | FAILED (no report: {str(e)[:80]}) |")
+            print(f"| {name} | | | | | FAILED (no report: {str(e)[:80]}) |")
             bad += 1
             continue
         same = r["generated_ids"] == base["generated_ids"]
         bad += not same
-        print(f"| {name} | {r['ranks']} | {r['sync']} | {r['transport']} | {'yes' if same else 'NO'} |")
+        print(f"| {name} | {r['ranks']} | {r.get('decode_mode', '-')} | {r['sync']} | {r['transport']} | "
+              f"{'yes' if same else 'NO'} |")
     return bad
 
 
