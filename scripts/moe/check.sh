@@ -22,10 +22,10 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
 out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/logs" "$out/runs" "$out/traces"
 source scripts/gpu_check/machine.sh
 free_shm=$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ')
-name=qwen3-30b-a3b-random
+checkpoint=qwen3-30b-a3b-random
 # (a checkpoint an earlier stage made in /dev/shm stays there: the stages run as separate calls)
-root="${MODEL_ROOT:-$( { [ -f /dev/shm/$name/config.json ] || [ "${free_shm:-0}" -ge 80 ]; } && echo /dev/shm || echo /tmp)}"
-model=$root/$name; small=$root/qwen3-moe-16l-random; ref=$root/moe-ref; ref16=$root/moe-ref-16l
+root="${MODEL_ROOT:-$( { [ -f /dev/shm/$checkpoint/config.json ] || [ "${free_shm:-0}" -ge 80 ]; } && echo /dev/shm || echo /tmp)}"
+model=$root/$checkpoint; small=$root/qwen3-moe-16l-random; ref=$root/moe-ref; ref16=$root/moe-ref-16l
 md="$out/moe-check.md"; stage="${STAGE:-all}"; status=0; began=$(date +%s)
 late() { [ $(( $(date +%s) - began )) -gt "${OPTIONAL_UNTIL_S:-330}" ] && { echo "- $1: skipped (time budget)" >> "$md"; return 0; }; return 1; }
 echo "# Qwen3-MoE GPU check ($stage), $(date -u +%FT%TZ), checkpoints in $root" >> "$md"
