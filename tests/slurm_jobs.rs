@@ -148,6 +148,8 @@ fn submit(script: &str, sbatch_args: &[&str], env: &[(&str, &str)]) -> Job {
     } else {
         "slurm-%j.out"
     };
+    let session = dir.path().join("tmp");
+    std::fs::create_dir(&session).unwrap();
     let mut cmd = cluster.client("timeout");
     cmd.current_dir(repo())
         .args([
@@ -165,6 +167,8 @@ fn submit(script: &str, sbatch_args: &[&str], env: &[(&str, &str)]) -> Job {
         .arg(script)
         .env("QWEN3_MPI_BIN", env!("CARGO_BIN_EXE_qwen3-mpi"))
         .env("RUNS_DIR", dir.path())
+        // Session files of this job's MPI apart from other jobs' (common::mpirun_session_dir).
+        .env("TMPDIR", &session)
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         // The node has fewer cores than ranks: waiting ranks yield instead of spinning.

@@ -31,6 +31,7 @@ fn a_job_across_two_simulated_nodes_takes_the_across_nodes_path_and_matches_one_
     let dir = tempfile::tempdir().unwrap();
     let agent = launch_agent(dir.path());
     let trace = dir.path().join("two-nodes.h5");
+    let session = common::mpirun_session_dir();
     let args = ["--max-new-tokens", "4", "--chunk-size", "14", "--json"];
     let out = std::process::Command::new("timeout")
         .args(["-k", "5", "120", "mpirun", "--mca", "plm_rsh_agent"])
@@ -43,6 +44,7 @@ fn a_job_across_two_simulated_nodes_takes_the_across_nodes_path_and_matches_one_
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("TMPDIR", session.path())
         .env("RUST_LOG", "info")
         .output()
         .expect("mpirun runs");

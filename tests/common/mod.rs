@@ -144,6 +144,17 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A fresh directory for one `mpirun`'s session files (its `TMPDIR`). Open MPI 4.1 puts every
+/// job's session directory under one shared `$TMPDIR/ompi.HOST.UID`, and two `mpirun`s starting
+/// at once can race to create it ("mkdir … File exists", orte_init fails): tests run in parallel,
+/// so each job gets a directory of its own (open-mpi/ompi#8510; the usual workaround).
+pub fn mpirun_session_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("qwen3-mpi-ompi-")
+        .tempdir()
+        .expect("a temporary directory for mpirun's session files")
+}
+
 /// Runs `mpirun -n ranks qwen3-mpi args…` (oversubscribed, root allowed, bounded by
 /// `limit_s` seconds); returns (exit code, stdout, stderr, seconds).
 pub fn run_mpi(
@@ -153,6 +164,7 @@ pub fn run_mpi(
     limit_s: u64,
 ) -> (i32, String, String, f64) {
     let started = std::time::Instant::now();
+    let session = mpirun_session_dir();
     let mut cmd = std::process::Command::new("timeout");
     cmd.args([
         "-k",
@@ -169,6 +181,7 @@ pub fn run_mpi(
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    .env("TMPDIR", session.path())
     .env("RUST_LOG", "error");
     for (k, v) in env {
         cmd.env(k, v);
