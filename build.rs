@@ -105,6 +105,7 @@ fn build_kernels() {
             "src/model/kernels/elementwise.cuh",
             "src/model/kernels/overlap.cuh",
             "src/model/kernels/decode_step_attention.cuh",
+            "src/model/kernels/decode_gemv_io.cuh",
         ])
         .arg("-std=c++17")
         .arg("-O3")
@@ -149,11 +150,12 @@ fn build_kernels() {
 
 /// Our CUDA kernels, one module each.
 #[cfg(feature = "cuda")]
-const KERNEL_FILES: [&str; 5] = [
+const KERNEL_FILES: [&str; 6] = [
     "src/model/kernels/attention.cu",
     "src/model/kernels/decode_attention.cu",
     "src/model/kernels/layer_ops.cu",
     "src/model/kernels/decode_ops.cu",
+    "src/model/kernels/decode_gemv_ring.cu",
     "src/model/kernels/moe_ops.cu",
 ];
 

@@ -1,12 +1,10 @@
-//! How the decode step spreads its work over the GPU's blocks (pure arithmetic, so that it is
-//! tested without a GPU): keys of the attention kernel split across blocks, and the persistent
-//! grid of the matrix-vector kernels.
+//! How the decode step's attention spreads over the GPU's blocks (pure arithmetic, so that it is
+//! tested without a GPU): keys split across blocks. The matrix-vector kernels' grids are
+//! `decode_gemv.rs`'s.
 
 /// Keys one attention block takes per iteration (`TILE_KEYS` in
 /// `kernels/decode_step_attention.cuh`).
 pub const KEYS_PER_ITER: usize = 32;
-/// Output rows one matrix-vector block takes at a time (`ROWS_PER_BLOCK` there).
-pub const GEMV_ROWS_PER_BLOCK: usize = 16;
 
 /// (keys per block, blocks along the keys) for the attention of one token over `keys` cache
 /// positions and `kv_heads` KV heads, aiming at `resident_blocks` blocks in all (what the GPU
@@ -23,14 +21,6 @@ pub fn key_splits(keys: usize, kv_heads: usize, resident_blocks: usize) -> (usiz
 /// The most blocks along the keys [`key_splits`] gives for any number of keys.
 pub fn max_splits(kv_heads: usize, resident_blocks: usize) -> usize {
     resident_blocks.div_ceil(kv_heads.max(1)).max(1)
-}
-
-/// Blocks of a persistent matrix-vector kernel over `rows` output rows: one row group each, at
-/// most `resident_blocks`.
-pub fn gemv_grid(rows: usize, resident_blocks: usize) -> usize {
-    rows.div_ceil(GEMV_ROWS_PER_BLOCK)
-        .min(resident_blocks.max(1))
-        .max(1)
 }
 
 #[cfg(test)]
@@ -60,12 +50,5 @@ mod tests {
         // 16K keys over 8 KV heads on 132 SMs x 3 blocks: at least 90 % of them busy
         let (_, splits) = key_splits(16384, 8, 396);
         assert!(splits * 8 * 10 >= 396 * 9, "{splits} splits per head");
-    }
-
-    #[test]
-    fn gemv_grid_is_one_row_group_per_block_up_to_the_resident_blocks() {
-        assert_eq!(gemv_grid(4096, 264), 256);
-        assert_eq!(gemv_grid(151_936, 264), 264);
-        assert_eq!(gemv_grid(1, 264), 1);
     }
 }

@@ -25,6 +25,10 @@
 //!
 //! A Qwen3-MoE sparse layer runs three kernels of `moe_decode.rs` in place of the last two (the
 //! router, then only the k chosen experts' gate/up and down rows, routed on the device).
+//!
+//! The `gemv_*` products run the register kernel of `decode_ops.cu` or, with
+//! `QWEN3_MPI_DECODE_GEMV=ring…`, the ring kernel of `decode_gemv_ring.cu` (the same sums, bit
+//! for bit; `decode_gemv.rs` picks the kernel and its grid).
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -35,11 +39,14 @@ use candle_core::{DType, Tensor};
 use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
-use super::decode_split::{gemv_grid, key_splits, max_splits};
+use super::decode_gemv::{GemvChoice, GemvKernel, GEMV_THREADS};
+use super::decode_split::{key_splits, max_splits};
 use super::decoder_layer::Layer;
-use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, wrap};
+use super::gpu_tensors::{
+    address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, prefer_shared_memory, wrap,
+};
 use super::kernel_modules::function;
-use super::kernel_modules::KernelModule::{DecodeOps, LayerOps};
+use super::kernel_modules::KernelModule::{DecodeGemvRing, DecodeOps, LayerOps};
 use super::kv_cache::KvCache;
 use super::layer_ops::QkNormRope;
 use super::moe_decode::{MoeLayer, MoeStep};
@@ -47,7 +54,6 @@ use super::rope::RotaryTable;
 use super::stage_decoder::{StageInput, StageOutput};
 
 const HEAD_DIM: usize = 128;
-const GEMV_THREADS: u32 = 256;
 const ATTN_THREADS: u32 = 128;
 /// `ATTN_SMEM_BYTES` of `kernels/decode_step_attention.cuh`: 4 stages of K and V tiles of 32
 /// keys (bf16/f16).
@@ -253,20 +259,29 @@ impl DecodeStep {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .context("decode step: multiprocessor count")? as usize;
         let load = |name: &str, module| function(&device, module, name);
-        // W (rows, cols): x in shared memory, as many blocks as fit the GPU at once
+        let choice = GemvChoice::from_env().map_err(anyhow::Error::msg)?;
+        tracing::info!("decode step: matrix-vector kernel {}", choice.label());
+        // W (rows, cols): x (and the ring kernel's ring) in shared memory
         let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
-            let name = format!("gemv_{kind}_{suffix}");
-            let func = load(&name, DecodeOps)?;
-            let shared_bytes = (cols * dtype.size_in_bytes()) as u32;
-            let per_sm = max_blocks_per_sm(&func, GEMV_THREADS, shared_bytes, &name)?;
-            if per_sm == 0 {
+            let name = choice.function_name(kind, suffix);
+            let func = match choice.kernel {
+                GemvKernel::Register => load(&name, DecodeOps)?,
+                GemvKernel::Ring(_) => {
+                    let func = load(&name, DecodeGemvRing)?;
+                    prefer_shared_memory(&func, &name)?;
+                    func
+                }
+            };
+            let shared_bytes = choice.shared_bytes(cols, dtype.size_in_bytes()) as u32;
+            let fit = max_blocks_per_sm(&func, GEMV_THREADS as u32, shared_bytes, &name)?;
+            if fit == 0 {
                 bail!("decode step: {name} with {cols} inputs does not fit a multiprocessor");
             }
             Ok(Gemv {
                 func,
                 rows,
                 cols,
-                grid: gemv_grid(rows, per_sm * sms) as u32,
+                grid: choice.grid(rows, fit, sms) as u32,
                 shared_bytes,
             })
         };
@@ -294,6 +309,12 @@ impl DecodeStep {
             None => None,
         };
         let attention_fn = load(&format!("decode_attention_g{group}_{suffix}"), DecodeOps)?;
+        // the ring kernel's block fits beside its neighbours' only where every decode kernel
+        // keeps the multiprocessor's split of L1 at all shared memory
+        let ring = matches!(choice.kernel, GemvKernel::Ring(_));
+        if ring {
+            prefer_shared_memory(&attention_fn, "decode attention")?;
+        }
         let attention_resident =
             max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1)
                 * sms;
@@ -332,7 +353,7 @@ impl DecodeStep {
             gate_up,
             down,
             moe: match cfg.moe {
-                Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms)?),
+                Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms, ring)?),
                 None => None,
             },
             split_keys,
@@ -606,7 +627,7 @@ impl DecodeStep {
     /// out = epilogue(W · prologue(x)): `norm` for the RMSNorm prologue, `residual` for the
     /// residual epilogue (0 where the kernel takes none).
     fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
-        let config = grid(g.grid, GEMV_THREADS, g.shared_bytes);
+        let config = grid(g.grid, GEMV_THREADS as u32, g.shared_bytes);
         // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
         // the grid walks rows of W only.
         unsafe {

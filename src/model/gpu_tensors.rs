@@ -78,6 +78,18 @@ pub fn wrap(device: &CudaDevice, slice: CudaStorageSlice, shape: impl Into<Shape
 }
 
 /// Kernel-name suffix of a dtype our kernels are instantiated for.
+/// Asks that `func`'s blocks run with all of a multiprocessor's unified L1 as shared memory (a
+/// carveout of 100 %), so that blocks of neighbouring kernels that use much of it can sit on one
+/// multiprocessor together (a multiprocessor changes its split only when it drains).
+pub fn prefer_shared_memory(func: &CudaFunction, name: &str) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+    func.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+        100,
+    )
+    .map_err(|e| candle_core::Error::Msg(format!("{name}: shared memory carveout: {e}")))
+}
+
 pub fn dtype_suffix(dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::BF16 => Ok("bf16"),

@@ -35,15 +35,17 @@ pub enum KernelModule {
     DecodeAttention,
     LayerOps,
     DecodeOps,
+    DecodeGemvRing,
     MoeOps,
 }
 
 impl KernelModule {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Attention,
         Self::DecodeAttention,
         Self::LayerOps,
         Self::DecodeOps,
+        Self::DecodeGemvRing,
         Self::MoeOps,
     ];
 
@@ -53,6 +55,7 @@ impl KernelModule {
             Self::DecodeAttention => "src/model/kernels/decode_attention.cu",
             Self::LayerOps => "src/model/kernels/layer_ops.cu",
             Self::DecodeOps => "src/model/kernels/decode_ops.cu",
+            Self::DecodeGemvRing => "src/model/kernels/decode_gemv_ring.cu",
             Self::MoeOps => "src/model/kernels/moe_ops.cu",
         }
     }
@@ -63,6 +66,7 @@ impl KernelModule {
             Self::DecodeAttention => (cubin::DECODE_ATTENTION, ptx::DECODE_ATTENTION),
             Self::LayerOps => (cubin::LAYER_OPS, ptx::LAYER_OPS),
             Self::DecodeOps => (cubin::DECODE_OPS, ptx::DECODE_OPS),
+            Self::DecodeGemvRing => (cubin::DECODE_GEMV_RING, ptx::DECODE_GEMV_RING),
             Self::MoeOps => (cubin::MOE_OPS, ptx::MOE_OPS),
         }
     }

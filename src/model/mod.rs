@@ -6,6 +6,7 @@ pub mod config;
 /// Prefill attention through cuDNN's flash attention, loaded at run time (`--features cudnn`).
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+pub mod decode_gemv;
 pub mod decode_split;
 #[cfg(feature = "cuda")]
 pub mod decode_step;

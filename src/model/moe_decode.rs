@@ -17,7 +17,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::{DType, Tensor};
 
 use super::config::Qwen3Config;
-use super::gpu_tensors::{address, alloc, dtype_suffix, grid, launch_kernel};
+use super::gpu_tensors::{address, alloc, dtype_suffix, grid, launch_kernel, prefer_shared_memory};
 use super::kernel_modules::{function, KernelModule};
 use super::moe::{SparseMoe, GPU_MAX_EXPERTS, GPU_MAX_TOP_K};
 
@@ -86,7 +86,15 @@ pub struct MoeStep {
 
 impl MoeStep {
     /// The kernels for `cfg`'s sparse layers in `dtype` on `device`, with `sms` multiprocessors.
-    pub fn new(device: &CudaDevice, cfg: &Qwen3Config, dtype: DType, sms: usize) -> Result<Self> {
+    /// `prefer_shared`: every kernel asks for all of L1 as shared memory (the ring products'
+    /// setting, `decode_gemv.rs`).
+    pub fn new(
+        device: &CudaDevice,
+        cfg: &Qwen3Config,
+        dtype: DType,
+        sms: usize,
+        prefer_shared: bool,
+    ) -> Result<Self> {
         let moe = cfg
             .moe
             .as_ref()
@@ -111,6 +119,15 @@ impl MoeStep {
             load("moe_gate_up")?,
             load("moe_down_residual")?,
         );
+        if prefer_shared {
+            for (func, name) in [
+                (&router_fn, "moe_router_f32"),
+                (&gate_up_fn, "moe_gate_up"),
+                (&down_fn, "moe_down_residual"),
+            ] {
+                prefer_shared_memory(func, name)?;
+            }
+        }
         let resident = |func: &CudaFunction, shared: usize, name: &str| -> Result<usize> {
             let per_sm = blocks_per_sm(func, shared, name)?;
             if per_sm == 0 {

@@ -3,62 +3,23 @@
 // into their prologues and epilogues, and an attention kernel split along the keys.
 // Roundings to T (bf16 or f16) are where transformers' Qwen3 rounds (see layer_ops.cu).
 //
-//   gemv_<pro>_<epi>   y (N) = W (N, K) . xin (K), W row-major (a Linear weight, out x in)
-//     prologue, into shared memory:   copy:    xin = x
-//                                     rmsnorm: xin = RMSNorm(x) * norm_w
-//                                     swiglu:  xin = T(T(silu(x[:K])) * x[K:])   (x is 2K long)
-//     epilogue:                       store:    y = T(acc)
-//                                     residual: y = T(T(acc) + residual)   (residual may be y)
-//                                     f32:      y = float(T(acc))          (logits)
+//   gemv_<pro>_<epi>   y (N) = W (N, K) . xin (K), W row-major (a Linear weight, out x in),
+//                      the weights in flight in registers; the prologues (copy, rmsnorm, swiglu)
+//                      and epilogues (store, residual, f32) are decode_gemv_io.cuh's
 //   embed_row          out (hidden) = table[token] (*token_at when given)
 //   decode_attention_g<G>   attention of the token for G query heads per KV head, split along the
 //                           keys and merged in the same kernel (decode_step_attention.cuh)
 // Every kernel here waits for the previous one itself (overlap.cuh), so the step's launches may
 // overlap (programmatic dependent launch): a matrix-vector kernel starts streaming its weights
 // while the kernel before it finishes.
-#include "elementwise.cuh"
+#include "decode_gemv_io.cuh"
 #include "overlap.cuh"
 #include "decode_step_attention.cuh"
 
 namespace {
 
-enum Prologue { PRO_COPY, PRO_RMSNORM, PRO_SWIGLU };
-enum Epilogue { EPI_STORE, EPI_RESIDUAL, EPI_F32 };
-
-}  // namespace
-
-
-namespace {
-
-constexpr int GEMV_THREADS = 256;
-constexpr int GEMV_WARPS = GEMV_THREADS / 32;
-constexpr int R = 2;  // rows a warp (one row a warp with 8 vectors in flight measured slower on an H200)
+constexpr int R = GEMV_R;
 constexpr int U = 4;  // 16-byte vectors of each row in flight a lane
-constexpr int ROWS_PER_BLOCK = GEMV_WARPS * R;  // GEMV_ROWS_PER_BLOCK in decode_split.rs
-
-// xin (K, in shared memory) from the prologue's inputs. K % 8 == 0.
-template <typename T, int PRO>
-__device__ void gemv_prologue(T* xin, const T* __restrict__ x, const T* __restrict__ norm_w, int K, float eps) {
-    const int vecs = K / 8;
-    if (PRO == PRO_COPY) {
-        for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS)
-            *reinterpret_cast<Vec8<T>*>(xin + v * 8) = load8(x + (size_t)v * 8);
-    } else if (PRO == PRO_RMSNORM) {
-        rms_norm_to_shared<T, GEMV_THREADS>(xin, x, norm_w, K, eps);
-    } else {  // PRO_SWIGLU: x = (gate (K), up (K))
-        for (int v = threadIdx.x; v < vecs; v += GEMV_THREADS) {
-            const Vec8<T> g = load8(x + (size_t)v * 8), u = load8(x + K + (size_t)v * 8);
-            Vec8<T> o;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float a = to_f32(g.v[j]);
-                o.v[j] = from_f32<T>(round_to<T>(a / (1.f + __expf(-a))) * to_f32(u.v[j]));
-            }
-            *reinterpret_cast<Vec8<T>*>(xin + v * 8) = o;
-        }
-    }
-    __syncthreads();
-}
 
 // Loads 16-byte vectors [batch * 32 * U + lane + 32 u] of the warp's R rows of row group
 // `group` (zeros past the end of a row or of W).
@@ -125,13 +86,7 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const float sum = warp_sum(acc[r]);
-            const int n = row0 + r;
-            if (lane == 0 && n < N) {
-                if (EPI == EPI_STORE) reinterpret_cast<T*>(out)[n] = from_f32<T>(sum);
-                if (EPI == EPI_RESIDUAL)
-                    reinterpret_cast<T*>(out)[n] = from_f32<T>(round_to<T>(sum) + to_f32(residual[n]));
-                if (EPI == EPI_F32) reinterpret_cast<float*>(out)[n] = round_to<T>(sum);
-            }
+            if (lane == 0 && row0 + r < N) gemv_store<T, EPI>(sum, row0 + r, residual, out);
         }
     }
 }

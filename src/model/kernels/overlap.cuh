@@ -7,7 +7,7 @@
 //   - before wait_for_previous_kernel() it may only read memory no kernel of the chain writes
 //     (weights);
 //   - every thread calls wait_for_previous_kernel() before it reads anything an earlier kernel
-//     wrote, and before it writes anything at all. Since every block of every kernel waits, "this
+//     wrote, and before it writes any global memory (its own block's shared memory it may). Since every block of every kernel waits, "this
 //     kernel is complete" implies "every kernel before it is complete", so a kernel may read the
 //     output of any earlier one, not only of the one just before it;
 //   - allow_next_kernel_launch() lets the next kernel be scheduled (its blocks then take SM slots
