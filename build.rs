@@ -106,6 +106,7 @@ fn build_kernels() {
             "src/model/kernels/overlap.cuh",
             "src/model/kernels/decode_step_attention.cuh",
             "src/model/kernels/decode_gemv_io.cuh",
+            "src/model/kernels/qk_norm_rope.cuh",
         ])
         .arg("-std=c++17")
         .arg("-O3")

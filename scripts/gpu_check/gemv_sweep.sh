@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# The decode step's matrix-vector kernel, every variant with one binary in one call, one GPU:
-# decode ms per token of the Qwen3-8B shape (random weights) at each context length, two rounds
-# in opposite orders, and whether each variant's generated ids equal the register kernel's (the
-# ring kernel's sums are the register kernel's bit for bit, so they must).
+# The decode step's kernel variants, every one with one binary in one call, one GPU: decode ms
+# per token of the Qwen3-8B shape (random weights) at each context length, two rounds in
+# opposite orders, and whether each variant's generated ids equal the first's (every variant
+# computes the same sums bit for bit, so they must).
 #   scripts/gpu_check/gemv_sweep.sh OUTDIR
-#   env: VARIANTS   space-separated NAME=KERNEL@BLOCKS (BLOCKS empty: the kernel's default),
+#   env: VARIANTS   space-separated NAME=KERNEL@BLOCKS@QK: QWEN3_MPI_DECODE_GEMV,
+#                   QWEN3_MPI_DECODE_GEMV_BLOCKS and QWEN3_MPI_DECODE_QK (empty: the default);
 #                   default below; the first is the baseline
 #        LENGTHS    context lengths (default "1024 16384")
 #        PROFILE=1  also the per-kernel table of the first step for the baseline and the fastest
 #                   variant at the first length (QWEN3_MPI_DECODE_PROFILE=1)
-# Results: OUTDIR/gemv-sweep.md, the fastest variant's KERNEL@BLOCKS in OUTDIR/fastest; runs and
+#        EDGE_LENGTHS  lengths where the fused q/k step's new key lands in the other tiles of its
+#                   key range (1K: the first; 4000: the second and third, written into shared
+#                   memory; 6000: the fourth, copied from the cache): ids of the separate and fused
+#                   placements, one run each (default "4000 6000"; empty: none)
+# Results: OUTDIR/gemv-sweep.md, the fastest variant's KERNEL@BLOCKS@QK in OUTDIR/fastest; runs and
 # logs in OUTDIR/gemv-sweep-runs.tar.xz.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
 out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/runs" "$out/logs"
 source scripts/gpu_check/machine.sh
 md="$out/gemv-sweep.md"; status=0
-variants="${VARIANTS:-register=register@ ring-u4s2-b2=ring-u4s2@2 ring-u4s3=ring-u4s3@ ring-u2s4=ring-u2s4@ \
-ring-u2s6=ring-u2s6@ ring-u1s12=ring-u1s12@ ring-u2s4-b2=ring-u2s4@2 register-b1=register@1}"
+variants="${VARIANTS:-register=register@@ register-qk=register@@fused ring-u4s2-b2=ring-u4s2@2@ \
+ring-u4s3=ring-u4s3@@ ring-u2s4=ring-u2s4@@ ring-u2s6=ring-u2s6@@ ring-u1s12=ring-u1s12@@ ring-u2s4-b2=ring-u2s4@2@ \
+register-b1=register@1@ ring-u4s3-qk=ring-u4s3@@fused ring-u2s6-qk=ring-u2s6@@fused}"
 lengths="${LENGTHS:-1024 16384}"
-echo "# Decode matrix-vector kernels, $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" > "$md"
+echo "# Decode kernel variants, $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" > "$md"
 m=/tmp/qwen3-8b-random
 [ -f $m/config.json ] || python3 scripts/bench/hf_reference.py --out $m --tokenizer src/model/tiny --results "$out/runs" \
   --lengths "" --decode-lengths "" > "$out/logs/hf.log" 2>&1 || echo "- the 8B checkpoint failed" | tee -a "$md"
-run() { # run NAME KERNEL@BLOCKS LENGTH [env...]
-  local name=$1 spec=$2 n=$3; shift 3
-  env QWEN3_MPI_DECODE_GEMV="${spec%@*}" QWEN3_MPI_DECODE_GEMV_BLOCKS="${spec#*@}" "$@" RUST_LOG=info \
+run() { # run NAME KERNEL@BLOCKS@QK LENGTH [env...]
+  local name=$1 spec=$2 n=$3 kernel blocks qk; shift 3
+  IFS=@ read -r kernel blocks qk <<< "$spec"
+  env QWEN3_MPI_DECODE_GEMV="$kernel" QWEN3_MPI_DECODE_GEMV_BLOCKS="$blocks" QWEN3_MPI_DECODE_QK="$qk" "$@" RUST_LOG=info \
     timeout 180 mpirun -n 1 "$bin" --json --model $m --synthetic-prompt "$n" --max-new-tokens 65 --prefill-runs 1 \
     > "$out/runs/$name.json" 2> "$out/logs/$name.err" ||
     { echo "- run $name failed: $(grep -m1 -iE 'error|panic' "$out/logs/$name.err" | cut -c1-300)" | tee -a "$md"; status=1; }
@@ -47,7 +54,7 @@ def get(n, r, v):
         return report(f"{out}/runs/{n}-{r}-{v}.json")
     except SystemExit:
         return None
-print("\n| variant (kernel@blocks a multiprocessor) | " + " | ".join(f"{n}: ms/token (a, b)" for n in lengths)
+print("\n| variant (kernel@blocks a multiprocessor@q/k step) | " + " | ".join(f"{n}: ms/token (a, b)" for n in lengths)
       + " | ids equal the first variant's |\n|---|" + "---|" * (len(lengths) + 1))
 best = {}
 for v in names:
@@ -68,10 +75,34 @@ if best.get(first):
     print(f"\nFastest at {first}: {v} ({spec[v]}), {ms:.3f} ms/token")
     open(f"{out}/fastest", "w").write(spec[v])
 PY
+edge="${EDGE_LENGTHS-4000 6000}"
+if [ -n "$edge" ]; then
+  { echo; echo "## ids, q/k step separate and fused, at lengths where the new key lands in other tiles"; echo
+    echo "| length | variant | ids equal register@@'s |"; echo "|---|---|---|"; } >> "$md"
+  for n in $edge; do
+    for spec in register@@ register@@fused ring-u2s6@@fused; do run "edge-$n-${spec//@/-}" "$spec" "$n"; done
+    python3 - "$out/runs" "$n" >> "$md" 2>&1 <<'PY'
+import sys
+sys.path.insert(0, "scripts/gpu_check")
+from summarize import report
+runs, n = sys.argv[1], sys.argv[2]
+try:
+    base = report(f"{runs}/edge-{n}-register--.json")["generated_ids"]
+except SystemExit as e:
+    print(f"| {n} | register@@ | {e} |"); sys.exit()
+for spec in ["register@@fused", "ring-u2s6@@fused"]:
+    try:
+        same = report(f"{runs}/edge-{n}-{spec.replace('@', '-')}.json")["generated_ids"] == base
+        print(f"| {n} | {spec} | {'yes' if same else 'NO'} |")
+    except SystemExit as e:
+        print(f"| {n} | {spec} | {e} |")
+PY
+  done
+fi
 if [ "${PROFILE:-1}" = 1 ] && [ -f "$out/fastest" ]; then
   n=${lengths%% *}
   for spec in "${variants%% *}" "=$(cat "$out/fastest")"; do
-    spec=${spec#*=}; name="profile-$n-${spec//@/-b}"
+    spec=${spec#*=}; name="profile-$n-${spec//@/-}"
     run "$name" "$spec" "$n" QWEN3_MPI_DECODE_PROFILE=1
     { echo; echo "## per-kernel table of the first step, $spec, $n context"
       grep -A40 "| kernel | launches" "$out/logs/$name.err" | grep "^|" ; } >> "$md"

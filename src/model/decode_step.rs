@@ -28,7 +28,9 @@
 //!
 //! The `gemv_*` products run the register kernel of `decode_ops.cu` or, with
 //! `QWEN3_MPI_DECODE_GEMV=ring…`, the ring kernel of `decode_gemv_ring.cu` (the same sums, bit
-//! for bit; `decode_gemv.rs` picks the kernel and its grid).
+//! for bit; `decode_gemv.rs` picks the kernel and its grid). With `QWEN3_MPI_DECODE_QK=fused` the
+//! attention kernel does the q/k step itself (`decode_attention_qk_g<G>`, `decode_qk.rs`), five
+//! launches a layer.
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -40,6 +42,7 @@ use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
 use super::decode_gemv::{GemvChoice, GemvKernel, GEMV_THREADS};
+use super::decode_qk::QkPlacement;
 use super::decode_split::{key_splits, max_splits};
 use super::decoder_layer::Layer;
 use super::gpu_tensors::{
@@ -145,6 +148,8 @@ pub struct DecodeStep {
     embed_fn: CudaFunction,
     qk_fn: CudaFunction,
     attention_fn: CudaFunction,
+    /// Whether the attention kernel does the q/k step itself (`QWEN3_MPI_DECODE_QK=fused`).
+    qk_fused: bool,
     qkv: Gemv,
     o: Gemv,
     gate_up: Gemv,
@@ -308,16 +313,25 @@ impl DecodeStep {
             }
             None => None,
         };
-        let attention_fn = load(&format!("decode_attention_g{group}_{suffix}"), DecodeOps)?;
+        let qk_placement = QkPlacement::from_env().map_err(anyhow::Error::msg)?;
+        let attention_fn = load(&qk_placement.attention_kernel(group, suffix), DecodeOps)?;
+        // the key ranges from the separate kernel's occupancy in both placements, so that both
+        // merge the same ranges (and give the same outputs bit for bit)
+        let ranges_fn = load(&QkPlacement::Separate.attention_kernel(group, suffix), DecodeOps)?;
         // the ring kernel's block fits beside its neighbours' only where every decode kernel
         // keeps the multiprocessor's split of L1 at all shared memory
         let ring = matches!(choice.kernel, GemvKernel::Ring(_));
         if ring {
-            prefer_shared_memory(&attention_fn, "decode attention")?;
+            for func in [&attention_fn, &ranges_fn] {
+                prefer_shared_memory(func, "decode attention")?;
+            }
         }
         let attention_resident =
-            max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1)
-                * sms;
+            max_blocks_per_sm(&ranges_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1) * sms;
+        // (also raises the launched kernel's shared memory limit to what it takes)
+        if max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")? == 0 {
+            bail!("decode step: the attention kernel does not fit a multiprocessor");
+        }
         let (split_keys, splits) = key_splits(capacity, kv_heads, attention_resident);
         // [token, position, keys]
         let step_inputs = stream.alloc_zeros::<i32>(3).context("decode step: its inputs")?;
@@ -348,6 +362,7 @@ impl DecodeStep {
             embed_fn: load(&format!("embed_row_{suffix}"), DecodeOps)?,
             qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LayerOps)?,
             attention_fn,
+            qk_fused: qk_placement == QkPlacement::Fused,
             qkv,
             o,
             gate_up,
@@ -428,6 +443,9 @@ impl DecodeStep {
         };
         // token < vocab < 2^31
         let inputs = [token as i32, position as i32, position as i32 + 1];
+        // This copy must stay a copy on the stream before the step's first kernel: it completes
+        // every earlier step before this one starts, which the kernels' reads of earlier steps'
+        // outputs before they wait rely on (kernels/overlap.cuh).
         // SAFETY: 12 bytes from a live host array into the step's 3-int buffer, on the stream the
         // step runs on (a pageable copy: the values are taken before the call returns).
         unsafe {
@@ -541,53 +559,87 @@ impl DecodeStep {
             self.qkv_out.at,
         )?;
         mark("gemv qkv")?;
-        // 2. q/k norms and RoPE, K/V into the cache at the position
-        let qk = QkNormRope {
-            qkv: self.qkv_out.at,
-            q_w: layer.q_norm,
-            k_w: layer.k_norm,
-            cos: self.cos,
-            sin: self.sin,
-            q_out: self.q.at,
-            kv: layer.kv,
-            rows: 1,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            start: 0,
-            start_at: position_at,
-            eps: self.eps,
-        };
-        // SAFETY: one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row `position`
-        // < capacity, q out (H D), cache position `position` < capacity (checked by `logits`).
-        unsafe { qk.queue(&self.device, &self.qk_fn, self.overlap)? };
-        mark("q/k norm, RoPE, cache write")?;
-        // 3. attention over cache positions [0, keys), in fixed key ranges merged by the last
         let attention_config = LaunchConfig {
             grid_dim: (self.kv_heads as u32, self.splits as u32, 1),
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: ATTN_SHARED_BYTES,
         };
-        // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the partials
-        // of at most `splits` ranges (the buffers' size), the KVH counters and attn (H, D).
-        unsafe {
-            launch_kernel!(
-                overlapped if self.overlap; self.device,
-                &self.attention_fn,
-                attention_config,
-                self.q.at,
-                layer.kv,
-                self.part_o.at,
-                self.part_ml.at,
-                self.ranges_done_at,
-                self.attn.at,
-                position_at + 4,
-                self.split_keys as i32,
-                self.heads as i32,
-                self.kv_heads as i32,
-                self.scale_log2
-            )?;
+        if self.qk_fused {
+            // 2.-3. the attention with the q/k norms, RoPE and the cache write of the position
+            // SAFETY: reads one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row
+            // `position` < capacity and cache positions [0, keys) ≤ capacity; writes cache
+            // position `position` (checked by `run`), the partials of at most `splits` ranges
+            // (the buffers' size), the KVH counters and attn (H, D).
+            unsafe {
+                launch_kernel!(
+                    overlapped if self.overlap; self.device,
+                    &self.attention_fn,
+                    attention_config,
+                    self.qkv_out.at,
+                    layer.q_norm,
+                    layer.k_norm,
+                    self.cos,
+                    self.sin,
+                    position_at,
+                    self.eps,
+                    layer.kv,
+                    self.part_o.at,
+                    self.part_ml.at,
+                    self.ranges_done_at,
+                    self.attn.at,
+                    position_at + 4,
+                    self.split_keys as i32,
+                    self.heads as i32,
+                    self.kv_heads as i32,
+                    self.scale_log2
+                )?;
+            }
+            mark("attention with q/k norm, RoPE, cache write")?;
+        } else {
+            // 2. q/k norms and RoPE, K/V into the cache at the position
+            let qk = QkNormRope {
+                qkv: self.qkv_out.at,
+                q_w: layer.q_norm,
+                k_w: layer.k_norm,
+                cos: self.cos,
+                sin: self.sin,
+                q_out: self.q.at,
+                kv: layer.kv,
+                rows: 1,
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                start: 0,
+                start_at: position_at,
+                eps: self.eps,
+            };
+            // SAFETY: one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row `position`
+            // < capacity, q out (H D), cache position `position` < capacity (checked by `run`).
+            unsafe { qk.queue(&self.device, &self.qk_fn, self.overlap)? };
+            mark("q/k norm, RoPE, cache write")?;
+            // 3. attention over cache positions [0, keys), in fixed key ranges merged by the last
+            // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the
+            // partials of at most `splits` ranges (the buffers' size), the KVH counters and attn
+            // (H, D).
+            unsafe {
+                launch_kernel!(
+                    overlapped if self.overlap; self.device,
+                    &self.attention_fn,
+                    attention_config,
+                    self.q.at,
+                    layer.kv,
+                    self.part_o.at,
+                    self.part_ml.at,
+                    self.ranges_done_at,
+                    self.attn.at,
+                    position_at + 4,
+                    self.split_keys as i32,
+                    self.heads as i32,
+                    self.kv_heads as i32,
+                    self.scale_log2
+                )?;
+            }
+            mark("attention")?;
         }
-        mark("attention")?;
         // 4. x = x + W_o · attn; 5. gu = W_gu · RMSNorm(x); 6. x = x + W_down · SwiGLU(gu)
         self.gemv(&self.o, layer.o, self.attn.at, 0, self.x.at, self.x.at)?;
         mark("gemv o")?;

@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 pub mod decode_gemv;
+pub mod decode_qk;
 pub mod decode_split;
 #[cfg(feature = "cuda")]
 pub mod decode_step;

@@ -9,6 +9,8 @@
 //   embed_row          out (hidden) = table[token] (*token_at when given)
 //   decode_attention_g<G>   attention of the token for G query heads per KV head, split along the
 //                           keys and merged in the same kernel (decode_step_attention.cuh)
+//   decode_attention_qk_g<G>  the same with the layer's q/k norm, RoPE and cache write folded in
+//                           (QWEN3_MPI_DECODE_QK=fused, in place of layer_ops.cu's qk kernel)
 // Every kernel here waits for the previous one itself (overlap.cuh), so the step's launches may
 // overlap (programmatic dependent launch): a matrix-vector kernel starts streaming its weights
 // while the kernel before it finishes.
@@ -108,6 +110,15 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
         decode_attention<T, G>(q, kv, part_o, part_ml, ranges_done, out, keys_at, split_keys, H, KVH, scale_log2); \
     }
 
+#define DECODE_ATTENTION_QK(T, SUFFIX, G)                                                                            \
+    extern "C" __global__ void __launch_bounds__(ATTN_THREADS) decode_attention_qk_g##G##_##SUFFIX(                   \
+        const T* qkv, const T* q_w, const T* k_w, const T* cos, const T* sin, const int* position_at, float eps,      \
+        T* kv, float* part_o, float* part_ml, int* ranges_done, T* out, const int* keys_at, int split_keys, int H,  \
+        int KVH, float scale_log2) {                                                                                \
+        decode_attention<T, G, true>(nullptr, kv, part_o, part_ml, ranges_done, out, keys_at, split_keys, H, KVH,    \
+                                     scale_log2, QkStep<T>{kv, qkv, q_w, k_w, cos, sin, position_at, eps});         \
+    }
+
 #define DECODE_OPS(T, SUFFIX)                                                                                      \
     GEMV(T, SUFFIX, copy_store, PRO_COPY, EPI_STORE)                                                               \
     GEMV(T, SUFFIX, copy_residual, PRO_COPY, EPI_RESIDUAL)                                                         \
@@ -129,7 +140,15 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
     DECODE_ATTENTION(T, SUFFIX, 5)                                                                                 \
     DECODE_ATTENTION(T, SUFFIX, 6)                                                                                 \
     DECODE_ATTENTION(T, SUFFIX, 7)                                                                                 \
-    DECODE_ATTENTION(T, SUFFIX, 8)
+    DECODE_ATTENTION(T, SUFFIX, 8)                                                                                 \
+    DECODE_ATTENTION_QK(T, SUFFIX, 1)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 2)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 3)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 4)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 5)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 6)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 7)                                                                              \
+    DECODE_ATTENTION_QK(T, SUFFIX, 8)
 
 DECODE_OPS(__nv_bfloat16, bf16)
 DECODE_OPS(__half, f16)

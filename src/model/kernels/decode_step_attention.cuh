@@ -21,8 +21,10 @@
 // The last block of a KV head to finish (a counter per head) merges the heads' ranges into out
 // and resets the counter, so no second kernel runs.
 #pragma once
+#include "qk_norm_rope.cuh"
 
 constexpr int HEAD_DIM = 128;
+static_assert(HEAD_DIM == QK_HEAD_DIM, "qk_step writes whole heads of norm_rope_head");
 constexpr int ATTN_THREADS = 128;
 constexpr int ATTN_WARPS = ATTN_THREADS / 32;
 constexpr int TILE_KEYS = 32;  // KEYS_PER_ITER in decode_split.rs
@@ -33,14 +35,16 @@ constexpr int ATTN_SMEM_BYTES = ATTN_STAGES * 2 * TILE_KEYS * HEAD_DIM * 2;  // 
 namespace {
 
 // Tile of keys [first, first + TILE_KEYS) into shared memory (rows past k_end zero-filled); K's
-// chunk c of row r is stored at chunk c ^ (r % 8) of the row.
-template <typename T>
+// chunk c of row r is stored at chunk c ^ (r % 8) of the row. With SKIP, key `skip`'s row is left
+// alone (no copy at all: the kernel writes it itself).
+template <typename T, bool SKIP = false>
 __device__ __forceinline__ void load_kv_tile(T* k_tile, T* v_tile, const T* k_base, const T* v_base,
-                                             size_t pos_stride, int first, int k_end) {
+                                             size_t pos_stride, int first, int k_end, int skip = -1) {
     constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks a row
 #pragma unroll
     for (int j = 0; j < TILE_KEYS * CHUNKS / ATTN_THREADS; ++j) {
         const int c = threadIdx.x + j * ATTN_THREADS, row = c / CHUNKS, col = c % CHUNKS;
+        if (SKIP && first + row == skip) continue;
         const bool valid = first + row < k_end;
         const size_t at = valid ? (size_t)(first + row) * pos_stride + col * 8 : 0;
         cp_async16(k_tile + row * HEAD_DIM + (col ^ (row & 7)) * 8, k_base + at, valid);  // swizzled
@@ -110,10 +114,65 @@ __device__ void merge_ranges(const float* part_o, const float* part_ml, T* __res
     }
 }
 
+// With QK (decode_attention_qk_g<G>, QWEN3_MPI_DECODE_QK=fused): the q/k step of the layer
+// (layer_ops.cu's qk_norm_rope_cache) folded in, so that no kernel runs between the q/k/v product
+// and this one. `q` is then unused and `qk` holds the raw q/k/v product row
+// ((H + 2 KVH) D), the norms' weights, the RoPE table and the position: every block builds its G
+// query heads itself (q/k norm, RoPE), and the block of the range holding the new key (the last)
+// builds that key, writes it and its value into the cache and into its own tile. Before it waits
+// for the kernel before it, a block already copies its tiles of the earlier keys: the cache holds
+// them from earlier steps, which are complete before this step's first kernel starts (the
+// step's inputs are copied in between), and no kernel of this step writes them.
+template <typename T>
+struct QkStep {
+    T* kv;  // the layer's cache (the kernel's `kv`), where the new key and value go
+    const T* qkv;
+    const T* q_w;
+    const T* k_w;
+    const T* cos;
+    const T* sin;
+    const int* position_at;
+    float eps;
+};
+
+// This half-warp's part (lane hl of 16) of q/k norm and RoPE of the G query heads of KV head hk,
+// into q_s as f32 of T; and on the block of the range holding the new key at `pos`, that key and
+// its value into the cache and, where its tile was copied without it (tile index < ATTN_STAGES -
+// 1), into the tile.
 template <typename T, int G>
-__device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ kv, float* part_o, float* part_ml,
+__device__ __forceinline__ void qk_step(const QkStep<T>& qk, float (*q_s)[HEAD_DIM], T* k_tiles, T* v_tiles,
+                                        int hk, int H, int KVH, int pos, int k_begin, bool holds_new_key) {
+    const int half = threadIdx.x / 16, hl = threadIdx.x % 16;
+    const unsigned mask = 0xffffu << (16 * (half % 2));
+    if (half < G) {
+        const int head = hk * G + half;
+        const Vec8<T> in = load8(qk.qkv + (size_t)head * HEAD_DIM + hl * QK_PER_LANE);
+        const Vec8<T> q = norm_rope_head(in, qk.q_w, qk.cos, qk.sin, pos, qk.eps, hl, mask);
+#pragma unroll
+        for (int j = 0; j < QK_PER_LANE; ++j) q_s[half][hl * QK_PER_LANE + j] = to_f32(q.v[j]);
+    }
+    if (holds_new_key && half == G % (ATTN_THREADS / 16)) {
+        const Vec8<T> k_in = load8(qk.qkv + (size_t)(H + hk) * HEAD_DIM + hl * QK_PER_LANE);
+        const Vec8<T> k = norm_rope_head(k_in, qk.k_w, qk.cos, qk.sin, pos, qk.eps, hl, mask);
+        const Vec8<T> v = load8(qk.qkv + (size_t)(H + KVH + hk) * HEAD_DIM + hl * QK_PER_LANE);
+        T* kv_pos = qk.kv + (size_t)pos * 2 * KVH * HEAD_DIM;
+        store8(kv_pos + (size_t)hk * HEAD_DIM + hl * QK_PER_LANE, k);
+        store8(kv_pos + (size_t)(KVH + hk) * HEAD_DIM + hl * QK_PER_LANE, v);
+        const int r = pos - k_begin, tile = r / TILE_KEYS, row = r % TILE_KEYS;
+        if (tile < ATTN_STAGES - 1) {  // copied before the wait, without this row: write it (chunk hl)
+            store8(k_tiles + (tile * TILE_KEYS + row) * HEAD_DIM + (hl ^ (row & 7)) * 8, k);
+            store8(v_tiles + (tile * TILE_KEYS + row) * HEAD_DIM + hl * 8, v);
+        } else {
+            __threadfence();  // the main loop copies its tile from the cache, after a barrier
+        }
+    }
+}
+
+template <typename T, int G, bool QK = false>
+__device__ void decode_attention(const T* __restrict__ q, const T* kv, float* part_o, float* part_ml,
                                  int* ranges_done, T* __restrict__ out, const int* keys_at, int split_keys, int H,
-                                 int KVH, float scale_log2) {
+                                 int KVH, float scale_log2, QkStep<T> qk = {}) {
+    static_assert(G <= ATTN_THREADS / 16, "a half-warp a query head");
     constexpr int HEADS_PER_WARP = (G + ATTN_WARPS - 1) / ATTN_WARPS;
     extern __shared__ __align__(16) unsigned char attn_smem[];
     __shared__ __align__(16) float q_s[G][HEAD_DIM];
@@ -123,10 +182,10 @@ __device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ 
     T* v_tiles = k_tiles + ATTN_STAGES * TILE_KEYS * HEAD_DIM;
 
     allow_next_kernel_launch();
-    wait_for_previous_kernel();
+    if (!QK) wait_for_previous_kernel();
     if (G * KVH != H) __trap();  // the launcher picks the kernel of H / KVH (decode_step.rs)
     const int hk = blockIdx.x, split = blockIdx.y;
-    const int n_keys = *keys_at;
+    const int n_keys = *keys_at;  // the step's inputs: written before its first kernel
     const int used = (n_keys + split_keys - 1) / split_keys;
     const int k_begin = split * split_keys, k_end = min(n_keys, k_begin + split_keys);
     if (split >= used) return;  // past the keys (the grid covers the cache's capacity)
@@ -134,15 +193,22 @@ __device__ void decode_attention(const T* __restrict__ q, const T* __restrict__ 
     const size_t pos_stride = (size_t)2 * KVH * HEAD_DIM;
     const T* k_base = kv + (size_t)hk * HEAD_DIM;
     const T* v_base = kv + (size_t)(KVH + hk) * HEAD_DIM;
+    const int pos = QK ? *qk.position_at : -1;  // the new key (QK: the last of the keys)
 
     for (int s = 0; s < ATTN_STAGES - 1; ++s) {
         if (s < tiles)
-            load_kv_tile(k_tiles + s * TILE_KEYS * HEAD_DIM, v_tiles + s * TILE_KEYS * HEAD_DIM, k_base, v_base,
-                         pos_stride, k_begin + s * TILE_KEYS, k_end);
+            load_kv_tile<T, QK>(k_tiles + s * TILE_KEYS * HEAD_DIM, v_tiles + s * TILE_KEYS * HEAD_DIM, k_base,
+                                v_base, pos_stride, k_begin + s * TILE_KEYS, k_end, pos);
         cp_async_commit();
     }
-    for (int i = threadIdx.x; i < G * HEAD_DIM; i += ATTN_THREADS)
-        q_s[i / HEAD_DIM][i % HEAD_DIM] = to_f32(q[(size_t)hk * G * HEAD_DIM + i]);
+    if constexpr (QK) {
+        wait_for_previous_kernel();
+        if (pos != n_keys - 1) __trap();  // the step's inputs (decode_step.rs)
+        qk_step<T, G>(qk, q_s, k_tiles, v_tiles, hk, H, KVH, pos, k_begin, split == used - 1);
+    } else {
+        for (int i = threadIdx.x; i < G * HEAD_DIM; i += ATTN_THREADS)
+            q_s[i / HEAD_DIM][i % HEAD_DIM] = to_f32(q[(size_t)hk * G * HEAD_DIM + i]);
+    }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float m[HEADS_PER_WARP], l[HEADS_PER_WARP], o[HEADS_PER_WARP][4];
 #pragma unroll

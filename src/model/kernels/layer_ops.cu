@@ -9,6 +9,7 @@
 // T is bf16 or f16 (one extern "C" entry point per type); accumulation is f32.
 #include "elementwise.cuh"
 #include "overlap.cuh"
+#include "qk_norm_rope.cuh"
 
 namespace {
 
@@ -60,8 +61,8 @@ __device__ void residual_rms_norm(const T* __restrict__ x, const T* __restrict__
     }
 }
 
-constexpr int HEAD_DIM = 128;
-constexpr int PER_LANE = HEAD_DIM / 16;  // 8 elements (16 bytes) of a head per lane of a half-warp
+constexpr int HEAD_DIM = QK_HEAD_DIM;
+constexpr int PER_LANE = QK_PER_LANE;
 
 // One half-warp per (row, head) of the fused q/k/v projection output, two per warp:
 //   qkv     (rows, (H + 2 KVH) * D)   q heads, then k heads, then v heads
@@ -71,8 +72,7 @@ constexpr int PER_LANE = HEAD_DIM / 16;  // 8 elements (16 bytes) of a head per 
 //   cos/sin (positions, D / 2)        the RoPE table, in T
 // The position of row 0 is `*start_at` when start_at is given (decode under a CUDA graph reads it
 // from device memory), else `start`.
-// Lane l of a half holds elements [8l, 8l + 8); rotate_half pairs element i with i +- D/2, held by
-// lane l ^ 8. Shuffles stay inside the half (offsets < 16, the half's own mask).
+// Lane l of a half holds elements [8l, 8l + 8) of its head (norm_rope_head, qk_norm_rope.cuh).
 template <typename T>
 __device__ void qk_norm_rope_cache(const T* __restrict__ qkv, const T* __restrict__ q_w, const T* __restrict__ k_w,
                                    const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ q_out,
@@ -96,30 +96,7 @@ __device__ void qk_norm_rope_cache(const T* __restrict__ qkv, const T* __restric
         return;
     }
     const bool is_q = head < H;
-    const Vec8<T> w = load8((is_q ? q_w : k_w) + lane * PER_LANE);
-    float x[PER_LANE];
-    float squares = 0.f;
-#pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-        x[j] = to_f32(in.v[j]);
-        squares += x[j] * x[j];
-    }
-#pragma unroll
-    for (int off = 8; off > 0; off /= 2) squares += __shfl_xor_sync(mask, squares, off);
-    const float inv_rms = rsqrtf(squares / HEAD_DIM + eps);
-    float n[PER_LANE];
-#pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) n[j] = round_to<T>(to_f32(w.v[j]) * round_to<T>(x[j] * inv_rms));
-    const bool low_half = lane < 8;  // elements [0, D/2)
-    const size_t table = (size_t)pos * (HEAD_DIM / 2) + (lane % 8) * PER_LANE;  // frequencies [8 (l % 8), +8)
-    const Vec8<T> c = load8(cos + table), s = load8(sin + table);
-    Vec8<T> out;
-#pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-        const float partner = __shfl_xor_sync(mask, n[j], 8);
-        const float rotated = low_half ? -partner : partner;
-        out.v[j] = from_f32<T>(round_to<T>(n[j] * to_f32(c.v[j])) + round_to<T>(rotated * to_f32(s.v[j])));
-    }
+    const Vec8<T> out = norm_rope_head(in, is_q ? q_w : k_w, cos, sin, pos, eps, lane, mask);
     T* dst = is_q ? q_out + ((size_t)row * H + head) * HEAD_DIM : kv_pos + (size_t)(head - H) * HEAD_DIM;
     store8(dst + lane * PER_LANE, out);
 }

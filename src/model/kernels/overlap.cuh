@@ -5,11 +5,15 @@
 // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (gpu_tensors.rs, `launch_kernel!(overlapped: ...)`)
 // may start while the kernel before it on the stream is still running. Rules for such a kernel:
 //   - before wait_for_previous_kernel() it may only read memory no kernel of the chain writes
-//     (weights);
+//     (weights), or what the chain's kernels wrote in an earlier decode step: a step's inputs are
+//     copied (a memcpy, never a programmatic predecessor) before its first kernel, so every
+//     earlier step is complete by then (decode_step.rs keeps that copy; the fused attention's
+//     early copy of earlier keys relies on it);
 //   - every thread calls wait_for_previous_kernel() before it reads anything an earlier kernel
-//     wrote, and before it writes any global memory (its own block's shared memory it may). Since every block of every kernel waits, "this
-//     kernel is complete" implies "every kernel before it is complete", so a kernel may read the
-//     output of any earlier one, not only of the one just before it;
+//     of the step wrote, and before it writes any global memory (its own block's shared memory
+//     it may); a block with nothing to do may return without waiting, but some block of every
+//     kernel waits. So "this kernel is complete" implies "every kernel before it is complete",
+//     and a kernel may read the output of any earlier one, not only of the one just before it;
 //   - allow_next_kernel_launch() lets the next kernel be scheduled (its blocks then take SM slots
 //     as this kernel's blocks leave them).
 // cp.async: 16-byte copies from global to shared memory that run while the thread computes;
