@@ -29,7 +29,7 @@
 //! The `gemv_*` products run the register kernel of `decode_ops.cu` or, with
 //! `QWEN3_MPI_DECODE_GEMV=ring…`, the ring kernel of `decode_gemv_ring.cu` (the same sums, bit
 //! for bit; `decode_gemv.rs` picks the kernel and its grid). With `QWEN3_MPI_DECODE_QK=fused` the
-//! attention kernel does the q/k step itself (`decode_attention_qk_g<G>`, `decode_qk.rs`), five
+//! attention kernel does the q/k step itself (`decode_attention_qk_g<G>`, `decode_variants.rs`), five
 //! launches a layer.
 
 use anyhow::{bail, Context, Result};
@@ -42,8 +42,8 @@ use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
 use super::decode_gemv::{GemvChoice, GemvKernel, GEMV_THREADS};
-use super::decode_qk::QkPlacement;
 use super::decode_split::{key_splits, max_splits};
+use super::decode_variants::QkPlacement;
 use super::decoder_layer::Layer;
 use super::gpu_tensors::{
     address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, prefer_shared_memory, wrap,

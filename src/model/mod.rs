@@ -7,10 +7,10 @@ pub mod config;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 pub mod decode_gemv;
-pub mod decode_qk;
 pub mod decode_split;
 #[cfg(feature = "cuda")]
 pub mod decode_step;
+pub mod decode_variants;
 pub mod decoder_layer;
 #[cfg(feature = "cuda")]
 pub mod dense_gemm;

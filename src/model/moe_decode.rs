@@ -10,6 +10,9 @@
 //! act_j  = SwiGLU(W_gate_up[e_j] · RMSNorm(x)), e_j the top k         moe_gate_up (each block routes)
 //! x      = T(x + T(Σ_j T(T(W_down[e_j] · act_j) · T(w_j))))            moe_down_residual
 //! ```
+//!
+//! (`QWEN3_MPI_MOE_DECODE_DOWN=experts`: `moe_down_experts` for the last, the same x bit for bit;
+//! `decode_variants.rs`.)
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction};
@@ -17,6 +20,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::{DType, Tensor};
 
 use super::config::Qwen3Config;
+use super::decode_variants::MoeDown;
 use super::gpu_tensors::{address, alloc, dtype_suffix, grid, launch_kernel, prefer_shared_memory};
 use super::kernel_modules::{function, KernelModule};
 use super::moe::{SparseMoe, GPU_MAX_EXPERTS, GPU_MAX_TOP_K};
@@ -24,8 +28,6 @@ use super::moe::{SparseMoe, GPU_MAX_EXPERTS, GPU_MAX_TOP_K};
 /// `MOE_THREADS` of `kernels/moe_ops.cu`: 8 warps a block.
 const THREADS: u32 = 256;
 const WARPS: usize = 8;
-/// Output rows a warp of `moe_down_residual` takes (`DOWN_ROWS`).
-const DOWN_ROWS: usize = 2;
 /// Dynamic shared memory a block may take without asking.
 const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
 
@@ -114,16 +116,17 @@ impl MoeStep {
         let suffix = dtype_suffix(dtype)?;
         let elem = dtype.size_in_bytes();
         let load = |name: &str| function(device, KernelModule::MoeOps, &format!("{name}_{suffix}"));
+        let down = MoeDown::from_env().map_err(anyhow::Error::msg)?;
         let (router_fn, gate_up_fn, down_fn) = (
             load("moe_router_f32")?,
             load("moe_gate_up")?,
-            load("moe_down_residual")?,
+            load(down.kernel())?,
         );
         if prefer_shared {
             for (func, name) in [
                 (&router_fn, "moe_router_f32"),
                 (&gate_up_fn, "moe_gate_up"),
-                (&down_fn, "moe_down_residual"),
+                (&down_fn, down.kernel()),
             ] {
                 prefer_shared_memory(func, name)?;
             }
@@ -137,16 +140,16 @@ impl MoeStep {
             }
             Ok(per_sm * sms)
         };
-        // gate/up: one (gate, up) row pair a warp; down: DOWN_ROWS output rows a warp
+        // gate/up: one (gate, up) row pair a warp; down: two output rows a warp or a block
         let gate_up_blocks =
             (top_k * inter)
                 .div_ceil(WARPS)
                 .min(resident(&gate_up_fn, hidden * elem, "moe_gate_up")?);
-        let down_blocks = hidden.div_ceil(DOWN_ROWS * WARPS).min(resident(
-            &down_fn,
-            top_k * inter * elem,
-            "moe_down_residual",
-        )?);
+        let down_blocks = down.blocks(
+            hidden,
+            WARPS,
+            resident(&down_fn, top_k * inter * elem, down.kernel())?,
+        );
         resident(&router_fn, hidden * elem, "moe_router_f32")?;
         let scratch = |dtype: DType, len: usize| -> Result<Scratch> {
             let (slice, at) = alloc(device, dtype, len)?;

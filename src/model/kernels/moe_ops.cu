@@ -16,6 +16,7 @@
 //   moe_gate_up        act (k, I) = SwiGLU(W_gate_up[e_j] . RMSNorm(x)) for the k chosen experts,
 //                      the routing recomputed by every block from the logits (E is small)
 //   moe_down_residual  x[n] = T(x[n] + T(sum_j T(T(W_down[e_j][n] . act_j) * T(w_j))))
+//   moe_down_experts   the same, the experts of a row pair spread over a block's warps
 #include "elementwise.cuh"
 #include "overlap.cuh"
 
@@ -387,6 +388,86 @@ __device__ void moe_down_residual(const T* __restrict__ W, const int* __restrict
     }
 }
 
+// The same x as moe_down_residual (bit for bit), with the k experts of a row pair spread over the
+// block's warps instead of one warp taking all of them: block b takes row pairs b, b + gridDim.x,
+// ...; warp w takes the experts j = w, w + MOE_WARPS, ... of each (every pass over I of that
+// expert's two rows), with its next batch in flight while one is multiplied, across row pairs
+// too; it leaves T(its product) in shared memory, and after a barrier two threads add the k
+// weighted products in ascending expert order, as moe_down_residual does
+// (QWEN3_MPI_MOE_DECODE_DOWN=experts). Every warp of every block streams weights (k = 8: the
+// 30B-A3B shape's 8 x 1,024 (expert, row pair) items over all 2,112 warps of the grid, where
+// moe_down_residual keeps 1,024 warps busy). act in shared memory first (k I sizeof(T) bytes of dynamic shared
+// memory).
+template <typename T>
+__device__ void moe_down_experts(const T* __restrict__ W, const int* __restrict__ route, int k, int I, int H,
+                                 const T* __restrict__ act, T* x) {
+    extern __shared__ __align__(16) unsigned char moe_smem[];
+    T* act_s = reinterpret_cast<T*>(moe_smem);
+    __shared__ int experts[MOE_MAX_TOP_K];
+    __shared__ float weights[MOE_MAX_TOP_K];
+    __shared__ float products[2][MOE_MAX_TOP_K][DOWN_ROWS];  // T(W[e_j][n] . act_j), by row pair parity
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    allow_next_kernel_launch();
+    wait_for_previous_kernel();
+    if (threadIdx.x < k) {
+        experts[threadIdx.x] = route[threadIdx.x];
+        weights[threadIdx.x] = round_to<T>(reinterpret_cast<const float*>(route)[k + threadIdx.x]);
+    }
+    for (int v = threadIdx.x; v < k * I / 8; v += MOE_THREADS)
+        *reinterpret_cast<Vec8<T>*>(act_s + v * 8) = load8(act + (size_t)v * 8);
+    __syncthreads();
+
+    const int groups = (H + DOWN_ROWS - 1) / DOWN_ROWS;
+    const int passes = (I / 8 + 32 * MU - 1) / (32 * MU);
+    const int mine = warp < k ? (k - 1 - warp) / MOE_WARPS + 1 : 0;  // this warp's experts
+    const int batches = mine * passes;                                 // a row pair
+    // batch b of row pair `group`: expert j = warp + (b / passes) MOE_WARPS, pass b % passes
+    auto load = [&](Vec8<T> (&w)[DOWN_ROWS][MU], int group, int b) {
+        const int j = warp + (b / passes) * MOE_WARPS, p = b % passes, n0 = group * DOWN_ROWS;
+#pragma unroll
+        for (int r = 0; r < DOWN_ROWS; ++r) {
+            const int n = n0 + r < H ? n0 + r : H - 1;
+            load_row(w[r], W + ((size_t)experts[j] * H + n) * I, I, p);
+        }
+    };
+    Vec8<T> w[DOWN_ROWS][MU], next[DOWN_ROWS][MU];
+    int group = blockIdx.x;
+    if (batches > 0 && group < groups) load(w, group, 0);
+    for (int parity = 0; group < groups; group += gridDim.x, parity ^= 1) {
+        // the residual rows, read early (only this block touches them)
+        const int n = group * DOWN_ROWS + threadIdx.x;
+        const float residual = threadIdx.x < DOWN_ROWS && n < H ? to_f32(x[n]) : 0.f;
+        float acc[DOWN_ROWS] = {};
+        for (int b = 0; b < batches; ++b) {
+            const int j = warp + (b / passes) * MOE_WARPS, p = b % passes;
+            if (b + 1 < batches) load(next, group, b + 1);
+            else if (group + (int)gridDim.x < groups) load(next, group + gridDim.x, 0);
+#pragma unroll
+            for (int r = 0; r < DOWN_ROWS; ++r) acc[r] = dot_batch(w[r], act_s + (size_t)j * I, I, p, acc[r]);
+#pragma unroll
+            for (int r = 0; r < DOWN_ROWS; ++r)
+#pragma unroll
+                for (int u = 0; u < MU; ++u) w[r][u] = next[r][u];
+            if (p + 1 == passes) {  // expert j done: its rounded product
+#pragma unroll
+                for (int r = 0; r < DOWN_ROWS; ++r) {
+                    const float sum = warp_sum(acc[r]);
+                    if (lane == 0) products[parity][j][r] = round_to<T>(sum);
+                    acc[r] = 0.f;
+                }
+            }
+        }
+        __syncthreads();  // every expert's product of this row pair is in products[parity]
+        // (products[parity] is written again two row pairs on: after the next barrier, which
+        // these threads reach only once they have read it)
+        if (threadIdx.x < DOWN_ROWS && n < H) {
+            float total = 0.f;
+            for (int j = 0; j < k; ++j) total += round_to<T>(products[parity][j][threadIdx.x] * weights[j]);
+            x[n] = from_f32<T>(residual + round_to<T>(total));
+        }
+    }
+}
+
 }  // namespace
 
 #define MOE_OPS(T, SUFFIX)                                                                                          \
@@ -415,6 +496,10 @@ __device__ void moe_down_residual(const T* __restrict__ W, const int* __restrict
     extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)                                                    \
         moe_down_residual_##SUFFIX(const T* W, const int* route, int k, int I, int H, const T* act, T* x) {         \
         moe_down_residual<T>(W, route, k, I, H, act, x);                                                            \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)                                                    \
+        moe_down_experts_##SUFFIX(const T* W, const int* route, int k, int I, int H, const T* act, T* x) {          \
+        moe_down_experts<T>(W, route, k, I, H, act, x);                                                             \
     }
 
 MOE_OPS(__nv_bfloat16, bf16)
