@@ -34,33 +34,27 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{
-    sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig,
+    sys, CudaEvent, CudaFunction, CudaGraph, CudaSlice, DevicePtr,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::{DType, Tensor};
 use candle_nn::RmsNorm;
 
 use super::config::Qwen3Config;
-use super::decode_gemv::{GemvChoice, GemvKernel, GEMV_THREADS};
-use super::decode_split::{key_splits, max_splits};
-use super::decode_variants::QkPlacement;
+use super::decode_gemv::{GemvChoice, GemvKernel};
+use super::decode_products::Gemv;
 use super::decoder_layer::Layer;
-use super::gpu_tensors::{
-    address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, prefer_shared_memory, wrap,
-};
+use super::gpu_tensors::{address, alloc, cuda_device, dtype_suffix, grid, launch_kernel, wrap};
 use super::kernel_modules::function;
-use super::kernel_modules::KernelModule::{DecodeGemvRing, DecodeOps, LayerOps};
+use super::kernel_modules::KernelModule::{DecodeOps, LayerOps};
 use super::kv_cache::KvCache;
 use super::layer_ops::QkNormRope;
 use super::moe_decode::{MoeLayer, MoeStep};
 use super::rope::RotaryTable;
 use super::stage_decoder::{StageInput, StageOutput};
+use super::step_attention::{QkInputs, StepAttention};
 
 const HEAD_DIM: usize = 128;
-const ATTN_THREADS: u32 = 128;
-/// `ATTN_SMEM_BYTES` of `kernels/decode_step_attention.cuh`: 4 stages of K and V tiles of 32
-/// keys (bf16/f16).
-const ATTN_SHARED_BYTES: u32 = 4 * 2 * 32 * HEAD_DIM as u32 * 2;
 
 /// What the step reads of a model: consecutive layers (every layer, or a pipeline stage's),
 /// the embedding where the step starts from the token, the head where it ends with logits.
@@ -93,16 +87,6 @@ struct LayerAddresses {
 enum MlpAddresses {
     Dense { gate_up: u64, down: u64 },
     Sparse(MoeLayer),
-}
-
-/// One matrix-vector product of the step: its kernel, shape and grid.
-struct Gemv {
-    func: CudaFunction,
-    /// Output rows (N) and input length (K) of W (N, K).
-    rows: usize,
-    cols: usize,
-    grid: u32,
-    shared_bytes: u32,
 }
 
 /// Whether the step is replayed as a CUDA graph (`QWEN3_MPI_DECODE_GRAPH`, default on).
@@ -144,21 +128,15 @@ pub struct DecodeStep {
     /// Positions the cache and the RoPE table hold.
     capacity: usize,
     eps: f32,
-    scale_log2: f32,
     embed_fn: CudaFunction,
     qk_fn: CudaFunction,
-    attention_fn: CudaFunction,
-    /// Whether the attention kernel does the q/k step itself (`QWEN3_MPI_DECODE_QK=fused`).
-    qk_fused: bool,
+    attention: StepAttention,
     qkv: Gemv,
     o: Gemv,
     gate_up: Gemv,
     down: Gemv,
     /// The sparse layers' kernels (a Qwen3-MoE model).
     moe: Option<MoeStep>,
-    /// Key ranges of the attention: fixed by the capacity, so that a graph replays any step.
-    split_keys: usize,
-    splits: usize,
     /// The token (u32) and (position, keys) (i32) of the step, read by the kernels: written
     /// before each step, their addresses baked into the graph.
     _step_inputs: CudaSlice<i32>,
@@ -173,12 +151,6 @@ pub struct DecodeStep {
     q: Buffer,
     attn: Buffer,
     gate_up_out: Buffer,
-    part_o: Buffer,
-    part_ml: Buffer,
-    /// Key ranges of each KV head done (KVH i32): zero between launches, the attention's last
-    /// range of a head resets it.
-    _ranges_done: CudaSlice<i32>,
-    ranges_done_at: u64,
     /// Handles that keep every tensor whose address the step holds alive.
     _held: Vec<Tensor>,
 }
@@ -266,29 +238,9 @@ impl DecodeStep {
         let load = |name: &str, module| function(&device, module, name);
         let choice = GemvChoice::from_env().map_err(anyhow::Error::msg)?;
         tracing::info!("decode step: matrix-vector kernel {}", choice.label());
-        // W (rows, cols): x (and the ring kernel's ring) in shared memory
+        // W (rows, cols)
         let gemv = |kind: &str, rows: usize, cols: usize| -> Result<Gemv> {
-            let name = choice.function_name(kind, suffix);
-            let func = match choice.kernel {
-                GemvKernel::Register => load(&name, DecodeOps)?,
-                GemvKernel::Ring(_) => {
-                    let func = load(&name, DecodeGemvRing)?;
-                    prefer_shared_memory(&func, &name)?;
-                    func
-                }
-            };
-            let shared_bytes = choice.shared_bytes(cols, dtype.size_in_bytes()) as u32;
-            let fit = max_blocks_per_sm(&func, GEMV_THREADS as u32, shared_bytes, &name)?;
-            if fit == 0 {
-                bail!("decode step: {name} with {cols} inputs does not fit a multiprocessor");
-            }
-            Ok(Gemv {
-                func,
-                rows,
-                cols,
-                grid: choice.grid(rows, fit, sms) as u32,
-                shared_bytes,
-            })
+            Gemv::new(&device, &choice, kind, (rows, cols), dtype, sms)
         };
         let qkv_rows = (heads + 2 * kv_heads) * HEAD_DIM;
         let vocab = match (parts.embed, parts.head) {
@@ -313,34 +265,11 @@ impl DecodeStep {
             }
             None => None,
         };
-        let qk_placement = QkPlacement::from_env().map_err(anyhow::Error::msg)?;
-        let attention_fn = load(&qk_placement.attention_kernel(group, suffix), DecodeOps)?;
-        // the key ranges from the separate kernel's occupancy in both placements, so that both
-        // merge the same ranges (and give the same outputs bit for bit)
-        let ranges_fn = load(&QkPlacement::Separate.attention_kernel(group, suffix), DecodeOps)?;
-        // the ring kernel's block fits beside its neighbours' only where every decode kernel
-        // keeps the multiprocessor's split of L1 at all shared memory
         let ring = matches!(choice.kernel, GemvKernel::Ring(_));
-        if ring {
-            for func in [&attention_fn, &ranges_fn] {
-                prefer_shared_memory(func, "decode attention")?;
-            }
-        }
-        let attention_resident =
-            max_blocks_per_sm(&ranges_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")?.max(1) * sms;
-        // (also raises the launched kernel's shared memory limit to what it takes)
-        if max_blocks_per_sm(&attention_fn, ATTN_THREADS, ATTN_SHARED_BYTES, "decode attention")? == 0 {
-            bail!("decode step: the attention kernel does not fit a multiprocessor");
-        }
-        let (split_keys, splits) = key_splits(capacity, kv_heads, attention_resident);
+        let attention = StepAttention::new(&device, (heads, kv_heads), suffix, capacity, sms, ring)?;
         // [token, position, keys]
         let step_inputs = stream.alloc_zeros::<i32>(3).context("decode step: its inputs")?;
         let step_inputs_at = step_inputs.device_ptr(&stream).0;
-        let ranges_done = stream
-            .alloc_zeros::<i32>(kv_heads)
-            .context("decode step: the attention's range counters")?;
-        let ranges_done_at = ranges_done.device_ptr(&stream).0;
-        debug_assert!(splits <= max_splits(kv_heads, attention_resident));
         let buffer = |dtype: DType, len: usize| -> Result<Buffer> {
             let (slice, at) = alloc(&device, dtype, len)?;
             Ok(Buffer { _slice: slice, at })
@@ -358,11 +287,9 @@ impl DecodeStep {
             vocab,
             capacity,
             eps: cfg.rms_norm_eps as f32,
-            scale_log2: std::f32::consts::LOG2_E / (HEAD_DIM as f32).sqrt(),
             embed_fn: load(&format!("embed_row_{suffix}"), DecodeOps)?,
             qk_fn: load(&format!("qk_norm_rope_cache_{suffix}"), LayerOps)?,
-            attention_fn,
-            qk_fused: qk_placement == QkPlacement::Fused,
+            attention,
             qkv,
             o,
             gate_up,
@@ -371,8 +298,6 @@ impl DecodeStep {
                 Some(_) => Some(MoeStep::new(&device, cfg, dtype, sms, ring)?),
                 None => None,
             },
-            split_keys,
-            splits,
             token_at: step_inputs_at,
             position_at: step_inputs_at + 4,
             _step_inputs: step_inputs,
@@ -385,10 +310,6 @@ impl DecodeStep {
             q: buffer(dtype, heads * HEAD_DIM)?,
             attn: buffer(dtype, heads * HEAD_DIM)?,
             gate_up_out: buffer(dtype, 2 * inter)?,
-            part_o: buffer(DType::F32, splits * heads * HEAD_DIM)?,
-            part_ml: buffer(DType::F32, splits * heads * 2)?,
-            _ranges_done: ranges_done,
-            ranges_done_at,
             device,
             _held: held,
         })
@@ -559,43 +480,16 @@ impl DecodeStep {
             self.qkv_out.at,
         )?;
         mark("gemv qkv")?;
-        let attention_config = LaunchConfig {
-            grid_dim: (self.kv_heads as u32, self.splits as u32, 1),
-            block_dim: (ATTN_THREADS, 1, 1),
-            shared_mem_bytes: ATTN_SHARED_BYTES,
+        let qk_inputs = QkInputs {
+            qkv: self.qkv_out.at,
+            q_norm: layer.q_norm,
+            k_norm: layer.k_norm,
+            cos: self.cos,
+            sin: self.sin,
+            position_at,
+            eps: self.eps,
         };
-        if self.qk_fused {
-            // 2.-3. the attention with the q/k norms, RoPE and the cache write of the position
-            // SAFETY: reads one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row
-            // `position` < capacity and cache positions [0, keys) ≤ capacity; writes cache
-            // position `position` (checked by `run`), the partials of at most `splits` ranges
-            // (the buffers' size), the KVH counters and attn (H, D).
-            unsafe {
-                launch_kernel!(
-                    overlapped if self.overlap; self.device,
-                    &self.attention_fn,
-                    attention_config,
-                    self.qkv_out.at,
-                    layer.q_norm,
-                    layer.k_norm,
-                    self.cos,
-                    self.sin,
-                    position_at,
-                    self.eps,
-                    layer.kv,
-                    self.part_o.at,
-                    self.part_ml.at,
-                    self.ranges_done_at,
-                    self.attn.at,
-                    position_at + 4,
-                    self.split_keys as i32,
-                    self.heads as i32,
-                    self.kv_heads as i32,
-                    self.scale_log2
-                )?;
-            }
-            mark("attention with q/k norm, RoPE, cache write")?;
-        } else {
+        if !self.attention.does_qk_step() {
             // 2. q/k norms and RoPE, K/V into the cache at the position
             let qk = QkNormRope {
                 qkv: self.qkv_out.at,
@@ -616,30 +510,28 @@ impl DecodeStep {
             // < capacity, q out (H D), cache position `position` < capacity (checked by `run`).
             unsafe { qk.queue(&self.device, &self.qk_fn, self.overlap)? };
             mark("q/k norm, RoPE, cache write")?;
-            // 3. attention over cache positions [0, keys), in fixed key ranges merged by the last
-            // SAFETY: reads q (H, D) and cache positions [0, keys) ≤ capacity; writes the
-            // partials of at most `splits` ranges (the buffers' size), the KVH counters and attn
-            // (H, D).
-            unsafe {
-                launch_kernel!(
-                    overlapped if self.overlap; self.device,
-                    &self.attention_fn,
-                    attention_config,
-                    self.q.at,
-                    layer.kv,
-                    self.part_o.at,
-                    self.part_ml.at,
-                    self.ranges_done_at,
-                    self.attn.at,
-                    position_at + 4,
-                    self.split_keys as i32,
-                    self.heads as i32,
-                    self.kv_heads as i32,
-                    self.scale_log2
-                )?;
-            }
-            mark("attention")?;
         }
+        // 3. attention over cache positions [0, keys) (with the q/k step where it does it), in
+        // fixed key ranges merged by the last
+        // SAFETY: q (H, D), one row of qkv ((H + 2 KVH) D), the norm weights (D), the RoPE table
+        // of `capacity` rows, this layer's cache (capacity, 2, KVH, D) and attn (H, D) are the
+        // step's; keys = position + 1 ≤ capacity (checked by `run`).
+        unsafe {
+            self.attention.queue(
+                &self.device,
+                self.overlap,
+                self.q.at,
+                &qk_inputs,
+                layer.kv,
+                self.attn.at,
+                position_at + 4,
+            )?
+        };
+        mark(if self.attention.does_qk_step() {
+            "attention with q/k norm, RoPE, cache write"
+        } else {
+            "attention"
+        })?;
         // 4. x = x + W_o · attn; 5. gu = W_gu · RMSNorm(x); 6. x = x + W_down · SwiGLU(gu)
         self.gemv(&self.o, layer.o, self.attn.at, 0, self.x.at, self.x.at)?;
         mark("gemv o")?;
@@ -679,25 +571,19 @@ impl DecodeStep {
     /// out = epilogue(W · prologue(x)): `norm` for the RMSNorm prologue, `residual` for the
     /// residual epilogue (0 where the kernel takes none).
     fn gemv(&self, g: &Gemv, weight: u64, x: u64, norm: u64, residual: u64, out: u64) -> Result<()> {
-        let config = grid(g.grid, GEMV_THREADS as u32, g.shared_bytes);
-        // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction;
-        // the grid walks rows of W only.
+        // SAFETY: W is (rows, cols) and every vector is sized for its kernel at construction.
         unsafe {
-            launch_kernel!(
-                overlapped if self.overlap; self.device,
-                &g.func,
-                config,
+            g.queue(
+                &self.device,
+                self.overlap,
+                self.eps,
                 weight,
-                g.rows as i32,
-                g.cols as i32,
                 x,
                 norm,
-                self.eps,
                 residual,
-                out
-            )?;
+                out,
+            )
         }
-        Ok(())
     }
 
     /// Queues the step with an event after every kernel, waits, and tabulates the time of each
@@ -712,7 +598,7 @@ impl DecodeStep {
             Ok(())
         })?;
         stream.synchronize()?;
-        let bytes = |g: &Gemv| (g.rows * g.cols * 2) as f64;
+        let bytes = |g: &Gemv| g.weight_bytes();
         let layers = self.layers.len() as f64;
         let mut rows: Vec<(&'static str, f64, usize, f64)> = Vec::new(); // (kind, ms, count, bytes)
         let mut previous = &start;
@@ -754,18 +640,4 @@ impl DecodeStep {
         table += &format!("| all ({} layers) | {} | {total:.3} | | |", layers, marks.len());
         Ok(table)
     }
-}
-
-/// Blocks of `func` a multiprocessor holds at once with `threads` threads and `shared_bytes` of
-/// dynamic shared memory (raising the kernel's dynamic shared memory limit to that first).
-fn max_blocks_per_sm(func: &CudaFunction, threads: u32, shared_bytes: u32, name: &str) -> Result<usize> {
-    func.set_attribute(
-        sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        shared_bytes as i32,
-    )
-    .with_context(|| format!("decode step: {shared_bytes} bytes of shared memory for {name}"))?;
-    let blocks = func
-        .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
-        .with_context(|| format!("decode step: occupancy of {name}"))?;
-    Ok(blocks as usize)
 }

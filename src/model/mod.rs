@@ -7,6 +7,8 @@ pub mod config;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
 pub mod decode_gemv;
+#[cfg(feature = "cuda")]
+mod decode_products;
 pub mod decode_split;
 #[cfg(feature = "cuda")]
 pub mod decode_step;
@@ -47,6 +49,8 @@ pub mod source;
 pub mod stage_decoder;
 #[cfg(feature = "cuda")]
 pub mod staged_upload;
+#[cfg(feature = "cuda")]
+mod step_attention;
 pub mod synthetic;
 pub mod tiny;
 pub mod weight_names;
