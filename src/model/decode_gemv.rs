@@ -48,6 +48,11 @@ impl RingShape {
         format!("u{}s{}", self.vectors, self.stages)
     }
 
+    /// The variable's value that names it: `ring-u2s6`.
+    fn name(self) -> String {
+        format!("ring-{}", self.tag())
+    }
+
     /// Bytes of the ring: a 16-byte slot for each (warp, stage, row, vector, lane).
     fn bytes(self) -> usize {
         GEMV_THREADS / 32 * self.stages * ROWS_A_WARP * self.vectors * 32 * 16
@@ -70,20 +75,11 @@ pub struct GemvChoice {
 impl GemvChoice {
     /// From the two variables' values (unset: `None`); a bad value is an error naming its variable.
     pub fn parse(kernel: Option<&str>, blocks: Option<&str>) -> Result<Self, String> {
-        let shapes = || {
-            RING_SHAPES
-                .iter()
-                .map(|s| format!("ring-{}", s.tag()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let shapes = || RING_SHAPES.map(RingShape::name).join(", ");
         let kernel = match kernel.unwrap_or("") {
             "" | "register" => GemvKernel::Register,
             "ring" => GemvKernel::Ring(DEFAULT_RING),
-            other => match RING_SHAPES
-                .iter()
-                .find(|s| other.strip_prefix("ring-") == Some(s.tag().as_str()))
-            {
+            other => match RING_SHAPES.iter().find(|s| s.name() == other) {
                 Some(&shape) => GemvKernel::Ring(shape),
                 None => {
                     return Err(format!(
@@ -145,7 +141,7 @@ impl GemvChoice {
     pub fn label(&self) -> String {
         match self.kernel {
             GemvKernel::Register => "register".into(),
-            GemvKernel::Ring(shape) => format!("ring-{}", shape.tag()),
+            GemvKernel::Ring(shape) => shape.name(),
         }
     }
 }

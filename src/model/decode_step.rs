@@ -52,7 +52,7 @@ use super::layer_ops::QkNormRope;
 use super::moe_decode::{MoeLayer, MoeStep};
 use super::rope::RotaryTable;
 use super::stage_decoder::{StageInput, StageOutput};
-use super::step_attention::{QkInputs, StepAttention};
+use super::step_attention::StepAttention;
 
 const HEAD_DIM: usize = 128;
 
@@ -480,52 +480,35 @@ impl DecodeStep {
             self.qkv_out.at,
         )?;
         mark("gemv qkv")?;
-        let qk_inputs = QkInputs {
+        // 2. q/k norms and RoPE, K/V into the cache at the position (by the attention itself
+        // where it does the q/k step)
+        let qk = QkNormRope {
             qkv: self.qkv_out.at,
-            q_norm: layer.q_norm,
-            k_norm: layer.k_norm,
+            q_w: layer.q_norm,
+            k_w: layer.k_norm,
             cos: self.cos,
             sin: self.sin,
-            position_at,
+            q_out: self.q.at,
+            kv: layer.kv,
+            rows: 1,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            start: 0,
+            start_at: position_at,
             eps: self.eps,
         };
         if !self.attention.does_qk_step() {
-            // 2. q/k norms and RoPE, K/V into the cache at the position
-            let qk = QkNormRope {
-                qkv: self.qkv_out.at,
-                q_w: layer.q_norm,
-                k_w: layer.k_norm,
-                cos: self.cos,
-                sin: self.sin,
-                q_out: self.q.at,
-                kv: layer.kv,
-                rows: 1,
-                heads: self.heads,
-                kv_heads: self.kv_heads,
-                start: 0,
-                start_at: position_at,
-                eps: self.eps,
-            };
             // SAFETY: one row of qkv ((H + 2 KVH) D), the norm weights (D), RoPE row `position`
             // < capacity, q out (H D), cache position `position` < capacity (checked by `run`).
             unsafe { qk.queue(&self.device, &self.qk_fn, self.overlap)? };
             mark("q/k norm, RoPE, cache write")?;
         }
-        // 3. attention over cache positions [0, keys) (with the q/k step where it does it), in
-        // fixed key ranges merged by the last
-        // SAFETY: q (H, D), one row of qkv ((H + 2 KVH) D), the norm weights (D), the RoPE table
-        // of `capacity` rows, this layer's cache (capacity, 2, KVH, D) and attn (H, D) are the
-        // step's; keys = position + 1 ≤ capacity (checked by `run`).
+        // 3. attention over cache positions [0, keys), in fixed key ranges merged by the last
+        // SAFETY: `qk`'s buffers are the step's (one row; the cache and the RoPE table hold
+        // `capacity` positions), attn is (H, D); keys = position + 1 ≤ capacity (checked by `run`).
         unsafe {
-            self.attention.queue(
-                &self.device,
-                self.overlap,
-                self.q.at,
-                &qk_inputs,
-                layer.kv,
-                self.attn.at,
-                position_at + 4,
-            )?
+            self.attention
+                .queue(&self.device, self.overlap, &qk, self.attn.at, position_at + 4)?
         };
         mark(if self.attention.does_qk_step() {
             "attention with q/k norm, RoPE, cache write"

@@ -21,14 +21,27 @@ pub enum QkPlacement {
     Fused,
 }
 
+/// `value` of `variable` as one of `options` (its name, the choice); unset or empty: the first;
+/// else an error naming the variable.
+fn one_of<T: Copy>(variable: &str, value: Option<&str>, options: &[(&str, T)]) -> Result<T, String> {
+    let wanted = value.filter(|v| !v.is_empty()).unwrap_or(options[0].0);
+    match options.iter().find(|(name, _)| *name == wanted) {
+        Some(&(_, choice)) => Ok(choice),
+        None => {
+            let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+            Err(format!("{variable}={wanted}: expected {}", names.join(" or ")))
+        }
+    }
+}
+
 impl QkPlacement {
     /// From the variable's value (unset: `None`); a bad value is an error naming the variable.
     pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.unwrap_or("") {
-            "" | "separate" => Ok(Self::Separate),
-            "fused" => Ok(Self::Fused),
-            other => Err(format!("{QK_ENV}={other}: expected separate or fused")),
-        }
+        one_of(
+            QK_ENV,
+            value,
+            &[("separate", Self::Separate), ("fused", Self::Fused)],
+        )
     }
 
     /// The process's choice.
@@ -54,11 +67,11 @@ pub enum MoeDown {
 impl MoeDown {
     /// From the variable's value (unset: `None`); a bad value is an error naming the variable.
     pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.unwrap_or("") {
-            "" | "rows" => Ok(Self::Rows),
-            "experts" => Ok(Self::Experts),
-            other => Err(format!("{MOE_DOWN_ENV}={other}: expected rows or experts")),
-        }
+        one_of(
+            MOE_DOWN_ENV,
+            value,
+            &[("rows", Self::Rows), ("experts", Self::Experts)],
+        )
     }
 
     /// The process's choice.

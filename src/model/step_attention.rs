@@ -14,26 +14,13 @@ use super::decode_variants::QkPlacement;
 use super::gpu_tensors::{alloc, launch_kernel, prefer_shared_memory};
 use super::kernel_modules::function;
 use super::kernel_modules::KernelModule::DecodeOps;
+use super::layer_ops::QkNormRope;
 
 const HEAD_DIM: usize = 128;
 const ATTN_THREADS: u32 = 128;
 /// `ATTN_SMEM_BYTES` of `kernels/decode_step_attention.cuh`: 4 stages of K and V tiles of 32
 /// keys (bf16/f16).
 const ATTN_SHARED_BYTES: u32 = 4 * 2 * 32 * HEAD_DIM as u32 * 2;
-
-/// The q/k step's inputs, where the attention does it (`QkPlacement::Fused`): device addresses.
-pub struct QkInputs {
-    /// The q/k/v product's row ((H + 2 KVH) D).
-    pub qkv: u64,
-    pub q_norm: u64,
-    pub k_norm: u64,
-    /// The RoPE table (positions, D / 2) each.
-    pub cos: u64,
-    pub sin: u64,
-    /// The step's position (i32).
-    pub position_at: u64,
-    pub eps: f32,
-}
 
 pub struct StepAttention {
     func: CudaFunction,
@@ -119,20 +106,19 @@ impl StepAttention {
         self.placement == QkPlacement::Fused
     }
 
-    /// Queues out (H, D) = softmax(q Kᵀ) V over cache positions [0, *keys_at) of one layer's
-    /// `kv` (capacity, 2, KVH, D): from q (H, D), or (`does_qk_step`) from `qk`'s q/k/v row,
-    /// building q and writing the position's K and V into the cache first.
+    /// Queues out (H, D) = softmax(q Kᵀ) V over cache positions [0, *keys_at) of the layer's
+    /// cache `qk.kv` (capacity, 2, KVH, D), q being `qk.q_out` (H, D) as `qk` (one row) writes
+    /// it; where the attention `does_qk_step`, it does `qk` itself instead: builds q from the q/k/v
+    /// row and writes the position's K and V into the cache.
     ///
     /// # Safety
-    /// The addresses are live device buffers of those shapes; *keys_at ≤ capacity, and with the
-    /// q/k step *position_at + 1 == *keys_at (the step's inputs).
+    /// `qk`'s addresses (one row) and `out` (H, D) are live device buffers of those shapes;
+    /// *keys_at ≤ capacity, and *qk.start_at + 1 == *keys_at (the step's inputs).
     pub unsafe fn queue(
         &self,
         device: &CudaDevice,
         overlapped: bool,
-        q: u64,
-        qk: &QkInputs,
-        kv: u64,
+        qk: &QkNormRope,
         out: u64,
         keys_at: u64,
     ) -> Result<()> {
@@ -141,49 +127,32 @@ impl StepAttention {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: ATTN_SHARED_BYTES,
         };
-        let (split_keys, heads, kv_heads) = (self.split_keys as i32, self.heads as i32, self.kv_heads as i32);
         // SAFETY: the caller's; the partials hold `splits` ranges (the grid's), the counters KVH.
+        // Both kernels take the q/k step's arguments last (the separate one ignores them).
         unsafe {
-            match self.placement {
-                QkPlacement::Fused => launch_kernel!(
-                    overlapped if overlapped; device,
-                    &self.func,
-                    config,
-                    qk.qkv,
-                    qk.q_norm,
-                    qk.k_norm,
-                    qk.cos,
-                    qk.sin,
-                    qk.position_at,
-                    qk.eps,
-                    kv,
-                    self.part_o,
-                    self.part_ml,
-                    self.ranges_done_at,
-                    out,
-                    keys_at,
-                    split_keys,
-                    heads,
-                    kv_heads,
-                    self.scale_log2
-                )?,
-                QkPlacement::Separate => launch_kernel!(
-                    overlapped if overlapped; device,
-                    &self.func,
-                    config,
-                    q,
-                    kv,
-                    self.part_o,
-                    self.part_ml,
-                    self.ranges_done_at,
-                    out,
-                    keys_at,
-                    split_keys,
-                    heads,
-                    kv_heads,
-                    self.scale_log2
-                )?,
-            }
+            launch_kernel!(
+                overlapped if overlapped; device,
+                &self.func,
+                config,
+                qk.q_out,
+                qk.kv,
+                self.part_o,
+                self.part_ml,
+                self.ranges_done_at,
+                out,
+                keys_at,
+                self.split_keys as i32,
+                self.heads as i32,
+                self.kv_heads as i32,
+                self.scale_log2,
+                qk.qkv,
+                qk.q_w,
+                qk.k_w,
+                qk.cos,
+                qk.sin,
+                qk.start_at,
+                qk.eps
+            )?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 
 namespace {
 
-constexpr int GEMV_THREADS = 256;  // GEMV_THREADS in decode_step.rs
+constexpr int GEMV_THREADS = 256;  // GEMV_THREADS in decode_gemv.rs
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int GEMV_R = 2;  // rows a warp (one row a warp with 8 vectors in flight measured slower on an H200)
 constexpr int ROWS_PER_BLOCK = GEMV_WARPS * GEMV_R;  // GEMV_ROWS_PER_BLOCK in decode_gemv.rs

@@ -102,22 +102,19 @@ __device__ void gemv(const T* __restrict__ W, int N, int K, const T* __restrict_
         gemv<T, PRO, EPI>(W, N, K, x, norm_w, eps, residual, out);                                            \
     }
 
-#define DECODE_ATTENTION(T, SUFFIX, G)                                                                             \
+// Both attention entry points take the same arguments, the q/k step's last (the separate kernel
+// ignores them), so that one launch serves either (step_attention.rs).
+#define DECODE_ATTENTION_ENTRY(T, NAME, G, QK)                                                                     \
     extern "C" __global__ void __launch_bounds__(ATTN_THREADS)                                                     \
-        decode_attention_g##G##_##SUFFIX(const T* q, const T* kv, float* part_o, float* part_ml, int* ranges_done, \
-                                         T* out, const int* keys_at, int split_keys, int H, int KVH,               \
-                                         float scale_log2) {                                                       \
-        decode_attention<T, G>(q, kv, part_o, part_ml, ranges_done, out, keys_at, split_keys, H, KVH, scale_log2); \
+        NAME(const T* q, T* kv, float* part_o, float* part_ml, int* ranges_done, T* out, const int* keys_at,       \
+             int split_keys, int H, int KVH, float scale_log2, const T* qkv, const T* q_w, const T* k_w,            \
+             const T* cos, const T* sin, const int* position_at, float eps) {                                       \
+        decode_attention<T, G, QK>(q, kv, part_o, part_ml, ranges_done, out, keys_at, split_keys, H, KVH,           \
+                                   scale_log2, QkStep<T>{kv, qkv, q_w, k_w, cos, sin, position_at, eps});           \
     }
 
-#define DECODE_ATTENTION_QK(T, SUFFIX, G)                                                                            \
-    extern "C" __global__ void __launch_bounds__(ATTN_THREADS) decode_attention_qk_g##G##_##SUFFIX(                   \
-        const T* qkv, const T* q_w, const T* k_w, const T* cos, const T* sin, const int* position_at, float eps,      \
-        T* kv, float* part_o, float* part_ml, int* ranges_done, T* out, const int* keys_at, int split_keys, int H,  \
-        int KVH, float scale_log2) {                                                                                \
-        decode_attention<T, G, true>(nullptr, kv, part_o, part_ml, ranges_done, out, keys_at, split_keys, H, KVH,    \
-                                     scale_log2, QkStep<T>{kv, qkv, q_w, k_w, cos, sin, position_at, eps});         \
-    }
+#define DECODE_ATTENTION(T, SUFFIX, G) DECODE_ATTENTION_ENTRY(T, decode_attention_g##G##_##SUFFIX, G, false)
+#define DECODE_ATTENTION_QK(T, SUFFIX, G) DECODE_ATTENTION_ENTRY(T, decode_attention_qk_g##G##_##SUFFIX, G, true)
 
 #define DECODE_OPS(T, SUFFIX)                                                                                      \
     GEMV(T, SUFFIX, copy_store, PRO_COPY, EPI_STORE)                                                               \

@@ -182,7 +182,7 @@ __device__ void decode_attention(const T* __restrict__ q, const T* kv, float* pa
     T* v_tiles = k_tiles + ATTN_STAGES * TILE_KEYS * HEAD_DIM;
 
     allow_next_kernel_launch();
-    if (!QK) wait_for_previous_kernel();
+    if constexpr (!QK) wait_for_previous_kernel();
     if (G * KVH != H) __trap();  // the launcher picks the kernel of H / KVH (decode_step.rs)
     const int hk = blockIdx.x, split = blockIdx.y;
     const int n_keys = *keys_at;  // the step's inputs: written before its first kernel

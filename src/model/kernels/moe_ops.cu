@@ -325,6 +325,22 @@ __device__ void moe_gate_up(const T* __restrict__ W, const float* __restrict__ l
 
 constexpr int DOWN_ROWS = 2;  // output rows a warp
 
+// The down kernels' start: lets the next kernel launch, waits for moe_gate_up, then takes the
+// route (experts[k], weights[k] as T) and act (k, I) into shared memory, visible to the block.
+template <typename T>
+__device__ __forceinline__ void moe_down_inputs(const int* __restrict__ route, int k, int I,
+                                                const T* __restrict__ act, T* act_s, int* experts, float* weights) {
+    allow_next_kernel_launch();
+    wait_for_previous_kernel();
+    if (threadIdx.x < k) {
+        experts[threadIdx.x] = route[threadIdx.x];
+        weights[threadIdx.x] = round_to<T>(reinterpret_cast<const float*>(route)[k + threadIdx.x]);
+    }
+    for (int v = threadIdx.x; v < k * I / 8; v += MOE_THREADS)
+        *reinterpret_cast<Vec8<T>*>(act_s + v * 8) = load8(act + (size_t)v * 8);
+    __syncthreads();
+}
+
 // x[n] = T(x[n] + T(sum over the k chosen experts j (ascending) of T(T(W[e_j][n] . act_j) * T(w_j))))
 // for W (E, H, I), act (k, I), the route as moe_gate_up wrote it. A persistent grid: warp w of
 // block b takes rows 2 (b MOE_WARPS + w) + [0, 2), then + 2 gridDim.x MOE_WARPS, ...; a row pair's
@@ -338,15 +354,7 @@ __device__ void moe_down_residual(const T* __restrict__ W, const int* __restrict
     __shared__ int experts[MOE_MAX_TOP_K];
     __shared__ float weights[MOE_MAX_TOP_K];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    allow_next_kernel_launch();
-    wait_for_previous_kernel();
-    if (threadIdx.x < k) {
-        experts[threadIdx.x] = route[threadIdx.x];
-        weights[threadIdx.x] = round_to<T>(reinterpret_cast<const float*>(route)[k + threadIdx.x]);
-    }
-    for (int v = threadIdx.x; v < k * I / 8; v += MOE_THREADS)
-        *reinterpret_cast<Vec8<T>*>(act_s + v * 8) = load8(act + (size_t)v * 8);
-    __syncthreads();
+    moe_down_inputs(route, k, I, act, act_s, experts, weights);
 
     const int groups = (H + DOWN_ROWS - 1) / DOWN_ROWS;
     const int passes = (I / 8 + 32 * MU - 1) / (32 * MU), batches = k * passes;
@@ -407,15 +415,7 @@ __device__ void moe_down_experts(const T* __restrict__ W, const int* __restrict_
     __shared__ float weights[MOE_MAX_TOP_K];
     __shared__ float products[2][MOE_MAX_TOP_K][DOWN_ROWS];  // T(W[e_j][n] . act_j), by row pair parity
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    allow_next_kernel_launch();
-    wait_for_previous_kernel();
-    if (threadIdx.x < k) {
-        experts[threadIdx.x] = route[threadIdx.x];
-        weights[threadIdx.x] = round_to<T>(reinterpret_cast<const float*>(route)[k + threadIdx.x]);
-    }
-    for (int v = threadIdx.x; v < k * I / 8; v += MOE_THREADS)
-        *reinterpret_cast<Vec8<T>*>(act_s + v * 8) = load8(act + (size_t)v * 8);
-    __syncthreads();
+    moe_down_inputs(route, k, I, act, act_s, experts, weights);
 
     const int groups = (H + DOWN_ROWS - 1) / DOWN_ROWS;
     const int passes = (I / 8 + 32 * MU - 1) / (32 * MU);
