@@ -404,8 +404,8 @@ __device__ void moe_down_residual(const T* __restrict__ W, const int* __restrict
 // weighted products in ascending expert order, as moe_down_residual does
 // (QWEN3_MPI_MOE_DECODE_DOWN=experts). Every warp of every block streams weights (k = 8: the
 // 30B-A3B shape's 8 x 1,024 (expert, row pair) items over all 2,112 warps of the grid, where
-// moe_down_residual keeps 1,024 warps busy). act in shared memory first (k I sizeof(T) bytes of dynamic shared
-// memory).
+// moe_down_residual keeps 1,024 warps busy). act in shared memory first (k I sizeof(T) bytes of
+// dynamic shared memory).
 template <typename T>
 __device__ void moe_down_experts(const T* __restrict__ W, const int* __restrict__ route, int k, int I, int H,
                                  const T* __restrict__ act, T* x) {
