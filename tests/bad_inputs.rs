@@ -129,6 +129,11 @@ fn ranks_that_generate_different_tokens_are_reported() {
         stderr.contains("ranks disagree on the generated tokens: ranks [1] differ from rank 0"),
         "{stderr}"
     );
+    // the fault flips rank 1's token 3: the message says where rank 1 departs
+    assert!(
+        stderr.contains("rank 1 from generated token 3 (rank 0: "),
+        "{stderr}"
+    );
 }
 
 /// Rewrites one field of a materialized model's config.json.

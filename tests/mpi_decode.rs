@@ -434,6 +434,11 @@ fn a_rank_that_dies_stalls_or_diverges_in_pipelined_decode_ends_the_job() {
         stderr.contains("ranks disagree on the generated tokens: ranks [1] differ from rank 0"),
         "{stderr}"
     );
+    // the fault flips rank 1's token 3: the message says where rank 1 departs
+    assert!(
+        stderr.contains("rank 1 from generated token 3 (rank 0: "),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ run() { # name new|base args...
     { echo "- run $name failed: $(grep -m1 -iE 'error|panic' "$out/logs/$name.err" | cut -c1-300)" | tee -a "$md"; status=1; }
 }
 table() { # names whose -base and -new runs are compared
+  [ -n "$base" ] || { echo "- no earlier build (.carry/qwen3-mpi-base.xz): this build's runs only" >> "$md"; return 0; }
   python3 - "$out/runs" "$@" <<'PY' >> "$md" 2>&1
 import os, sys
 sys.path.insert(0, "scripts/gpu_check")
@@ -35,7 +36,7 @@ print("| run | earlier build ms/token | this build ms/token | this / earlier | i
 for name in sys.argv[2:]:
     try:
         a, b = report(f"{runs}/{name}-base.json"), report(f"{runs}/{name}-new.json")
-    except SystemExit as e:
+    except (SystemExit, OSError) as e:
         print(f"| {name} | {e} | | | |"); continue
     x, y = a["decode_ms_per_token_median"], b["decode_ms_per_token_median"]
     print(f"| {name} | {x:.2f} | {y:.2f} | {y / x:.3f} | {'yes' if a['generated_ids'] == b['generated_ids'] else 'NO'} |")

@@ -10,6 +10,7 @@
 #                   VARIANTS="" runs the MoE part only
 #        MOE_VARIANTS  the same on 16 layers of Qwen3-30B-A3B's shape (random weights) at 1K
 #                   context, two rounds (default below; empty: no MoE part)
+#        MOE_MODEL  another MoE checkpoint for that part (default: the 16-layer one, made here)
 #        LENGTHS    context lengths (default "1024 16384")
 #        PROFILE=1  also the per-kernel table of the first step for the baseline and the fastest
 #                   variant at the first length (QWEN3_MPI_DECODE_PROFILE=1)
@@ -27,7 +28,7 @@ out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/runs" "$out/logs"
 source scripts/gpu_check/machine.sh
 md="$out/gemv-sweep.md"; status=0; began=$(date +%s); skipped=0
 variants="${VARIANTS-register=register@@ register-qk=register@@fused ring-u4s2-b2=ring-u4s2@2@ \
-ring-u4s3=ring-u4s3@@ ring-u2s4=ring-u2s4@@ ring-u2s6=ring-u2s6@@ ring-u1s12=ring-u1s12@@ ring-u2s4-b2=ring-u2s4@2@ \
+ring-u4s3=ring-u4s3@@ ring-u2s4=ring-u2s4@@ ring-u2s6=ring-u2s6@@ ring-u2s4-b2=ring-u2s4@2@ \
 register-b1=register@1@ ring-u4s3-qk=ring-u4s3@@fused ring-u2s6-qk=ring-u2s6@@fused}"
 lengths="${LENGTHS:-1024 16384}"
 echo "# Decode kernel variants, $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" > "$md"
@@ -89,13 +90,14 @@ PY
 moe_variants="${MOE_VARIANTS-register=register@@@ moe-down=register@@@experts ring-qk=ring-u2s6@@fused@ \
 ring-qk-down=ring-u2s6@@fused@experts}"
 if [ -n "$moe_variants" ]; then
-  moe=/tmp/qwen3-moe-16l-random
+  moe=${MOE_MODEL:-/tmp/qwen3-moe-16l-random}
   [ -f $moe/config.json ] || python3 scripts/moe/make_moe_checkpoint.py --out $moe --tokenizer src/model/tiny \
     --reference /tmp/moe-ref-16l --layers 16 --timing-lengths "" > "$out/logs/make-moe.log" 2>&1 ||
     echo "- the MoE checkpoint failed" | tee -a "$md"
   for v in $moe_variants; do MODEL=$moe run "moe-1024-a-${v%%=*}" "${v#*=}" 1024; done
   for v in $(reversed "$moe_variants"); do MODEL=$moe run "moe-1024-b-${v%%=*}" "${v#*=}" 1024; done
-  { echo; echo "## 16 layers of Qwen3-30B-A3B's shape (random weights)"; } >> "$md"
+  layers=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['num_hidden_layers'])" $moe/config.json)
+  { echo; echo "## $layers layers of Qwen3-30B-A3B's shape (random weights, $moe)"; } >> "$md"
   table "$moe_variants" 1024 moe-
 fi
 edge="${EDGE_LENGTHS-4000 6000}"; [ -n "$variants" ] || edge=""

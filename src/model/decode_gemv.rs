@@ -39,7 +39,7 @@ const fn ring(vectors: usize, stages: usize) -> RingShape {
 }
 
 /// The shapes `kernels/decode_gemv_ring.cu` builds (its `RING_SHAPES`).
-pub const RING_SHAPES: [RingShape; 5] = [ring(4, 2), ring(4, 3), ring(2, 4), ring(2, 6), ring(1, 12)];
+pub const RING_SHAPES: [RingShape; 4] = [ring(4, 2), ring(4, 3), ring(2, 4), ring(2, 6)];
 /// The shape `ring` names.
 pub const DEFAULT_RING: RingShape = ring(2, 6);
 

@@ -139,8 +139,7 @@ __device__ void gemv_ring(const T* __restrict__ W, int N, int K, const T* __rest
     RING_SHAPE(T, SUFFIX, 4, 2)  \
     RING_SHAPE(T, SUFFIX, 4, 3)  \
     RING_SHAPE(T, SUFFIX, 2, 4)  \
-    RING_SHAPE(T, SUFFIX, 2, 6)  \
-    RING_SHAPE(T, SUFFIX, 1, 12)
+    RING_SHAPE(T, SUFFIX, 2, 6)
 
 RING_SHAPES(__nv_bfloat16, bf16)
 RING_SHAPES(__half, f16)
