@@ -27,9 +27,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"; cd "$repo"
 out="${1:-${OUT:?give an output folder}}"; mkdir -p "$out/runs" "$out/logs"
 source scripts/gpu_check/machine.sh
 md="$out/gemv-sweep.md"; status=0; began=$(date +%s); skipped=0
-variants="${VARIANTS-register=register@@ register-qk=register@@fused ring-u4s2-b2=ring-u4s2@2@ \
+# (since the eleventh session the defaults are the fused q/k step and the MoE down by experts:
+# `register@@` is `register@@fused`; the earlier kernels are named)
+variants="${VARIANTS-register=register@@ register-separate=register@@separate ring-u4s2-b2=ring-u4s2@2@ \
 ring-u4s3=ring-u4s3@@ ring-u2s4=ring-u2s4@@ ring-u2s6=ring-u2s6@@ ring-u2s4-b2=ring-u2s4@2@ \
-register-b1=register@1@ ring-u4s3-qk=ring-u4s3@@fused ring-u2s6-qk=ring-u2s6@@fused}"
+register-b1=register@1@ ring-u4s3-separate=ring-u4s3@@separate ring-u2s6-separate=ring-u2s6@@separate}"
 lengths="${LENGTHS:-1024 16384}"
 echo "# Decode kernel variants, $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" > "$md"
 m=/tmp/qwen3-8b-random
@@ -87,8 +89,8 @@ if best.get(first):
 PY
 }
 [ -z "$variants" ] || table "$variants" "$lengths" ""
-moe_variants="${MOE_VARIANTS-register=register@@@ moe-down=register@@@experts ring-qk=ring-u2s6@@fused@ \
-ring-qk-down=ring-u2s6@@fused@experts}"
+moe_variants="${MOE_VARIANTS-register=register@@@ earlier=register@@separate@rows ring=ring-u2s6@@@ \
+ring-rows=ring-u2s6@@@rows}"
 if [ -n "$moe_variants" ]; then
   moe=${MOE_MODEL:-/tmp/qwen3-moe-16l-random}
   [ -f $moe/config.json ] || python3 scripts/moe/make_moe_checkpoint.py --out $moe --tokenizer src/model/tiny \
@@ -103,18 +105,18 @@ fi
 edge="${EDGE_LENGTHS-4000 6000}"; [ -n "$variants" ] || edge=""
 if [ -n "$edge" ]; then
   { echo; echo "## ids, q/k step separate and fused, at lengths where the new key lands in other tiles"; echo
-    echo "| length | variant | ids equal register@@'s |"; echo "|---|---|---|"; } >> "$md"
+    echo "| length | variant | ids equal register@@separate's |"; echo "|---|---|---|"; } >> "$md"
   for n in $edge; do
-    for spec in register@@ register@@fused ring-u2s6@@fused; do run "edge-$n-${spec//@/-}" "$spec" "$n"; done
+    for spec in register@@separate register@@fused ring-u2s6@@fused; do run "edge-$n-${spec//@/-}" "$spec" "$n"; done
     python3 - "$out/runs" "$n" >> "$md" 2>&1 <<'PY'
 import sys
 sys.path.insert(0, "scripts/gpu_check")
 from summarize import report
 runs, n = sys.argv[1], sys.argv[2]
 try:
-    base = report(f"{runs}/edge-{n}-register--.json")["generated_ids"]
+    base = report(f"{runs}/edge-{n}-register--separate.json")["generated_ids"]
 except (SystemExit, OSError) as e:
-    print(f"| {n} | register@@ | {e} |"); sys.exit()
+    print(f"| {n} | register@@separate | {e} |"); sys.exit()
 for spec in ["register@@fused", "ring-u2s6@@fused"]:
     try:
         same = report(f"{runs}/edge-{n}-{spec.replace('@', '-')}.json")["generated_ids"] == base

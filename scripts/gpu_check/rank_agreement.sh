@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Do ranks sharing the GPU agree under redundant decode with each decode-kernel variant? (The
-# tenth session saw 3 ranks disagree on 16 layers of Qwen3-30B-A3B's shape with
-# QWEN3_MPI_DECODE_QK=fused or QWEN3_MPI_MOE_DECODE_DOWN=experts, one run each, and agree with
-# the defaults, one run.) Each variant REPEATS times: 3 ranks, --decode redundant, the per-layer
+# tenth session saw 3 ranks disagree on 16 layers of Qwen3-30B-A3B's shape; the eleventh found
+# the cause with this script, the staged load of the layers a rank does not own, and after the
+# fix 18 of 18 jobs agreed: results/gpu-check/2026-12-02-session11.md.) A variant NAME=@ (both
+# variables empty) runs the binary's defaults. Each variant REPEATS times: 3 ranks, --decode redundant, the per-layer
 # KV sync over ipc, with --dump (each rank's KV cache after prefill); then the same variant with
 # QWEN3_MPI_DECODE_OVERLAP=0 (no programmatic dependent launch) and with QWEN3_MPI_DECODE_GRAPH=0.
 # Per run: agreement, where a rank departs (the job's error), whether the ranks' caches after
@@ -23,12 +24,12 @@ md="$out/rank-agreement.md"; began=$(date +%s); skipped=0
 m=${MODEL:-/tmp/qwen3-moe-16l-random}; ref=/tmp/moe-ref-16l
 [ -n "${MODEL:-}" ] || [ -f $m/config.json ] || python3 scripts/moe/make_moe_checkpoint.py --out $m --tokenizer src/model/tiny \
   --reference $ref --layers 16 --timing-lengths "" > "$out/runs/make-moe.log" 2>&1 || echo "- the MoE checkpoint failed" >> "$md"
-variants="${VARIANTS:-default=separate@rows fused=fused@rows experts=separate@experts both=fused@experts}"
+variants="${VARIANTS:-default=@ earlier=separate@rows separate=separate@experts rows=fused@rows}"
 p=(--model $m --prompt-file "${PROMPT_FILE:-$ref/prompt-1.txt}" --max-new-tokens 16 --chunk-size 5 --json)
 { echo "# Ranks sharing one GPU, redundant decode, $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
   echo; echo "$( [ -n "${MODEL:-}" ] && echo "$m" || echo "16 layers of Qwen3-30B-A3B's shape"), ${RANKS:-3} ranks, \`${p[*]} --decode redundant --transport ${TRANSPORT:-ipc}\`"; echo
-  echo "| run | QK | MoE down | extra | rc | ranks agree | departure | caches after prefill equal across ranks | rank 0's ids equal one rank's |"
-  echo "|---|---|---|---|---|---|---|---|---|"; } >> "$md"
+  echo "| run | QK | MoE down | extra | rc | job wall s | ranks agree | departure | caches after prefill equal across ranks | rank 0's ids equal one rank's |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"; } >> "$md"
 one() { # one NAME QK DOWN: the one-rank ids of a variant
   QWEN3_MPI_DECODE_QK=$2 QWEN3_MPI_MOE_DECODE_DOWN=$3 timeout 120 mpirun -n 1 "$bin" "${p[@]}" \
     > "$out/runs/$1-one.json" 2> "$out/runs/$1-one.err"
@@ -36,15 +37,16 @@ one() { # one NAME QK DOWN: the one-rank ids of a variant
 job() { # job NAME QK DOWN EXTRA(VAR=value or -)
   local name=$1 qk=$2 down=$3 extra=$4 rc
   if [ $(( $(date +%s) - began )) -gt "${BUDGET_S:-420}" ]; then skipped=$((skipped + 1)); return; fi
-  rm -rf "$out/runs/$name"; mkdir -p "$out/runs/$name"
+  rm -rf "$out/runs/$name"; mkdir -p "$out/runs/$name"; local t0=$(date +%s%N)
   env QWEN3_MPI_DECODE_QK=$qk QWEN3_MPI_MOE_DECODE_DOWN=$down ${extra/#-/} RUST_LOG=info timeout 120 \
     mpirun -n "${RANKS:-3}" "$bin" "${p[@]}" --decode redundant --transport "${TRANSPORT:-ipc}" --dump "$out/runs/$name" \
     > "$out/runs/$name.json" 2> "$out/runs/$name.err"; rc=$?
-  python3 - "$out/runs" "$name" "$qk" "$down" "$extra" "$rc" >> "$md" 2>&1 <<'PY'
+  local wall=$(( ($(date +%s%N) - t0) / 1000000 ))
+  python3 - "$out/runs" "$name" "$qk" "$down" "$extra" "$rc" "$wall" >> "$md" 2>&1 <<'PY'
 import glob, json, os, re, struct, sys
 sys.path.insert(0, "scripts/gpu_check")
 from summarize import report
-runs, name, qk, down, extra, rc = sys.argv[1:7]
+runs, name, qk, down, extra, rc, wall = sys.argv[1:8]
 def load_file(path):  # safetensors: {name: raw bytes}, whatever the dtype (bf16 included)
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
@@ -74,7 +76,7 @@ try:
     ids = "yes" if ours == base else "NO"
 except (SystemExit, OSError, ValueError, KeyError):
     ids = "-"
-print(f"| {name} | {qk} | {down} | {extra} | {rc} | {agree} | {departure} | {same} | {ids} |")
+print(f"| {name} | {qk} | {down} | {extra} | {rc} | {int(wall) / 1000:.1f} | {agree} | {departure} | {same} | {ids} |")
 PY
   rm -f "$out/runs/$name"/kv-rank*.safetensors
 }

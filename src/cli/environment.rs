@@ -11,7 +11,8 @@ use crate::transport::TransportSettings;
 
 /// `QWEN3_MPI_WEIGHT_LOAD=staged|during|after`: with redundant decode, the layers a rank does
 /// not own load in the background during its prefill, on a GPU through page-locked staging
-/// buffers on a stream of their own (`model::staged_upload`; the default), through candle's
+/// buffers on a stream of their own (`model::staged_upload`; the default; each tensor is
+/// returned once its copies have landed), through candle's
 /// plain upload on the compute stream (`during`: the load before 2026-12-01, whose copies sit
 /// between the prefill's kernels; with ranks sharing one H200 it stalled 3 runs of 3 where
 /// `staged` stalled none, `results/gpu-check/2026-12-01-session6.md`), or only after the

@@ -28,9 +28,9 @@
 //!
 //! The `gemv_*` products run the register kernel of `decode_ops.cu` or, with
 //! `QWEN3_MPI_DECODE_GEMV=ring…`, the ring kernel of `decode_gemv_ring.cu` (the same sums, bit
-//! for bit; `decode_gemv.rs` picks the kernel and its grid). With `QWEN3_MPI_DECODE_QK=fused` the
-//! attention kernel does the q/k step itself (`decode_attention_qk_g<G>`, `decode_variants.rs`), five
-//! launches a layer.
+//! for bit; `decode_gemv.rs` picks the kernel and its grid). By default (`QWEN3_MPI_DECODE_QK=fused`)
+//! the attention kernel does the q/k step itself (`decode_attention_qk_g<G>`, `decode_variants.rs`),
+//! five launches a layer; `separate` gives it a kernel of its own.
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{

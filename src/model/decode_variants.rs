@@ -1,16 +1,16 @@
-//! The decode step's opt-in kernel variants, each from a variable read at setup; every variant
-//! computes the default's outputs bit for bit (the choice of the products' kernel is
+//! The decode step's kernel variants, each from a variable read at setup; every variant
+//! computes the others' outputs bit for bit (the choice of the products' kernel is
 //! `decode_gemv.rs`'s). Pure, so that it is tested without a GPU.
 //!
 //! - [`QkPlacement`] (`QWEN3_MPI_DECODE_QK`): where the q/k norm, RoPE and cache write run:
-//!   `separate` (the default), `layer_ops.cu`'s kernel between the q/k/v product and the
-//!   attention; or `fused`, folded into the attention kernel (`decode_attention_qk_g<G>`,
-//!   `kernels/decode_step_attention.cuh`): one launch a layer fewer, and the attention copies its
-//!   earlier keys before it waits for the product.
+//!   `fused` (the default since the eleventh session), folded into the attention kernel
+//!   (`decode_attention_qk_g<G>`, `kernels/decode_step_attention.cuh`): one launch a layer fewer,
+//!   and the attention copies its earlier keys before it waits for the product; or `separate`,
+//!   `layer_ops.cu`'s kernel between the q/k/v product and the attention.
 //! - [`MoeDown`] (`QWEN3_MPI_MOE_DECODE_DOWN`): how a sparse layer's down product spreads over a
-//!   block: `rows` (the default, `moe_down_residual`: a warp takes two output rows and every
-//!   chosen expert of them) or `experts` (`moe_down_experts`: a block takes two rows, its warps
-//!   the experts, so every warp of the grid streams weights).
+//!   block: `experts` (the default since the eleventh session, `moe_down_experts`: a block takes
+//!   two rows, its warps the experts, so every warp of the grid streams weights) or `rows`
+//!   (`moe_down_residual`: a warp takes two output rows and every chosen expert of them).
 
 pub const QK_ENV: &str = "QWEN3_MPI_DECODE_QK";
 pub const MOE_DOWN_ENV: &str = "QWEN3_MPI_MOE_DECODE_DOWN";
@@ -40,7 +40,7 @@ impl QkPlacement {
         one_of(
             QK_ENV,
             value,
-            &[("separate", Self::Separate), ("fused", Self::Fused)],
+            &[("fused", Self::Fused), ("separate", Self::Separate)],
         )
     }
 
@@ -70,7 +70,7 @@ impl MoeDown {
         one_of(
             MOE_DOWN_ENV,
             value,
-            &[("rows", Self::Rows), ("experts", Self::Experts)],
+            &[("experts", Self::Experts), ("rows", Self::Rows)],
         )
     }
 
@@ -105,8 +105,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn separate_by_default_fused_on_request_else_an_error_naming_the_variable() {
-        assert_eq!(QkPlacement::parse(None), Ok(QkPlacement::Separate));
+    fn fused_by_default_separate_on_request_else_an_error_naming_the_variable() {
+        assert_eq!(QkPlacement::parse(None), Ok(QkPlacement::Fused));
+        assert_eq!(QkPlacement::parse(Some("")), Ok(QkPlacement::Fused));
         assert_eq!(QkPlacement::parse(Some("separate")), Ok(QkPlacement::Separate));
         assert_eq!(QkPlacement::parse(Some("fused")), Ok(QkPlacement::Fused));
         let err = QkPlacement::parse(Some("yes")).unwrap_err();
@@ -134,8 +135,9 @@ mod tests {
     }
 
     #[test]
-    fn moe_down_rows_by_default_experts_on_request_and_their_grids() {
-        assert_eq!(MoeDown::parse(None), Ok(MoeDown::Rows));
+    fn moe_down_experts_by_default_rows_on_request_and_their_grids() {
+        assert_eq!(MoeDown::parse(None), Ok(MoeDown::Experts));
+        assert_eq!(MoeDown::parse(Some("rows")), Ok(MoeDown::Rows));
         assert_eq!(MoeDown::parse(Some("experts")), Ok(MoeDown::Experts));
         assert!(MoeDown::parse(Some("row")).unwrap_err().starts_with(MOE_DOWN_ENV));
         // Qwen3-30B-A3B: 2,048 rows, 8 warps a block, 264 blocks resident

@@ -11,8 +11,8 @@
 //! x      = T(x + T(Σ_j T(T(W_down[e_j] · act_j) · T(w_j))))            moe_down_residual
 //! ```
 //!
-//! (`QWEN3_MPI_MOE_DECODE_DOWN=experts`: `moe_down_experts` for the last, the same x bit for bit;
-//! `decode_variants.rs`.)
+//! (The default, `QWEN3_MPI_MOE_DECODE_DOWN=experts`, runs `moe_down_experts` for the last, the
+//! same x bit for bit; `rows` runs `moe_down_residual`; `decode_variants.rs`.)
 
 use anyhow::{bail, Context, Result};
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaFunction};

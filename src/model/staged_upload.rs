@@ -6,8 +6,16 @@
 //! sit between the prefill's kernels, the loading thread waits for the prefill, and the driver
 //! stages the pageable bytes through its own buffers. Here the loading thread copies each
 //! tensor's bytes into one of two page-locked buffers, and the copy engine moves them on the
-//! loader's stream while the thread fills the other buffer. The tensor's first use on the
-//! compute stream waits for its last copy (cudarc's event on the allocation), nothing else does.
+//! loader's stream while the thread fills the other buffer.
+//!
+//! The tensor belongs to the compute stream (it is allocated there), and the loading thread
+//! returns it only once its copies have landed. candle orders a copy kernel (`Tensor::cat`,
+//! `slice_set`: what stacks the q/k/v weights and a layer's experts) by the stream of the
+//! source's allocation, not by the stream the kernel runs on: a tensor allocated on the loader's
+//! stream would be read by the compute stream before its copy arrived, and freed, and its memory
+//! refilled with the next tensor's bytes, while that read was still queued. The tenth session's
+//! 3 ranks decoding different tokens on the MoE shape (whose experts are stacked so) came from
+//! exactly that.
 
 use std::sync::{Arc, Mutex};
 
@@ -64,32 +72,39 @@ impl StagedSource {
                 bytes.len()
             );
         }
-        let stream = &self.stream;
+        let compute = device.cuda_stream();
         // SAFETY (each arm): uninitialised device memory; every byte is written by the copies below
-        // before the tensor is used (its first use waits for the allocation's write event).
+        // before the tensor is returned.
         let mut slice = match dtype {
-            DType::BF16 => CudaStorageSlice::BF16(unsafe { stream.alloc::<half::bf16>(elems)? }),
-            DType::F16 => CudaStorageSlice::F16(unsafe { stream.alloc::<half::f16>(elems)? }),
-            DType::F32 => CudaStorageSlice::F32(unsafe { stream.alloc::<f32>(elems)? }),
+            DType::BF16 => CudaStorageSlice::BF16(unsafe { compute.alloc::<half::bf16>(elems)? }),
+            DType::F16 => CudaStorageSlice::F16(unsafe { compute.alloc::<half::f16>(elems)? }),
+            DType::F32 => CudaStorageSlice::F32(unsafe { compute.alloc::<f32>(elems)? }),
             other => bail!("staged upload: no {other:?} weights"),
         };
+        // the memory is the compute stream's from this point of its queue on (a pool allocation:
+        // kernels queued before may still use it under an earlier owner)
+        let allocated = compute.record_event(None)?;
+        let stream = &self.stream;
+        stream.wait(&allocated)?;
+        let mut staging = self
+            .staging
+            .lock()
+            .map_err(|_| anyhow!("staging buffers poisoned"))?;
         {
-            // the guard records the allocation's write event on this stream when it drops: after
-            // the last copy
+            // the guard records the allocation's write event on the loader's stream when it drops:
+            // after the last copy
             let (base, _written) = match &mut slice {
                 CudaStorageSlice::BF16(s) => s.device_ptr_mut(stream),
                 CudaStorageSlice::F16(s) => s.device_ptr_mut(stream),
                 CudaStorageSlice::F32(s) => s.device_ptr_mut(stream),
                 _ => unreachable!("allocated above"),
             };
-            let mut staging = self
-                .staging
-                .lock()
-                .map_err(|_| anyhow!("staging buffers poisoned"))?;
             for (i, piece) in bytes.chunks(PIECE_BYTES).enumerate() {
                 staging.copy(piece, base + (i * PIECE_BYTES) as u64, stream)?;
             }
         }
+        // every use of the tensor (on the compute stream) finds its bytes there
+        staging.drain()?;
         Ok(wrap(device, slice, shape))
     }
 }
@@ -106,6 +121,14 @@ impl Staging {
         // buffer's range is not written again before this copy's event has passed (above).
         unsafe { self.buffers[k].copy_to_device(0, dst, piece.len(), stream)? };
         self.copied[k].record(stream)?;
+        Ok(())
+    }
+
+    /// Waits (sleeping) until both buffers' last copies have landed.
+    fn drain(&self) -> Result<()> {
+        for copied in &self.copied {
+            copied.synchronize()?;
+        }
         Ok(())
     }
 }
