@@ -8,8 +8,11 @@
 //! tensor's bytes into one of two page-locked buffers, and the copy engine moves them on the
 //! loader's stream while the thread fills the other buffer.
 //!
-//! The tensor belongs to the compute stream (it is allocated there), and the loading thread
-//! returns it only once its copies have landed. candle orders a copy kernel (`Tensor::cat`,
+//! The tensor belongs to the compute stream (it is allocated there): its first use there waits
+//! for its last copy (cudarc's write event on the allocation, recorded on the loader's stream).
+//! The loading thread also returns it only once its copies have landed, so that this wait never
+//! holds the prefill's kernels behind the copy engine (the thread waits instead, off the compute
+//! path). Why not the loader's stream: candle orders a copy kernel (`Tensor::cat`,
 //! `slice_set`: what stacks the q/k/v weights and a layer's experts) by the stream of the
 //! source's allocation, not by the stream the kernel runs on: a tensor allocated on the loader's
 //! stream would be read by the compute stream before its copy arrived, and freed, and its memory
@@ -103,7 +106,7 @@ impl StagedSource {
                 staging.copy(piece, base + (i * PIECE_BYTES) as u64, stream)?;
             }
         }
-        // every use of the tensor (on the compute stream) finds its bytes there
+        // the ordering is the write event's; this wait keeps the compute stream from stalling on it
         staging.drain()?;
         Ok(wrap(device, slice, shape))
     }
